@@ -1,0 +1,37 @@
+"""asyncapy: typed API servers over AsyncAProto, on asyncio."""
+
+from .client import AsyncClient
+from .errors import (
+    AsyncAPYError,
+    ClientError,
+    ClientTimeout,
+    ConnectionClosed,
+    ErrorReply,
+    ProtocolError,
+    StopPropagation,
+    UsageError,
+)
+from .packet import Packet
+from .peer import Client, Session
+from .routing import Router
+from .server import Server
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncAPYError",
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "ClientTimeout",
+    "ConnectionClosed",
+    "ErrorReply",
+    "Packet",
+    "ProtocolError",
+    "Router",
+    "Server",
+    "Session",
+    "StopPropagation",
+    "UsageError",
+    "__version__",
+]

@@ -1,0 +1,280 @@
+"""The asyncio transport: one ``Connection`` per accepted socket.
+
+It moves bytes between the socket and the sans-IO ``FrameDecoder``, keeps the packets
+of its connection in order (one worker at a time per connection, connections run
+concurrently), applies the connection rules of DESIGN §1 and hands each decoded
+packet to the compiled plan through one ``dispatch`` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .codecs import CODECS, DecodeError, get_codec
+from .errors import (
+    ERR_INTERNAL,
+    ERR_NO_HANDLER,
+    ERR_REQUEST_MALFORMED,
+    ERR_SERVER_BUSY,
+    ERR_SESSION_LIMIT_REACHED,
+    ERR_TIMED_OUT,
+    error_payload,
+)
+from .packet import Packet
+from .peer import Client, Session
+from .protocol import NEED_DATA, Byteorder, Frame, FrameDecoder, FrameError, encode_frame
+from .routing import Plan
+from .sessions import SessionRegistry
+
+logger = logging.getLogger("asyncapy")
+
+
+@dataclass(eq=False)
+class ServingContext:
+    """What every connection of one running server shares."""
+
+    plan: Plan
+    sessions: SessionRegistry
+    header_size: int
+    byteorder: Byteorder
+    max_packet_size: int
+    timeout: float
+    max_connections: int
+    default_encoding: int
+    connections: set[Connection] = field(default_factory=set)
+    debug: bool = False
+
+
+class Connection(asyncio.Protocol):
+    """One client connection; see the module docstring."""
+
+    def __init__(self, ctx: ServingContext) -> None:
+        self._ctx = ctx
+        self._loop = asyncio.get_running_loop()
+        self._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, frozenset(CODECS))
+        self._pending: deque[Frame | FrameError] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._mark = 0.0
+        self._closing = False
+        self._eof = False
+        self._registered = False
+        self._encoding_id: int | None = None
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.client: Client | None = None
+        self.session: Session | None = None
+
+    # -- asyncio callbacks -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername") or ("unknown", 0)
+        host, port = str(peer[0]), int(peer[1])
+        ctx = self._ctx
+        self.session = session = Session(host, port)
+        self.client = Client(host, port, session, self, ctx.sessions, get_codec(ctx.default_encoding).name)
+        if ctx.max_connections and len(ctx.connections) >= ctx.max_connections:
+            self._refuse(ERR_SERVER_BUSY, f"the server is at its limit of {ctx.max_connections} connections")
+            return
+        if not ctx.sessions.open(session):
+            self._refuse(ERR_SESSION_LIMIT_REACHED, f"{host} is at its limit of {ctx.sessions.limit} sessions")
+            return
+        self._registered = True
+        ctx.connections.add(self)
+        logger.info("(%s) New session started from %s:%d", session.id, host, port)
+        self._mark = self._loop.time()
+        if ctx.timeout:
+            self._timer = self._loop.call_later(ctx.timeout, self._on_timer)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        decoder = self._decoder
+        if not decoder.in_frame:
+            self._mark = self._loop.time()
+        decoder.feed(data)
+        pending = self._pending
+        while True:
+            event = decoder.next_event()
+            if event is NEED_DATA:
+                break
+            assert isinstance(event, (Frame, FrameError))
+            pending.append(event)
+            if isinstance(event, FrameError) and event.fatal:
+                self._pause_reading()
+                break
+        if pending and self._worker is None:
+            self._worker = self._loop.create_task(self._work())
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        if self._worker is not None:
+            return True  # keep the write side open until the pending replies are out
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._registered:
+            self._registered = False
+            assert self.session is not None
+            self._ctx.sessions.close(self.session)
+            self._ctx.connections.discard(self)
+            logger.info("(%s) The connection was closed", self.session.id)
+        self._wake_drainers()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drainers()
+
+    # -- the link a Client writes through ------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def write_payload(self, payload: bytes, encoding: int) -> None:
+        if self._closing or self._transport is None:
+            return
+        ctx = self._ctx
+        self._transport.write(encode_frame(payload, encoding, ctx.header_size, ctx.byteorder))
+
+    def close(self) -> None:
+        """Close after the buffered replies are written; later sends are ignored."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    async def drain(self) -> None:
+        """Wait while the socket's write buffer is above its high-water mark."""
+        if not self._write_paused or self._closing:
+            return
+        waiter = self._loop.create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+
+    @property
+    def busy(self) -> bool:
+        """True while packets are being handled or wait to be."""
+        return self._worker is not None
+
+    async def wait_idle(self) -> None:
+        """Return once every packet received so far has been handled."""
+        while self._worker is not None:
+            await asyncio.shield(self._worker)
+
+    # -- handling packets, in order -------------------------------------------
+
+    async def _work(self) -> None:
+        pending = self._pending
+        try:
+            while pending:
+                event = pending.popleft()
+                if isinstance(event, Frame):
+                    await self._handle_frame(event)
+                else:
+                    self._handle_frame_error(event)
+        finally:
+            self._worker = None
+            self._mark = self._loop.time()
+            if self._eof:
+                self.close()
+
+    async def _handle_frame(self, frame: Frame) -> None:
+        client = self.client
+        assert client is not None
+        codec = CODECS[frame.encoding]
+        if self._encoding_id is None:
+            self._encoding_id = frame.encoding
+            client.encoding = codec.name
+        try:
+            payload = codec.decode(frame.payload)
+        except DecodeError as exc:
+            self._send_error(ERR_REQUEST_MALFORMED, str(exc), frame.encoding)
+            return
+        if type(payload) is not dict:
+            detail = f"the payload must be a map, not {_kind(payload)}"
+            self._send_error(ERR_REQUEST_MALFORMED, detail, frame.encoding)
+            return
+        if self._ctx.debug:
+            self._log_packet(frame, codec.name)
+        packet = Packet._received(payload, codec.name, client, frame.payload)
+        try:
+            miss = await self._ctx.plan.dispatch(client, packet)
+        except Exception:
+            assert self.session is not None
+            logger.exception("(%s) A handler raised while handling a packet", self.session.id)
+            self._send_error(ERR_INTERNAL, "the handler failed; the error is in the server's log", frame.encoding)
+            return
+        if miss is not None:
+            self._send_error(ERR_NO_HANDLER, miss.detail, frame.encoding)
+
+    def _handle_frame_error(self, error: FrameError) -> None:
+        self._send_error(error.code, error.detail, error.encoding)
+        if error.fatal:
+            self.close()
+
+    def _send_error(self, code: str, detail: Any, encoding: int | None) -> None:
+        if encoding is None:
+            encoding = self._encoding_id if self._encoding_id is not None else self._ctx.default_encoding
+        codec = CODECS[encoding]
+        if self._ctx.debug:
+            assert self.session is not None
+            logger.debug("(%s) Replying %s: %s", self.session.id, code, detail)
+        self.write_payload(codec.encode(error_payload(code, detail)), encoding)
+
+    # -- helpers --------------------------------------------------------------
+
+    def _refuse(self, code: str, detail: str) -> None:
+        logger.info("Refused a connection from %s: %s", self.client.address if self.client else "?", code)
+        self._send_error(code, detail, None)
+        self.close()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closing:
+            return
+        timeout = self._ctx.timeout
+        remaining = timeout if self._worker is not None else self._mark + timeout - self._loop.time()
+        if remaining > 0:
+            self._timer = self._loop.call_later(remaining, self._on_timer)
+            return
+        assert self.session is not None
+        logger.info("(%s) Timed out after %s seconds without a complete packet", self.session.id, timeout)
+        self._send_error(ERR_TIMED_OUT, f"no complete packet within {timeout} seconds", None)
+        self.close()
+
+    def _pause_reading(self) -> None:
+        if self._transport is not None and self._transport.is_reading():
+            self._transport.pause_reading()
+
+    def _wake_drainers(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _log_packet(self, frame: Frame, encoding: str) -> None:
+        assert self.session is not None
+        logger.debug(
+            "(%s) Packet of %d bytes, Content-Encoding is %s", self.session.id, len(frame.payload), encoding
+        )
+
+
+def _kind(value: object) -> str:
+    names = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+    return names.get(type(value), "null" if value is None else type(value).__name__)

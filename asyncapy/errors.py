@@ -1,0 +1,105 @@
+"""Every exception asyncapy raises, and the wire error codes.
+
+    AsyncAPYError
+    ├── ProtocolError          the peer's fault; carries a wire ``code`` (DESIGN §1)
+    │   ├── HeaderInvalid      ERR_HEADER_INVALID
+    │   ├── RequestMalformed   ERR_REQUEST_MALFORMED
+    │   └── PayloadTooLarge    ERR_PAYLOAD_TOO_LARGE
+    ├── UsageError             the programmer's fault; raised at registration time,
+    │                          names the handler and says how to fix it (also a TypeError)
+    ├── StopPropagation        control flow: ends the dispatch of one packet
+    └── ClientError            raised by ``asyncapy.client``
+        ├── ConnectionClosed   the server closed the connection
+        ├── ClientTimeout      no reply within the client's timeout (also a TimeoutError)
+        └── ErrorReply         the server answered ``{"status": "failure", ...}``
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERR_HEADER_INVALID = "ERR_HEADER_INVALID"
+ERR_REQUEST_MALFORMED = "ERR_REQUEST_MALFORMED"
+ERR_PAYLOAD_TOO_LARGE = "ERR_PAYLOAD_TOO_LARGE"
+ERR_TIMED_OUT = "ERR_TIMED_OUT"
+ERR_SESSION_LIMIT_REACHED = "ERR_SESSION_LIMIT_REACHED"
+ERR_SERVER_BUSY = "ERR_SERVER_BUSY"
+ERR_NO_HANDLER = "ERR_NO_HANDLER"
+ERR_INTERNAL = "ERR_INTERNAL"
+
+ERROR_CODES = frozenset(
+    {
+        ERR_HEADER_INVALID,
+        ERR_REQUEST_MALFORMED,
+        ERR_PAYLOAD_TOO_LARGE,
+        ERR_TIMED_OUT,
+        ERR_SESSION_LIMIT_REACHED,
+        ERR_SERVER_BUSY,
+        ERR_NO_HANDLER,
+        ERR_INTERNAL,
+    }
+)
+
+
+def error_payload(code: str, detail: Any = None) -> dict[str, Any]:
+    """The map of an error reply, as DESIGN §1 defines it."""
+    if detail is None:
+        return {"status": "failure", "error": code}
+    return {"status": "failure", "error": code, "detail": detail}
+
+
+class AsyncAPYError(Exception):
+    """Base of every asyncapy exception."""
+
+
+class ProtocolError(AsyncAPYError):
+    """The peer broke the protocol; ``code`` is the error reply it gets."""
+
+    code: str = ERR_REQUEST_MALFORMED
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class HeaderInvalid(ProtocolError):
+    code = ERR_HEADER_INVALID
+
+
+class RequestMalformed(ProtocolError):
+    code = ERR_REQUEST_MALFORMED
+
+
+class PayloadTooLarge(ProtocolError):
+    code = ERR_PAYLOAD_TOO_LARGE
+
+
+class UsageError(AsyncAPYError, TypeError):
+    """The programmer misused the API (a wrong handler, a bad filter)."""
+
+
+class StopPropagation(AsyncAPYError):
+    """Raised by a handler to end its packet's dispatch (the connection goes on)."""
+
+
+class ClientError(AsyncAPYError):
+    """Base of the errors a client raises."""
+
+
+class ConnectionClosed(ClientError, ConnectionError):
+    """The server closed the connection before a whole reply arrived."""
+
+
+class ClientTimeout(ClientError, TimeoutError):
+    """No complete reply arrived within the client's timeout."""
+
+
+class ErrorReply(ClientError):
+    """The server answered with an error packet; ``code`` and ``detail`` say which."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.payload = payload
+        self.code = str(payload.get("error", ""))
+        self.detail = payload.get("detail")
+        text = self.code if self.detail is None else f"{self.code}: {self.detail}"
+        super().__init__(text)

@@ -1,0 +1,223 @@
+"""AsyncAProto framing without I/O: bytes in, frames out.
+
+A frame on the wire is ``Content-Length`` (``header_size`` bytes, ``byteorder``),
+``Protocol-Version`` (1 byte, 22), ``Content-Encoding`` (1 byte) and the payload;
+Content-Length counts the payload plus those two bytes.
+
+``FrameDecoder`` is fed raw bytes and hands back, one at a time, ``Frame`` events,
+``FrameError`` events or ``NEED_DATA``. It never buffers more than one frame's
+header plus the body of a frame it accepted: a frame too large is rejected from
+its header alone, and a frame with a bad header is skipped without buffering it.
+Nothing here imports asyncio; the server and both clients share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal, Union
+
+from .errors import ERR_HEADER_INVALID, ERR_PAYLOAD_TOO_LARGE
+
+PROTOCOL_VERSION: Final = 22
+#: Protocol-Version and Content-Encoding: the two bytes Content-Length counts besides the payload.
+FRAME_TAIL: Final = 2
+DEFAULT_HEADER_SIZE: Final = 4
+#: 1 MiB: large enough for any API request, small enough that 1,000 greedy peers
+#: cannot hold more than a GiB of server memory between them.
+DEFAULT_MAX_PACKET_SIZE: Final = 1024 * 1024
+#: Replies may be larger than requests; clients accept up to 64 MiB (the load generator's bound).
+CLIENT_MAX_PACKET_SIZE: Final = 64 * 1024 * 1024
+#: Drop the consumed prefix of the buffer once it is this large, so that a long
+#: pipelined stream is not copied once per frame.
+_COMPACT_AT: Final = 64 * 1024
+
+Byteorder = Literal["big", "little"]
+
+
+class _NeedData:
+    """The decoder needs more bytes before it can say anything."""
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One whole packet: its Content-Encoding byte and its raw payload."""
+
+    encoding: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FrameError:
+    """A frame the peer got wrong.
+
+    ``encoding`` is the Content-Encoding byte when it was a known one (the error reply
+    should use it), else ``None``. ``fatal`` means the connection must be closed.
+    """
+
+    code: str
+    detail: str
+    encoding: int | None
+    fatal: bool
+
+
+Event = Union[Frame, FrameError, _NeedData]
+
+
+def check_header_size(header_size: int) -> int:
+    """Validate ``header_size`` (1 to 8 bytes) and return it."""
+    if not isinstance(header_size, int) or not 1 <= header_size <= 8:
+        raise ValueError(f"header_size must be an int from 1 to 8, not {header_size!r}")
+    return header_size
+
+
+def check_byteorder(byteorder: str) -> Byteorder:
+    """Validate ``byteorder`` ("big" or "little") and return it."""
+    if byteorder == "big":
+        return "big"
+    if byteorder == "little":
+        return "little"
+    raise ValueError(f"byteorder must be 'big' or 'little', not {byteorder!r}")
+
+
+def encode_frame(
+    payload: bytes,
+    encoding: int,
+    header_size: int = DEFAULT_HEADER_SIZE,
+    byteorder: Byteorder = "big",
+) -> bytes:
+    """Frame ``payload`` for the wire.
+
+    Raises:
+        OverflowError: the payload does not fit in a ``header_size``-byte length.
+    """
+    length = len(payload) + FRAME_TAIL
+    return length.to_bytes(header_size, byteorder) + bytes((PROTOCOL_VERSION, encoding)) + payload
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames; see the module docstring.
+
+    Args:
+        header_size: size of the Content-Length field, 1 to 8 bytes.
+        byteorder: "big" or "little".
+        max_packet_size: the largest Content-Length accepted; a larger one is a
+            fatal ERR_PAYLOAD_TOO_LARGE, reported before any of the body is read.
+        encodings: the Content-Encoding bytes this side understands.
+    """
+
+    __slots__ = ("_buf", "_pos", "_skip", "_hs", "_order", "_max", "_encodings", "_closed")
+
+    def __init__(
+        self,
+        header_size: int = DEFAULT_HEADER_SIZE,
+        byteorder: Byteorder = "big",
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        encodings: frozenset[int] = frozenset({0, 1}),
+    ) -> None:
+        self._hs = check_header_size(header_size)
+        self._order: Byteorder = check_byteorder(byteorder)
+        if max_packet_size < FRAME_TAIL:
+            raise ValueError(f"max_packet_size must be at least {FRAME_TAIL}")
+        self._max = max_packet_size
+        self._encodings = encodings
+        self._buf = bytearray()
+        self._pos = 0
+        self._skip = 0
+        self._closed = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet handed out as a frame."""
+        return len(self._buf) - self._pos
+
+    @property
+    def in_frame(self) -> bool:
+        """True when part of a frame has arrived (or is being skipped)."""
+        return self._skip > 0 or len(self._buf) > self._pos
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes received from the peer (after a fatal error they are ignored)."""
+        if self._closed:
+            return
+        if self._skip:
+            data = self._discard(data)
+        if data:
+            self._buf += data
+
+    def next_event(self) -> Event:
+        """The next frame or error, or ``NEED_DATA`` until more bytes are fed."""
+        if self._closed:
+            return NEED_DATA
+        buf = self._buf
+        pos = self._pos
+        hs = self._hs
+        avail = len(buf) - pos
+        if avail < hs:
+            return self._need_data()
+        length = int.from_bytes(buf[pos : pos + hs], self._order)
+        if length > self._max:
+            self._closed = True
+            self._reset()
+            return FrameError(
+                ERR_PAYLOAD_TOO_LARGE,
+                f"Content-Length {length} is over the limit of {self._max}",
+                None,
+                True,
+            )
+        if length < FRAME_TAIL:
+            self._consume_and_skip(hs, length)
+            return FrameError(ERR_HEADER_INVALID, f"Content-Length {length} is under 2", None, False)
+        if avail < hs + FRAME_TAIL:
+            return self._need_data()
+        version = buf[pos + hs]
+        encoding = buf[pos + hs + 1]
+        if version != PROTOCOL_VERSION or encoding not in self._encodings:
+            return self._bad_header(version, encoding, length)
+        end = pos + hs + length
+        if len(buf) < end:
+            return self._need_data()
+        payload = bytes(buf[pos + hs + FRAME_TAIL : end])
+        self._pos = end
+        return Frame(encoding, payload)
+
+    def _bad_header(self, version: int, encoding: int, length: int) -> FrameError:
+        known = encoding if encoding in self._encodings else None
+        if version != PROTOCOL_VERSION:
+            detail = f"unknown Protocol-Version {version} (expected {PROTOCOL_VERSION})"
+        else:
+            detail = f"unknown Content-Encoding {encoding}"
+        self._consume_and_skip(self._hs, length)
+        return FrameError(ERR_HEADER_INVALID, detail, known, False)
+
+    def _consume_and_skip(self, header: int, body: int) -> None:
+        """Drop ``header`` bytes now and ``body`` bytes as they arrive, never buffering them."""
+        self._pos += header
+        rest = bytes(self._buf[self._pos :])
+        self._reset()
+        self._skip = body
+        if rest:
+            self.feed(rest)
+
+    def _discard(self, data: bytes) -> bytes:
+        n = min(self._skip, len(data))
+        self._skip -= n
+        return data[n:]
+
+    def _need_data(self) -> _NeedData:
+        if self._pos:
+            if self._pos == len(self._buf):
+                self._reset()
+            elif self._pos >= _COMPACT_AT:
+                del self._buf[: self._pos]
+                self._pos = 0
+        return NEED_DATA
+
+    def _reset(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0

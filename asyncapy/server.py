@@ -1,0 +1,251 @@
+"""``Server``: settings, handler registration, and the serving lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import signal
+import ssl as _ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from .codecs import get_codec
+from .config import load_config
+from .connection import Connection, ServingContext
+from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
+from .routing import Plan, Router, compile_routes
+from .sessions import SessionRegistry
+
+logger = logging.getLogger("asyncapy")
+
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[Any]])
+R = TypeVar("R")
+
+LOG_FORMAT = "[%(levelname)s] %(asctime)s %(message)s"
+LOG_DATEFMT = "%d/%m/%Y %I:%M:%S %p"
+
+
+class Server:
+    """An AsyncAProto API server.
+
+    Args:
+        addr: the address to listen on.
+        port: the port to listen on (0: one the OS picks; see ``port`` once serving).
+        header_size: size of the Content-Length field, 1 to 8 bytes.
+        byteorder: "big" or "little" for the Content-Length field.
+        timeout: seconds a connection may stay without a complete packet (0: forever).
+        max_packet_size: the largest Content-Length accepted (ERR_PAYLOAD_TOO_LARGE above).
+        session_limit: concurrent sessions allowed per IP address (0: no limit).
+        max_connections: concurrent connections allowed in all (0: no limit).
+        ssl: an ``ssl.SSLContext`` to serve TLS.
+        config: a ``server.ini`` path; its ``[AsyncAPY]`` keys override these arguments.
+        logging_level: the level of the ``asyncapy`` logger.
+        encoding: the encoding of error replies sent before a session declared one.
+        shutdown_timeout: seconds running handlers get to finish when the server stops.
+
+    Example:
+        server = Server(port=1500)
+
+        @server.add_handler()
+        async def echo(client, packet):
+            await client.send(packet)
+
+        server.start()
+    """
+
+    def __init__(
+        self,
+        addr: str = "127.0.0.1",
+        port: int = 8081,
+        *,
+        header_size: int = 4,
+        byteorder: str = "big",
+        timeout: float = 60,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        session_limit: int = 0,
+        max_connections: int = 0,
+        ssl: _ssl.SSLContext | None = None,
+        config: str | os.PathLike[str] | None = None,
+        logging_level: int = logging.INFO,
+        encoding: str = "json",
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        settings: dict[str, Any] = dict(
+            addr=addr,
+            port=port,
+            header_size=header_size,
+            byteorder=byteorder,
+            timeout=timeout,
+            max_packet_size=max_packet_size,
+            session_limit=session_limit,
+            max_connections=max_connections,
+            logging_level=logging_level,
+            encoding=encoding,
+            shutdown_timeout=shutdown_timeout,
+        )
+        if config is not None:
+            settings.update(load_config(config))
+        self.addr: str = settings["addr"]
+        self.port: int = settings["port"]
+        self.header_size = check_header_size(settings["header_size"])
+        self.byteorder = check_byteorder(settings["byteorder"])
+        self.timeout = _non_negative("timeout", settings["timeout"])
+        self.max_packet_size = int(settings["max_packet_size"])
+        if self.max_packet_size < FRAME_TAIL:
+            raise ValueError(f"max_packet_size must be at least {FRAME_TAIL}")
+        self.session_limit = int(_non_negative("session_limit", settings["session_limit"]))
+        self.max_connections = int(_non_negative("max_connections", settings["max_connections"]))
+        self.logging_level: int = settings["logging_level"]
+        self.encoding = get_codec(settings["encoding"]).name
+        self.shutdown_timeout = _non_negative("shutdown_timeout", settings["shutdown_timeout"])
+        self.ssl = ssl
+        self.router = Router()
+        self._plan: Plan | None = None
+        self._listener: asyncio.Server | None = None
+        self._ctx: ServingContext | None = None
+        self._stop_requested: asyncio.Event | None = None
+
+    # -- registration ------------------------------------------------------------
+
+    def register_handler(self, handler: Callable[..., Awaitable[Any]], *filters: Any, group: int = 0) -> None:
+        """Register ``handler`` behind ``filters`` in ``group`` (lower groups run first)."""
+        self._check_not_serving()
+        self.router.register_handler(handler, *filters, group=group)
+
+    def add_handler(self, *filters: Any, group: int = 0) -> Callable[[HandlerT], HandlerT]:
+        """Decorator form of ``register_handler``; returns the function unchanged."""
+        self._check_not_serving()
+        return self.router.add_handler(*filters, group=group)
+
+    def include_router(self, router: Router) -> None:
+        """Serve every route of ``router`` after the routes registered so far."""
+        self._check_not_serving()
+        self.router.include_router(router)
+
+    def compile(self) -> Plan:
+        """Compile the routes into the plan that dispatch runs (done once, before serving)."""
+        if self._plan is None:
+            self._plan = compile_routes(self.router.routes())
+        return self._plan
+
+    # -- hooks ---------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Runs once before the server accepts connections; override it."""
+
+    async def shutdown(self) -> None:
+        """Runs once after the server stopped serving; override it."""
+
+    async def run_sync_task(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run the blocking ``fn(*args)`` in a worker thread and await its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(fn, *args))
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve until SIGINT or SIGTERM, then stop cleanly (blocking)."""
+        _configure_logging(self.logging_level)
+        try:
+            asyncio.run(self._serve_until_signal())
+        except KeyboardInterrupt:  # a second Ctrl-C, or a platform without signal handlers
+            pass
+
+    async def serve(self) -> None:
+        """Serve until ``request_stop()`` is called (or the task is cancelled), then stop."""
+        await self.start_serving()
+        assert self._stop_requested is not None
+        try:
+            await self._stop_requested.wait()
+        finally:
+            await self.stop()
+
+    async def start_serving(self) -> None:
+        """Compile the routes, run ``setup()`` and start listening; returns once bound."""
+        if self._listener is not None:
+            raise RuntimeError("the server is already serving")
+        logger.setLevel(self.logging_level)
+        plan = self.compile()
+        self._stop_requested = asyncio.Event()
+        await self.setup()
+        self._ctx = ServingContext(
+            plan=plan,
+            sessions=SessionRegistry(self.session_limit),
+            header_size=self.header_size,
+            byteorder=self.byteorder,
+            max_packet_size=self.max_packet_size,
+            timeout=self.timeout,
+            max_connections=self.max_connections,
+            default_encoding=get_codec(self.encoding).id,
+            debug=logger.isEnabledFor(logging.DEBUG),
+        )
+        ctx = self._ctx
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(lambda: Connection(ctx), self.addr, self.port, ssl=self.ssl)
+        self.port = self._listener.sockets[0].getsockname()[1]
+        logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
+
+    def request_stop(self) -> None:
+        """Ask ``serve()`` / ``start()`` to stop; safe to call from a signal handler."""
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    async def stop(self) -> None:
+        """Stop accepting, let running handlers finish (up to ``shutdown_timeout``), close."""
+        listener, ctx = self._listener, self._ctx
+        if listener is None or ctx is None:
+            return
+        self._listener = None
+        listener.close()
+        logger.info("Stopping: waiting for %d connection(s) to finish their packets", len(ctx.connections))
+        busy = [c.wait_idle() for c in ctx.connections if c.busy]
+        if busy:
+            done = asyncio.gather(*busy, return_exceptions=True)
+            try:
+                await asyncio.wait_for(done, self.shutdown_timeout or None)
+            except asyncio.TimeoutError:
+                logger.warning("Handlers still running after %s seconds; closing anyway", self.shutdown_timeout)
+        for conn in list(ctx.connections):
+            conn.close()
+        await asyncio.sleep(0)  # let the transports flush and report connection_lost
+        await self.shutdown()
+        logger.info("Server stopped")
+
+    @property
+    def serving(self) -> bool:
+        return self._listener is not None
+
+    async def _serve_until_signal(self) -> None:
+        loop = asyncio.get_running_loop()
+        await self.start_serving()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+            except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+                pass
+        assert self._stop_requested is not None
+        try:
+            await self._stop_requested.wait()
+        finally:
+            await self.stop()
+
+    def _check_not_serving(self) -> None:
+        if self._plan is not None:
+            raise RuntimeError("handlers must be registered before the server starts serving")
+
+
+def _non_negative(name: str, value: float) -> float:
+    if value < 0:
+        raise ValueError(f"{name} must be 0 or positive, not {value!r}")
+    return value
+
+
+def _configure_logging(level: int) -> None:
+    """Give the ``asyncapy`` logger AsyncAPY's console format unless logging is configured."""
+    logger.setLevel(level)
+    if not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
+        logger.addHandler(handler)
