@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._eager import Host
 from .codecs import CODECS, DecodeError, get_codec
 from .errors import (
     ERR_INTERNAL,
@@ -26,11 +27,16 @@ from .errors import (
 )
 from .packet import Packet
 from .peer import Client, Session
-from .protocol import NEED_DATA, Byteorder, Frame, FrameDecoder, FrameError, encode_frame
+from .protocol import NEED_DATA, Byteorder, Frame, FrameDecoder, FrameError, frame_header
 from .routing import Plan
 from .sessions import SessionRegistry
 
 logger = logging.getLogger("asyncapy")
+
+#: Replies queued while the worker runs are flushed early past this many bytes, so a
+#: handler that sends a lot without ever waiting still hands it to the transport
+#: (whose high-water mark then makes ``drain`` wait).
+_FLUSH_AT = 64 * 1024
 
 
 @dataclass(eq=False)
@@ -57,7 +63,12 @@ class Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, frozenset(CODECS))
         self._pending: deque[Frame | FrameError] = deque()
-        self._worker: asyncio.Task[None] | None = None
+        self._working = False
+        self._host: Host | None = None
+        self._corked = False
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._mark = 0.0
@@ -110,12 +121,12 @@ class Connection(asyncio.Protocol):
             if isinstance(event, FrameError) and event.fatal:
                 self._pause_reading()
                 break
-        if pending and self._worker is None:
-            self._worker = self._loop.create_task(self._work())
+        if pending and not self._working:
+            self._start_worker()
 
     def eof_received(self) -> bool | None:
         self._eof = True
-        if self._worker is not None:
+        if self._working:
             return True  # keep the write side open until the pending replies are out
         return None
 
@@ -124,6 +135,8 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._host is not None:
+            self._host.close()
         if self._registered:
             self._registered = False
             assert self.session is not None
@@ -131,6 +144,7 @@ class Connection(asyncio.Protocol):
             self._ctx.connections.discard(self)
             logger.info("(%s) The connection was closed", self.session.id)
         self._wake_drainers()
+        self._wake_idle()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -149,12 +163,20 @@ class Connection(asyncio.Protocol):
         if self._closing or self._transport is None:
             return
         ctx = self._ctx
-        self._transport.write(encode_frame(payload, encoding, ctx.header_size, ctx.byteorder))
+        header = frame_header(len(payload), encoding, ctx.header_size, ctx.byteorder)
+        if not self._corked:
+            self._transport.writelines((header, payload))
+            return
+        self._out += (header, payload)
+        self._out_size += len(payload)
+        if self._out_size > _FLUSH_AT:
+            self._flush()
 
     def close(self) -> None:
         """Close after the buffered replies are written; later sends are ignored."""
         if self._closing:
             return
+        self._flush()
         self._closing = True
         if self._transport is not None:
             self._transport.close()
@@ -170,12 +192,42 @@ class Connection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         """True while packets are being handled or wait to be."""
-        return self._worker is not None
+        return self._working
 
     async def wait_idle(self) -> None:
         """Return once every packet received so far has been handled."""
-        while self._worker is not None:
-            await asyncio.shield(self._worker)
+        while self._working:
+            waiter = self._loop.create_future()
+            self._idle_waiters.append(waiter)
+            await waiter
+
+    # -- driving the worker: eagerly, replies of a burst in one write -----------
+
+    def _start_worker(self) -> None:
+        """Run the worker now, in the host task's name; it goes on in that task if it waits."""
+        if self._host is None:
+            self._host = Host(self._loop, self._uncork, self._cork)
+        self._working = True
+        self._corked = True
+        self._host.run(self._work())
+        self._uncork()
+
+    def _cork(self) -> None:
+        self._corked = True
+
+    def _uncork(self) -> None:
+        """The worker finished or waits: write what it queued, in one call."""
+        self._corked = False
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        self._out_size = 0
+        if self._transport is not None and not self._closing:
+            self._transport.write(b"".join(out))
 
     # -- handling packets, in order -------------------------------------------
 
@@ -189,8 +241,9 @@ class Connection(asyncio.Protocol):
                 else:
                     self._handle_frame_error(event)
         finally:
-            self._worker = None
+            self._working = False
             self._mark = self._loop.time()
+            self._wake_idle()
             if self._eof:
                 self.close()
 
@@ -249,7 +302,7 @@ class Connection(asyncio.Protocol):
         if self._closing:
             return
         timeout = self._ctx.timeout
-        remaining = timeout if self._worker is not None else self._mark + timeout - self._loop.time()
+        remaining = timeout if self._working else self._mark + timeout - self._loop.time()
         if remaining > 0:
             self._timer = self._loop.call_later(remaining, self._on_timer)
             return
@@ -264,6 +317,12 @@ class Connection(asyncio.Protocol):
 
     def _wake_drainers(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)

@@ -96,8 +96,20 @@ def encode_frame(
     Raises:
         OverflowError: the payload does not fit in a ``header_size``-byte length.
     """
-    length = len(payload) + FRAME_TAIL
-    return length.to_bytes(header_size, byteorder) + bytes((PROTOCOL_VERSION, encoding)) + payload
+    return frame_header(len(payload), encoding, header_size, byteorder) + payload
+
+
+_TAILS: Final = tuple(bytes((PROTOCOL_VERSION, encoding)) for encoding in range(256))
+
+
+def frame_header(
+    payload_size: int,
+    encoding: int,
+    header_size: int = DEFAULT_HEADER_SIZE,
+    byteorder: Byteorder = "big",
+) -> bytes:
+    """The bytes that go before a payload of ``payload_size`` bytes (write them, then the payload)."""
+    return (payload_size + FRAME_TAIL).to_bytes(header_size, byteorder) + _TAILS[encoding]
 
 
 class FrameDecoder:
