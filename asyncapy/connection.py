@@ -116,9 +116,8 @@ class Connection(asyncio.Protocol):
             event = decoder.next_event()
             if event is NEED_DATA:
                 break
-            assert isinstance(event, (Frame, FrameError))
-            pending.append(event)
-            if isinstance(event, FrameError) and event.fatal:
+            pending.append(event)  # type: ignore[arg-type]  # NEED_DATA is the only other event
+            if type(event) is FrameError and event.fatal:
                 self._pause_reading()
                 break
         if pending and not self._working:
@@ -236,14 +235,15 @@ class Connection(asyncio.Protocol):
         try:
             while pending:
                 event = pending.popleft()
-                if isinstance(event, Frame):
+                if type(event) is Frame:
                     await self._handle_frame(event)
                 else:
-                    self._handle_frame_error(event)
+                    self._handle_frame_error(event)  # type: ignore[arg-type]
         finally:
             self._working = False
             self._mark = self._loop.time()
-            self._wake_idle()
+            if self._idle_waiters:
+                self._wake_idle()
             if self._eof:
                 self.close()
 

@@ -112,6 +112,10 @@ class Client:
         """Queue ``packet`` for sending without waiting for the socket buffer to drain."""
         if self._link.closing:
             return
+        if encoding is None and type(packet) is Packet and packet.raw is not None:
+            # Echoing a received packet: its own bytes, no codec lookup, no encoding.
+            self._link.write_payload(packet.raw, get_codec(packet.encoding).id)
+            return
         name = encoding or (packet.encoding if isinstance(packet, Packet) and packet.raw is not None else self.encoding)
         codec = get_codec(name)
         self._link.write_payload(encode_payload(packet, codec.name), codec.id)
