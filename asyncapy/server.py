@@ -44,6 +44,7 @@ class Server:
         logging_level: the level of the ``asyncapy`` logger.
         encoding: the encoding of error replies sent before a session declared one.
         shutdown_timeout: seconds running handlers get to finish when the server stops.
+        backlog: connections the kernel may queue before ``accept`` (bursts of connects).
 
     Example:
         server = Server(port=1500)
@@ -71,6 +72,7 @@ class Server:
         logging_level: int = logging.INFO,
         encoding: str = "json",
         shutdown_timeout: float = 30.0,
+        backlog: int = 1024,
     ) -> None:
         settings: dict[str, Any] = dict(
             addr=addr,
@@ -101,6 +103,7 @@ class Server:
         self.encoding = get_codec(settings["encoding"]).name
         self.shutdown_timeout = _non_negative("shutdown_timeout", settings["shutdown_timeout"])
         self.ssl = ssl
+        self.backlog = backlog
         self.router = Router()
         self._plan: Plan | None = None
         self._listener: asyncio.Server | None = None
@@ -183,7 +186,9 @@ class Server:
         )
         ctx = self._ctx
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(lambda: Connection(ctx), self.addr, self.port, ssl=self.ssl)
+        self._listener = await loop.create_server(
+            lambda: Connection(ctx), self.addr, self.port, ssl=self.ssl, backlog=self.backlog
+        )
         self.port = self._listener.sockets[0].getsockname()[1]
         logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
 
