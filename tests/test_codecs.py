@@ -15,7 +15,7 @@ from asyncapy.codecs import _BY_NAME, CODECS, DecodeError, EncodeError, get_code
 ZIPROTO = get_codec("ziproto")
 JSON = get_codec("json")
 
-_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300)
+_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=300)
 _scalars = (
     st.none()
     | st.booleans()

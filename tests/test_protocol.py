@@ -6,7 +6,7 @@ import pytest
 
 from asyncapy.client import ClientCore
 from asyncapy.errors import ERR_HEADER_INVALID, ERR_PAYLOAD_TOO_LARGE
-from asyncapy.protocol import NEED_DATA, Frame, FrameDecoder, FrameError, encode_frame
+from asyncapy.protocol import NEED_DATA, check_byteorder, Frame, FrameDecoder, FrameError, encode_frame
 
 DOC_PACKET = b'\x00\x00\x00\r\x16\x00{"test": 1}'
 
@@ -60,7 +60,7 @@ def test_trailing_partial_frame_waits_for_more() -> None:
 @pytest.mark.parametrize("header_size", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("byteorder", ["big", "little"])
 def test_header_sizes_and_byteorders(header_size: int, byteorder: str) -> None:
-    order = "big" if byteorder == "big" else "little"
+    order = check_byteorder(byteorder)
     data = encode_frame(b"payload", 1, header_size, order)
     assert len(data) == header_size + 2 + 7
     assert feed_all(FrameDecoder(header_size, order), data, 1) == [Frame(1, b"payload")]
