@@ -51,10 +51,11 @@ class Plan:
         matched = False
         for group in self.groups:
             for route in candidates(group, payload):
-                failed = failing_cheap(route.pre, client, packet)
-                if failed is not None:
-                    failures.append((route, failed, None))
-                    continue
+                if route.pre:
+                    failed = failing_cheap(route.pre, client, packet)
+                    if failed is not None:
+                        failures.append((route, failed, None))
+                        continue
                 target = packet
                 arg: Any = packet
                 if route.adapter is not None:
