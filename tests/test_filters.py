@@ -7,10 +7,12 @@ import inspect
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 import asyncapy
-from asyncapy import APIKeyFactory, Client, Packet
+from asyncapy import APIKeyFactory, Client, Packet, Router
 from asyncapy.filters import ApiKey, Fields, Filter, Filters, Ip, as_filter
+from asyncapy.routing import compile_routes
 
 from .routing_helpers import fake_client
 
@@ -157,3 +159,30 @@ def test_public_names() -> None:
     assert asyncapy.APIKeyFactory is APIKeyFactory
     assert asyncapy.filters.Ip is Ip and Filters.Ip is Ip and Filters.Fields is Fields
     assert "APIKeyFactory" in asyncapy.__all__ and "filters" in asyncapy.__all__
+
+
+class Order(BaseModel):
+    qty: int
+
+
+async def test_custom_filters_run_after_validation_on_typed_data() -> None:
+    """Custom filters see ``packet.data`` as the model; cheap ones run first, on the map."""
+    seen: list[Any] = []
+
+    def big_order(client: Client, packet: Packet[Order]) -> bool:
+        seen.append(packet.data)
+        return packet.data.qty > 10
+
+    router, called = Router(), []
+
+    @router.add_handler(big_order)
+    async def bulk(client: Client, packet: Packet[Order]) -> None:
+        called.append(packet.data.qty)
+
+    plan = compile_routes(router.routes())
+    client, _ = fake_client()
+    assert await plan.dispatch(client, Packet({"qty": 50})) is None
+    miss = await plan.dispatch(client, Packet({"qty": 5}))
+    assert miss is not None and "filter failed: custom filter" in miss.detail
+    assert await plan.dispatch(client, Packet({"qty": "many"})) is not None
+    assert called == [50] and seen == [Order(qty=50), Order(qty=5)]  # never called on invalid data

@@ -158,3 +158,23 @@ def _reply_group(group: int) -> Any:
 
     reply.__qualname__ = f"group_{group}"
     return reply
+
+
+class Profile(BaseModel):
+    name: str
+    age: int
+    email: str
+    city: str
+    zip: int
+
+
+async def test_miss_detail_is_short() -> None:
+    server = make_server()
+
+    @server.add_handler()
+    async def profile(client: Client, packet: Packet[Profile]) -> None: ...
+
+    account = await server.explain({"name": 1, "age": "old", "password": "pa55word"})
+    assert account.miss
+    assert account.text.count(":") <= 5 and "(+2 more)" in account.text
+    assert "pa55word" not in account.text and "old" not in account.text
