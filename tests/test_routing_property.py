@@ -10,11 +10,12 @@ from typing import Any, Literal, Union
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from asyncapy import Packet, Router, StopPropagation
 from asyncapy.filters import Fields, Filter, Ip, as_filter
 from asyncapy.routing import compile_routes
+from asyncapy.routing.discriminator import literal_fields
 
 from .routing_helpers import fake_client
 
@@ -44,6 +45,24 @@ class TagStrict(BaseModel):
     kind: Literal["a"]
 
 
+class TagLower(BaseModel):
+    """A validator that runs before the literal check: must not be indexed."""
+
+    kind: Literal["a"]
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class TagDefault(BaseModel):
+    """A tag with a default: a packet without the key still validates."""
+
+    kind: Literal["b"] = "b"
+    x: int
+
+
 class PlainX(BaseModel):
     x: int
 
@@ -53,7 +72,7 @@ class PlainY(BaseModel):
 
 
 TAGGED: list[Any] = [TagA, TagB, TagAB, TagOne, TagStrict, TagA | TagB, Union[TagAB, TagOne]]
-UNTAGGED: list[Any] = [PlainX, PlainY, PlainX | PlainY, None]
+UNTAGGED: list[Any] = [PlainX, PlainY, PlainX | PlainY, TagLower, TagDefault, None]
 
 
 def has_y(client: object, packet: Packet) -> bool:
@@ -83,7 +102,7 @@ FILTERS: list[Any] = [
 ]
 STYLES = ["packet", "model", "untyped"]
 BEHAVIOURS = ["none", "stop", "raise"]
-VALUES = ["a", "b", "c", 1, "1", 0, True, 1.0, None, "xx"]
+VALUES = ["a", "A", "b", "c", 1, "1", 0, True, 1.0, None, "xx"]
 
 
 def _handler(i: int, style: str, accepts: Any, behaviour: str, log: list[int]) -> Callable[..., Any]:
@@ -186,9 +205,10 @@ def test_plan_equals_naive_loop(entries: list[Entry], packets: list[dict[str, An
 
 
 @settings(max_examples=150, deadline=None)
-@given(entries_from(TAGGED + [None]), payloads, st.sampled_from(["127.0.0.1", "10.1.2.3"]))
+@given(entries_from(TAGGED + [TagLower, None]), payloads, st.sampled_from(["127.0.0.1", "10.1.2.3"]))
 def test_indexed_plan_equals_naive_loop(entries: list[Entry], packets: list[dict[str, Any]], address: str) -> None:
-    """Only tagged models and untyped handlers: every group gets a discriminator index."""
+    """Tagged models and untyped handlers: most groups get a discriminator index
+    (not those with ``TagLower``, whose validator could turn "A" into its tag)."""
     _check(entries, packets, address)
 
 
@@ -201,6 +221,29 @@ def test_tagged_groups_are_indexed() -> None:
     assert [r.name for r in group.index["a"]] == ["h0", "h2", "h3"]
     assert [r.name for r in group.index[1]] == ["h2", "h4"]
     assert [r.name for r in group.untagged] == ["h2"]
+
+
+def test_models_that_could_coerce_a_tag_are_not_indexed() -> None:
+    router = Router()
+    for i, accepts in enumerate([TagA, TagLower]):
+        router.register_handler(_handler(i, "packet", accepts, "none", []))
+    assert compile_routes(router.routes()).groups[0].key is None
+    assert literal_fields(TagDefault) == {} and literal_fields(TagLower) == {}
+    assert literal_fields(TagAB) == {"kind": frozenset({"a", "b"})}
+
+
+class Aliased(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    kind: Literal["a"] = Field(alias="type")
+
+
+class AliasOnly(BaseModel):
+    kind: Literal["a"] = Field(alias="type")
+
+
+def test_aliases_decide_the_payload_key() -> None:
+    assert literal_fields(Aliased) == {}  # either key would do: no index
+    assert literal_fields(AliasOnly) == {"type": frozenset({"a"})}
 
 
 def test_filter_is_not_a_plain_callable_class() -> None:
