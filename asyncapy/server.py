@@ -127,7 +127,10 @@ class Server:
         self.router.include_router(router)
 
     def compile(self) -> Plan:
-        """Compile the routes into the plan that dispatch runs (done once, before serving)."""
+        """Compile the routes into the plan that dispatch runs (done once, before serving).
+
+        Logs a warning (logger "asyncapy") for each handler that can never run.
+        """
         if self._plan is None:
             self._plan = compile_routes(self.router.routes())
         return self._plan
