@@ -61,7 +61,12 @@ class Filter:
 
 
 def is_filter(obj: object) -> bool:
-    """True for a ``Filter``, an object with a callable ``check``, or a callable."""
+    """True for a ``Filter``, an object with a callable ``check``, or a callable.
+
+    A class is not a filter (``Filters.Ip`` instead of ``Filters.Ip("::1")`` is a slip).
+    """
+    if isinstance(obj, type):
+        return False
     return isinstance(obj, Filter) or callable(getattr(obj, "check", None)) or callable(obj)
 
 

@@ -104,6 +104,13 @@ def test_bad_filter_is_refused_naming_the_handler() -> None:
         Router().register_handler(guarded, 42)
 
 
+def test_filter_class_instead_of_instance_is_refused() -> None:
+    async def slip(client: Client, packet: Packet) -> None: ...
+
+    with pytest.raises(UsageError, match="slip"):
+        Router().register_handler(slip, Ip)
+
+
 def test_bad_group_is_refused() -> None:
     async def grouped(client: Client, packet: Packet) -> None: ...
 
