@@ -8,14 +8,16 @@ import logging
 import os
 import signal
 import ssl as _ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from .codecs import get_codec
 from .config import load_config
 from .connection import Connection, ServingContext
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
-from .routing import Plan, Router, compile_routes
+from .packet import Packet
+from .peer import Client, Session
+from .routing import Explanation, Plan, Router, compile_routes
 from .sessions import SessionRegistry
 
 logger = logging.getLogger("asyncapy")
@@ -128,10 +130,24 @@ class Server:
         self.router.include_router(router)
 
     def compile(self) -> Plan:
-        """Compile the routes into the plan that dispatch runs (done once, before serving)."""
+        """Compile the routes into the plan that dispatch runs (done once, before serving).
+
+        Logs a warning (logger "asyncapy") for each handler that can never run.
+        """
         if self._plan is None:
             self._plan = compile_routes(self.router.routes())
         return self._plan
+
+    async def explain(self, payload: Mapping[str, Any], address: str = "127.0.0.1") -> Explanation:
+        """What the routes would do with ``payload`` from ``address``, calling no handler.
+
+        Filters do run (custom ones may be async, hence ``async``); replies are never
+        sent. For a packet no handler accepts, ``text`` is the ERR_NO_HANDLER detail.
+        """
+        plan = self._plan or compile_routes(self.router.routes())
+        client = Client(address, 0, Session(address, 0), _NullLink())
+        packet = Packet(dict(payload), sender=client)
+        return await plan.explain(client, packet)
 
     # -- hooks ---------------------------------------------------------------------
 
@@ -239,6 +255,21 @@ class Server:
     def _check_not_serving(self) -> None:
         if self._plan is not None:
             raise RuntimeError("handlers must be registered before the server starts serving")
+
+
+class _NullLink:
+    """A link for ``explain``'s stand-in client: closed, so nothing is ever sent."""
+
+    closing = True
+
+    def write_payload(self, payload: bytes, encoding: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
 
 
 def _non_negative(name: str, value: float) -> float:
