@@ -363,8 +363,9 @@ class Connection(asyncio.Protocol):
             await self.drain()
         if _HOLD_QUEUE in self._holds and len(self._pending) <= self._ctx.max_pending // 2:
             self._holds.discard(_HOLD_QUEUE)
-            self._take_events()
-            self._release_reading(_HOLD_QUEUE)
+            self._take_events()  # may fill the queue and hold reading again
+            if _HOLD_QUEUE not in self._holds:
+                self._release_reading(_HOLD_QUEUE)
 
     def _hold_reading(self, reason: str) -> None:
         self._holds.add(reason)
