@@ -169,3 +169,16 @@ async def _sample_bounded_errors(server: Server) -> None:
         for conn in _connections(server):
             assert conn.pending <= 4
             assert conn.buffered <= CONNECTION_BOUND
+
+
+def test_limit_options_are_checked(tmp_path: Any) -> None:
+    import pytest
+
+    with pytest.raises(ValueError):
+        make_server(max_pending=0)
+    with pytest.raises(ValueError):
+        make_server(handler_timeout=-1)
+    ini = tmp_path / "server.ini"
+    ini.write_text("[AsyncAPY]\nmax_pending = 16\nhandler_timeout = 0\n")
+    server = make_server(config=str(ini))
+    assert server.max_pending == 16 and server.handler_timeout is None
