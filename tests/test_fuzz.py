@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
+from collections import Counter
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from asyncapy import Client, Packet
+from asyncapy.client import AsyncClient
 from asyncapy.codecs import CODECS, DecodeError, get_codec
 from asyncapy.protocol import NEED_DATA, Frame, FrameDecoder, FrameError, encode_frame
+
+from .conftest import make_server, running
 
 #: Small limits so that random lengths often land on both sides of them.
 MAX_PACKET = 64
@@ -115,3 +123,54 @@ def test_codecs_on_mutated_documents(value: Any, name: str, flips: list[int]) ->
 def test_deep_nesting_is_a_decode_error() -> None:
     assert _decode_or_error("json", b"[" * 100_000) is DecodeError
     assert _decode_or_error("ziproto", b"\x91" * 100_000 + b"\xc0") is not None
+
+
+#: Garbage connections against a live server: every class many times, still quick.
+GARBAGE_CONNECTIONS = 300
+
+
+def _garbage(rng: random.Random) -> tuple[str, bytes]:
+    """One connection's worth of bad input, and its class."""
+    kind = rng.choice(["random_bytes", "random_payload", "random_header", "mixed_stream"])
+    if kind == "random_bytes":
+        return kind, rng.randbytes(rng.randrange(200))
+    if kind == "random_payload":
+        return kind, encode_frame(rng.randbytes(rng.randrange(100)), rng.randrange(2))
+    if kind == "random_header":
+        payload = rng.randbytes(rng.randrange(50))
+        return kind, (len(payload) + 2).to_bytes(4, "big") + bytes((rng.randrange(256), rng.randrange(256))) + payload
+    parts = [encode_frame(b'{"ok": 1}', 0), rng.randbytes(rng.randrange(20)), encode_frame(b"\x81\xa1k\x01", 1)]
+    rng.shuffle(parts)
+    return kind, b"".join(parts)
+
+
+async def _send_garbage(port: int, data: bytes) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    writer.write_eof()
+    decoder = FrameDecoder(max_packet_size=1 << 20)
+    decoder.feed(await asyncio.wait_for(reader.read(), 10))
+    for event in _drain(decoder):  # whatever came back is well-formed
+        assert isinstance(event, Frame)
+        assert isinstance(get_codec(event.encoding).decode(event.payload), dict)
+    writer.close()
+
+
+async def test_server_survives_garbage(caplog: Any) -> None:
+    server = make_server()
+
+    @server.add_handler()
+    async def echo(client: Client, packet: Packet) -> None:
+        await client.send(packet)
+
+    rng = random.Random(5)
+    kinds: Counter[str] = Counter()
+    async with running(server):
+        for _ in range(GARBAGE_CONNECTIONS // 30):
+            batch = [_garbage(rng) for _ in range(30)]
+            kinds.update(kind for kind, _ in batch)
+            await asyncio.gather(*(_send_garbage(server.port, data) for _, data in batch))
+        async with AsyncClient("127.0.0.1", server.port) as client:
+            assert await client.request({"still": "serving"}) == {"still": "serving"}
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert len(kinds) == 4
