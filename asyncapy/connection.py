@@ -257,7 +257,10 @@ class Connection(asyncio.Protocol):
             self._log_packet(frame, codec.name)
         packet = Packet._received(payload, codec.name, client, frame.payload)
         try:
-            miss = await self._dispatch(client, packet)
+            if self._ctx.handler_timeout is None:
+                miss = await self._ctx.plan.dispatch(client, packet)
+            else:
+                miss = await self._dispatch_bounded(client, packet, self._ctx.handler_timeout)
         except _HandlerTimedOut:
             self._handler_timed_out(frame.encoding)
             return
@@ -269,11 +272,8 @@ class Connection(asyncio.Protocol):
         if miss is not None:
             self._send_error(ERR_NO_HANDLER, miss.detail, frame.encoding)
 
-    async def _dispatch(self, client: Client, packet: Packet[Any]) -> Any:
-        """``plan.dispatch``, bounded by ``handler_timeout`` when one is set."""
-        timeout = self._ctx.handler_timeout
-        if timeout is None:
-            return await self._ctx.plan.dispatch(client, packet)
+    async def _dispatch_bounded(self, client: Client, packet: Packet[Any], timeout: float) -> Any:
+        """``plan.dispatch`` in a task cancelled after ``timeout`` (a handler's own TimeoutError stays ERR_INTERNAL)."""
         task = self._loop.create_task(self._ctx.plan.dispatch(client, packet))
         try:
             done, _ = await asyncio.wait({task}, timeout=timeout)

@@ -28,6 +28,8 @@ def _faulty_server(**kwargs: object) -> tuple[Server, asyncio.Event]:
         action = packet["do"]
         if action == "raise":
             raise RuntimeError("boom")
+        if action == "own-timeout":
+            raise asyncio.TimeoutError  # the handler's own: an internal error, not ERR_TIMED_OUT
         if action == "hang":
             await asyncio.sleep(3600)
         if action == "close-then-send":
@@ -74,6 +76,7 @@ async def test_handler_timeout_answers_and_keeps_the_connection() -> None:
     async with running(server):
         async with AsyncClient("127.0.0.1", server.port) as client:
             assert (await client.request({"do": "hang"}))["error"] == "ERR_TIMED_OUT"
+            assert (await client.request({"do": "own-timeout"}))["error"] == "ERR_INTERNAL"
             assert await client.request({"do": "echo"}) == {"do": "echo"}
 
 
