@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 from typing import Any
 
 import pytest
-import trustme
 
 from asyncapy import Client, ConnectionClosed, ErrorReply, Packet, Server
 from asyncapy.client import AsyncClient
@@ -94,23 +92,3 @@ async def test_connecting_to_a_closed_port_is_a_connection_error() -> None:
         await AsyncClient("127.0.0.1", port, timeout=2).connect()
     with pytest.raises(ConnectionError):
         SyncClient("127.0.0.1", port, timeout=2).connect()
-
-
-async def test_tls_round_trip_with_trustme_certificates() -> None:
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-
-    def talk(port: int) -> dict[str, Any]:
-        with SyncClient("127.0.0.1", port, ssl_context=client_ctx, timeout=5) as client:
-            return client.request({"secure": True})
-
-    async with running(echo_server(ssl=server_ctx)) as server:
-        async with AsyncClient("127.0.0.1", server.port, ssl_context=client_ctx, timeout=5) as client:
-            assert await client.request({"secure": 1}, encoding="ziproto") == {"secure": 1}
-        assert await asyncio.to_thread(talk, server.port) == {"secure": True}
-        untrusted = AsyncClient("127.0.0.1", server.port, tls=True, timeout=5)
-        with pytest.raises(ssl.SSLError):
-            await untrusted.connect()
