@@ -43,7 +43,7 @@ class Host:
     ``on_resume`` each time it runs again.
     """
 
-    __slots__ = ("_loop", "_context", "_inbox", "_task", "_on_suspend", "_on_resume")
+    __slots__ = ("_loop", "_context", "_inbox", "_task", "_on_suspend", "_on_resume", "_busy", "_closed")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, on_suspend: Callable[[], None], on_resume: Callable[[], None]
@@ -51,6 +51,8 @@ class Host:
         self._loop = loop
         self._on_suspend = on_suspend
         self._on_resume = on_resume
+        self._busy = False  # the host task is running a worker
+        self._closed = False
         self._inbox: asyncio.Future[tuple[Worker, Any]] = loop.create_future()
         if _EAGER:
             self._context = contextvars.copy_context()
@@ -75,19 +77,32 @@ class Host:
         return False
 
     def close(self) -> None:
-        """End the host task unless it is running a worker (that one ends by itself)."""
-        if not self._inbox.done():
+        """End the host task once it runs no worker (a running one ends by itself)."""
+        self._closed = True
+        if not self._busy and not self._inbox.done():
+            self._task.cancel()
+
+    def cancel_worker(self) -> None:
+        """Cancel the worker that waits in the host task, as ``task.cancel()`` would."""
+        if self._busy:
             self._task.cancel()
 
     async def _serve(self) -> None:
-        while True:
+        while not self._closed or self._inbox.done():
             coro, yielded = await self._inbox
             self._inbox = self._loop.create_future()
+            self._busy = True
             try:
                 await _resume(coro, yielded, self._on_suspend, self._on_resume)
+            except asyncio.CancelledError:
+                # cancel_worker(): the worker has ended; this task serves the next ones.
+                uncancel = getattr(self._task, "uncancel", None)
+                if uncancel is not None:
+                    uncancel()
             except Exception:
                 logger.exception("A connection worker failed")
             finally:
+                self._busy = False
                 self._on_suspend()
 
 

@@ -9,14 +9,16 @@ import os
 import signal
 import socket
 import ssl as _ssl
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Final, TypeVar
 
 from .codecs import get_codec
 from .config import load_config
-from .connection import Connection, ServingContext
+from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
-from .routing import Plan, Router, compile_routes
+from .packet import Packet
+from .peer import Client, Session
+from .routing import Explanation, Plan, Router, compile_routes
 from .sessions import SessionRegistry
 from .workers import run_workers
 
@@ -27,6 +29,16 @@ R = TypeVar("R")
 
 LOG_FORMAT = "[%(levelname)s] %(asctime)s %(message)s"
 LOG_DATEFMT = "%d/%m/%Y %I:%M:%S %p"
+
+#: While stopping, a connection is closed once it has been quiet this long: longer than a
+#: LAN round trip, so packets the peer sent before the stop are read and answered,
+#: short enough that an idle connection does not hold the shutdown.
+SHUTDOWN_QUIET: Final = 0.25
+#: How often ``stop()`` looks for connections that went quiet.
+_SHUTDOWN_POLL: Final = 0.05
+#: After the last close, replies get this long to flush before connections whose
+#: peer does not read are aborted.
+SHUTDOWN_FLUSH_GRACE: Final = 2.0
 
 
 class Server:
@@ -46,6 +58,12 @@ class Server:
         logging_level: the level of the ``asyncapy`` logger.
         encoding: the encoding of error replies sent before a session declared one.
         shutdown_timeout: seconds running handlers get to finish when the server stops.
+        backlog: connections the kernel may queue before ``accept`` (bursts of connects).
+        max_pending: packets one connection may have waiting to be handled; reading
+            from it pauses while that many wait (bounds a pipelining client's memory).
+        handler_timeout: seconds the handlers of one packet may run (None: no limit);
+            past it they are cancelled and the peer gets ERR_TIMED_OUT. The connection
+            stays open: its framing is intact, only that packet failed.
         workers: processes serving the port for ``start()`` (each with its own sessions,
             limits and ``setup()``); see ``asyncapy.workers``.
         uvloop: run ``start()`` on uvloop (``pip install asyncapy[uvloop]``).
@@ -76,6 +94,9 @@ class Server:
         logging_level: int = logging.INFO,
         encoding: str = "json",
         shutdown_timeout: float = 30.0,
+        backlog: int = 1024,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        handler_timeout: float | None = None,
         workers: int = 1,
         uvloop: bool = False,
     ) -> None:
@@ -91,6 +112,8 @@ class Server:
             logging_level=logging_level,
             encoding=encoding,
             shutdown_timeout=shutdown_timeout,
+            max_pending=max_pending,
+            handler_timeout=handler_timeout,
         )
         if config is not None:
             settings.update(load_config(config))
@@ -107,7 +130,14 @@ class Server:
         self.logging_level: int = settings["logging_level"]
         self.encoding = get_codec(settings["encoding"]).name
         self.shutdown_timeout = _non_negative("shutdown_timeout", settings["shutdown_timeout"])
+        self.max_pending = int(settings["max_pending"])
+        if self.max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, not {self.max_pending!r}")
+        self.handler_timeout: float | None = settings["handler_timeout"] or None
+        if self.handler_timeout is not None:
+            _non_negative("handler_timeout", self.handler_timeout)
         self.ssl = ssl
+        self.backlog = backlog
         self.workers = _check_workers(workers)
         self.uvloop = _check_uvloop(uvloop)
         self.router = Router()
@@ -136,10 +166,24 @@ class Server:
         self.router.include_router(router)
 
     def compile(self) -> Plan:
-        """Compile the routes into the plan that dispatch runs (done once, before serving)."""
+        """Compile the routes into the plan that dispatch runs (done once, before serving).
+
+        Logs a warning (logger "asyncapy") for each handler that can never run.
+        """
         if self._plan is None:
             self._plan = compile_routes(self.router.routes())
         return self._plan
+
+    async def explain(self, payload: Mapping[str, Any], address: str = "127.0.0.1") -> Explanation:
+        """What the routes would do with ``payload`` from ``address``, calling no handler.
+
+        Filters do run (custom ones may be async, hence ``async``); replies are never
+        sent. For a packet no handler accepts, ``text`` is the ERR_NO_HANDLER detail.
+        """
+        plan = self._plan or compile_routes(self.router.routes())
+        client = Client(address, 0, Session(address, 0), _NullLink())
+        packet = Packet(dict(payload), sender=client)
+        return await plan.explain(client, packet)
 
     # -- hooks ---------------------------------------------------------------------
 
@@ -203,6 +247,8 @@ class Server:
             max_connections=self.max_connections,
             default_encoding=get_codec(self.encoding).id,
             debug=logger.isEnabledFor(logging.DEBUG),
+            max_pending=self.max_pending,
+            handler_timeout=self.handler_timeout,
         )
         ctx = self._ctx
         loop = asyncio.get_running_loop()
@@ -212,8 +258,11 @@ class Server:
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], Connection]) -> asyncio.Server:
         if self._sock is not None:
-            return await loop.create_server(factory, sock=self._sock, ssl=self.ssl)
-        return await loop.create_server(factory, self.addr, self.port, ssl=self.ssl, reuse_port=self._reuse_port or None)
+            return await loop.create_server(factory, sock=self._sock, ssl=self.ssl, backlog=self.backlog)
+        reuse_port = self._reuse_port or None
+        return await loop.create_server(
+            factory, self.addr, self.port, ssl=self.ssl, backlog=self.backlog, reuse_port=reuse_port
+        )
 
     def request_stop(self) -> None:
         """Ask ``serve()`` / ``start()`` to stop; safe to call from a signal handler."""
@@ -221,25 +270,52 @@ class Server:
             self._stop_requested.set()
 
     async def stop(self) -> None:
-        """Stop accepting, let running handlers finish (up to ``shutdown_timeout``), close."""
+        """Stop accepting, answer every packet received, close; bounded by ``shutdown_timeout``.
+
+        Connections keep being read and served until each has been quiet for
+        ``SHUTDOWN_QUIET`` seconds (so packets already sent are answered), then close
+        after their replies are written. A packet half-received when its connection
+        goes quiet is dropped. At the deadline, handlers still running are cancelled.
+        """
         listener, ctx = self._listener, self._ctx
         if listener is None or ctx is None:
             return
         self._listener = None
         listener.close()
         logger.info("Stopping: waiting for %d connection(s) to finish their packets", len(ctx.connections))
-        busy = [c.wait_idle() for c in ctx.connections if c.busy]
-        if busy:
-            done = asyncio.gather(*busy, return_exceptions=True)
-            try:
-                await asyncio.wait_for(done, self.shutdown_timeout or None)
-            except asyncio.TimeoutError:
-                logger.warning("Handlers still running after %s seconds; closing anyway", self.shutdown_timeout)
-        for conn in list(ctx.connections):
-            conn.close()
-        await asyncio.sleep(0)  # let the transports flush and report connection_lost
+        await self._close_when_quiet(ctx)
+        await self._flush_or_abort(ctx)
         await self.shutdown()
         logger.info("Server stopped")
+
+    async def _close_when_quiet(self, ctx: ServingContext) -> None:
+        """Close each connection once it is quiet; at the deadline close the rest."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_timeout
+        while loop.time() < deadline:
+            open_ = [conn for conn in ctx.connections if not conn.closing]
+            if not open_:
+                break
+            for conn in open_:
+                if conn.quiet_for() >= SHUTDOWN_QUIET:
+                    conn.close()
+            await asyncio.sleep(_SHUTDOWN_POLL)
+        if any(conn.busy for conn in ctx.connections):
+            logger.warning("Handlers still running after %s seconds; cancelling them", self.shutdown_timeout)
+        for conn in list(ctx.connections):
+            conn.cancel_work()
+            conn.close()
+
+    async def _flush_or_abort(self, ctx: ServingContext) -> None:
+        """Give closed connections time to write their replies, then drop the ones that cannot."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_FLUSH_GRACE
+        await asyncio.sleep(0)  # let the transports flush and report connection_lost
+        while ctx.connections and loop.time() < deadline:
+            await asyncio.sleep(_SHUTDOWN_POLL)
+        for conn in list(ctx.connections):
+            conn.abort()
+        await asyncio.sleep(0)
 
     @property
     def serving(self) -> bool:
@@ -262,6 +338,21 @@ class Server:
     def _check_not_serving(self) -> None:
         if self._plan is not None:
             raise RuntimeError("handlers must be registered before the server starts serving")
+
+
+class _NullLink:
+    """A link for ``explain``'s stand-in client: closed, so nothing is ever sent."""
+
+    closing = True
+
+    def write_payload(self, payload: bytes, encoding: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
 
 
 def _non_negative(name: str, value: float) -> float:
