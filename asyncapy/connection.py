@@ -120,7 +120,8 @@ class Connection(asyncio.Protocol):
             return
         self._registered = True
         ctx.connections.add(self)
-        logger.info("(%s) New session started from %s:%d", session.id, host, port)
+        if logger.isEnabledFor(logging.INFO):  # session.id makes a UUID: only when it is logged
+            logger.info("(%s) New session started from %s:%d", session.id, host, port)
         self._mark = self._loop.time()
         if ctx.timeout:
             self._timer = self._loop.call_later(ctx.timeout, self._on_timer)
@@ -153,7 +154,8 @@ class Connection(asyncio.Protocol):
             assert self.session is not None
             self._ctx.sessions.close(self.session)
             self._ctx.connections.discard(self)
-            logger.info("(%s) The connection was closed", self.session.id)
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("(%s) The connection was closed", self.session.id)
         self._wake_drainers()
 
     def pause_writing(self) -> None:
