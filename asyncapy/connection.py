@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
@@ -50,6 +51,18 @@ _HOLD_FATAL: Final = "fatal"  # a fatal frame error: the connection is closing
 #: handler that sends a lot without ever waiting still hands it to the transport
 #: (whose high-water mark then makes ``drain`` wait).
 _FLUSH_AT: Final = 64 * 1024
+
+
+class _Ready:
+    """An awaitable that is done at once (cheaper to await than a coroutine)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+_READY: Final = _Ready()
 
 
 class _HandlerTimedOut(Exception):
@@ -195,13 +208,17 @@ class Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    async def drain(self) -> None:
-        """Wait while the socket's write buffer is above its high-water mark."""
+    def drain(self) -> Awaitable[None]:
+        """Wait while the socket's write buffer is above its high-water mark.
+
+        Not a coroutine function: every ``client.send`` awaits it and it almost never
+        waits, so the common case returns a ready awaitable instead of a new coroutine.
+        """
         if not self._write_paused or self._closing:
-            return
+            return _READY
         waiter = self._loop.create_future()
         self._drain_waiters.append(waiter)
-        await waiter
+        return waiter
 
     @property
     def busy(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
@@ -26,7 +26,7 @@ class _Link(Protocol):
     @property
     def closing(self) -> bool: ...
 
-    async def drain(self) -> None: ...
+    def drain(self) -> Awaitable[None]: ...
 
 
 class Session:

@@ -231,5 +231,5 @@ class FrameDecoder:
         return NEED_DATA
 
     def _reset(self) -> None:
-        self._buf = bytearray()
+        self._buf.clear()  # frames were copied out as bytes: no one holds a view of it
         self._pos = 0
