@@ -170,7 +170,15 @@ class Server:
         plan = self.compile()
         self._stop_requested = asyncio.Event()
         await self.setup()
-        self._ctx = ServingContext(
+        self._ctx = ctx = self._serving_context(plan)
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(lambda: Connection(ctx), self.addr, self.port, ssl=self.ssl)
+        self.port = self._listener.sockets[0].getsockname()[1]
+        logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
+
+    def _serving_context(self, plan: Plan) -> ServingContext:
+        """What the connections of one serving run share; ``asyncapy.testing`` builds one too."""
+        return ServingContext(
             plan=plan,
             sessions=SessionRegistry(self.session_limit),
             header_size=self.header_size,
@@ -181,11 +189,6 @@ class Server:
             default_encoding=get_codec(self.encoding).id,
             debug=logger.isEnabledFor(logging.DEBUG),
         )
-        ctx = self._ctx
-        loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(lambda: Connection(ctx), self.addr, self.port, ssl=self.ssl)
-        self.port = self._listener.sockets[0].getsockname()[1]
-        logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
 
     def request_stop(self) -> None:
         """Ask ``serve()`` / ``start()`` to stop; safe to call from a signal handler."""
