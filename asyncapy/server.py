@@ -130,6 +130,19 @@ class Server:
             self._plan = compile_routes(self.router.routes())
         return self._plan
 
+    def schema(self) -> dict[str, Any]:
+        """The JSON Schema of every route: filters, accepted packets, replies (``asyncapy.schema``)."""
+        from .schema import compiled_routes, schema_document
+
+        return schema_document(compiled_routes(self))
+
+    def asyncapi(self, title: str = "asyncapy API", version: str = "1.0.0", description: str | None = None) -> dict[str, Any]:
+        """An AsyncAPI 3.0.0 document of this server (``asyncapy.asyncapi``)."""
+        from .asyncapi import asyncapi_document
+        from .schema import compiled_routes
+
+        return asyncapi_document(self, compiled_routes(self), title=title, version=version, description=description)
+
     # -- hooks ---------------------------------------------------------------------
 
     async def setup(self) -> None:
