@@ -187,8 +187,8 @@ def load_server(spec: str) -> Server:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is None or not module_name.startswith(exc.name):
-            raise
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise  # the module exists but imports something missing: its traceback says more
         raise CLIError(f"could not import module {module_name!r}: {exc}") from None
     value: Any = module
     for part in attr.split("."):
