@@ -1,7 +1,8 @@
 """The ``asyncapy`` command: ``run``, ``schema`` and ``send``.
 
 Exit codes: 0 success, 1 the server answered an error packet, 2 bad usage (argparse's
-code, also for a bad ``module:server`` spec), 3 the server could not be reached.
+code, also for a bad ``module:server`` spec), 3 the server could not be reached (``send``)
+or could not listen (``run``).
 """
 
 from __future__ import annotations
@@ -76,7 +77,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         server.port = args.port
     if args.log_level is not None:
         server.logging_level = getattr(logging, args.log_level.upper())
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:  # the address is taken, or not this machine's
+        raise CLIError(f"cannot serve on {server.addr}:{server.port}: {exc.strerror or exc}", EXIT_UNREACHABLE) from None
     return 0
 
 

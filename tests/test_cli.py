@@ -85,6 +85,16 @@ def test_send_to_a_server_that_is_down() -> None:
     assert "connection refused" in result.stderr and result.stdout == ""
 
 
+def test_run_on_a_taken_port_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = asyncapy("run", "examples.typed_api:server", "--port", str(port))
+    assert result.returncode == 3
+    assert f"cannot serve on 127.0.0.1:{port}" in result.stderr
+
+
 async def test_send_reports_an_error_reply(capsys: pytest.CaptureFixture[str]) -> None:
     server = make_server()
 
