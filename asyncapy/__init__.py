@@ -1,5 +1,7 @@
 """asyncapy: typed API servers over AsyncAProto, on asyncio."""
 
+from . import filters
+from .apikeys import APIKeyFactory
 from .client import AsyncClient
 from .errors import (
     AsyncAPYError,
@@ -19,6 +21,7 @@ from .server import Server
 __version__ = "0.1.0"
 
 __all__ = [
+    "APIKeyFactory",
     "AsyncAPYError",
     "AsyncClient",
     "Client",
@@ -34,4 +37,5 @@ __all__ = [
     "StopPropagation",
     "UsageError",
     "__version__",
+    "filters",
 ]

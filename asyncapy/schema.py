@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
 if TYPE_CHECKING:
+    from .routing import CompiledRoute
     from .server import Server
 
 DEFS_REF = "#/$defs/{model}"
@@ -42,13 +43,9 @@ class RouteSchema:
         }
 
 
-def compiled_routes(server: Server) -> tuple[Any, ...]:
-    """The plan's routes, in group-then-registration order."""
-    plan = server.compile()
-    routes = getattr(plan, "routes", None)
-    if routes is None:  # the plain routing loop, before the compiled router
-        routes = sorted(server.router.routes(), key=lambda route: route.group)
-    return tuple(routes)
+def compiled_routes(server: Server) -> tuple[CompiledRoute, ...]:
+    """The plan's routes, in group-then-registration order (the order dispatch tries them)."""
+    return server.compile().routes
 
 
 def schema_document(routes: Sequence[Any]) -> dict[str, Any]:
@@ -68,7 +65,7 @@ def describe_routes(routes: Sequence[Any], ref_template: str) -> tuple[list[Rout
             RouteSchema(
                 handler=route.name,
                 group=route.group,
-                style=_style(route),
+                style=str(route.style),
                 filters=filters,
                 accepts=accepts,
                 reply=schemas.get((index, "reply")),
@@ -92,11 +89,10 @@ def _type_schemas(
     """One pydantic pass over every accepted and reply type, so shared models share a def."""
     inputs: list[tuple[tuple[int, str], JsonSchemaMode, TypeAdapter[Any]]] = []
     for index, route in enumerate(routes):
-        accepts, reply = getattr(route, "accepts", None), getattr(route, "reply_type", None)
-        if accepts is not None:
-            inputs.append(((index, "accepts"), "validation", TypeAdapter(accepts)))
-        if reply is not None:
-            inputs.append(((index, "reply"), "serialization", TypeAdapter(reply)))
+        if route.accepts is not None:
+            inputs.append(((index, "accepts"), "validation", TypeAdapter(route.accepts)))
+        if route.reply_type is not None:
+            inputs.append(((index, "reply"), "serialization", TypeAdapter(route.reply_type)))
     if not inputs:
         return {}, {}
     by_key, top = TypeAdapter.json_schemas(inputs, ref_template=ref_template)
@@ -107,11 +103,9 @@ def _type_schemas(
 def _with_filters(schema: dict[str, Any], filters: list[dict[str, Any]]) -> dict[str, Any]:
     """A packet must satisfy the model and every filter that has a schema."""
     extra = [flt["schema"] for flt in filters if flt["schema"] is not None]
+    if schema == ANY_MAP and extra:
+        return extra[0] if len(extra) == 1 else {"allOf": extra}
     return {"allOf": [schema, *extra]} if extra else schema
-
-
-def _style(route: Any) -> str:
-    return str(getattr(route, "style", "untyped"))
 
 
 def _callable_name(flt: Any) -> str:

@@ -8,14 +8,16 @@ import logging
 import os
 import signal
 import ssl as _ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from .codecs import get_codec
 from .config import load_config
 from .connection import Connection, ServingContext
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
-from .routing import Plan, Router, compile_routes
+from .packet import Packet
+from .peer import Client, Session
+from .routing import Explanation, Plan, Router, compile_routes
 from .sessions import SessionRegistry
 
 logger = logging.getLogger("asyncapy")
@@ -44,6 +46,7 @@ class Server:
         logging_level: the level of the ``asyncapy`` logger.
         encoding: the encoding of error replies sent before a session declared one.
         shutdown_timeout: seconds running handlers get to finish when the server stops.
+        backlog: connections the kernel may queue before ``accept`` (bursts of connects).
 
     Example:
         server = Server(port=1500)
@@ -71,6 +74,7 @@ class Server:
         logging_level: int = logging.INFO,
         encoding: str = "json",
         shutdown_timeout: float = 30.0,
+        backlog: int = 1024,
     ) -> None:
         settings: dict[str, Any] = dict(
             addr=addr,
@@ -101,6 +105,7 @@ class Server:
         self.encoding = get_codec(settings["encoding"]).name
         self.shutdown_timeout = _non_negative("shutdown_timeout", settings["shutdown_timeout"])
         self.ssl = ssl
+        self.backlog = backlog
         self.router = Router()
         self._plan: Plan | None = None
         self._listener: asyncio.Server | None = None
@@ -125,7 +130,10 @@ class Server:
         self.router.include_router(router)
 
     def compile(self) -> Plan:
-        """Compile the routes into the plan that dispatch runs (done once, before serving)."""
+        """Compile the routes into the plan that dispatch runs (done once, before serving).
+
+        Logs a warning (logger "asyncapy") for each handler that can never run.
+        """
         if self._plan is None:
             self._plan = compile_routes(self.router.routes())
         return self._plan
@@ -142,6 +150,17 @@ class Server:
         from .schema import compiled_routes
 
         return asyncapi_document(self, compiled_routes(self), title=title, version=version, description=description)
+
+    async def explain(self, payload: Mapping[str, Any], address: str = "127.0.0.1") -> Explanation:
+        """What the routes would do with ``payload`` from ``address``, calling no handler.
+
+        Filters do run (custom ones may be async, hence ``async``); replies are never
+        sent. For a packet no handler accepts, ``text`` is the ERR_NO_HANDLER detail.
+        """
+        plan = self._plan or compile_routes(self.router.routes())
+        client = Client(address, 0, Session(address, 0), _NullLink())
+        packet = Packet(dict(payload), sender=client)
+        return await plan.explain(client, packet)
 
     # -- hooks ---------------------------------------------------------------------
 
@@ -185,7 +204,9 @@ class Server:
         await self.setup()
         self._ctx = ctx = self._serving_context(plan)
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(lambda: Connection(ctx), self.addr, self.port, ssl=self.ssl)
+        self._listener = await loop.create_server(
+            lambda: Connection(ctx), self.addr, self.port, ssl=self.ssl, backlog=self.backlog
+        )
         self.port = self._listener.sockets[0].getsockname()[1]
         logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
 
@@ -250,6 +271,21 @@ class Server:
     def _check_not_serving(self) -> None:
         if self._plan is not None:
             raise RuntimeError("handlers must be registered before the server starts serving")
+
+
+class _NullLink:
+    """A link for ``explain``'s stand-in client: closed, so nothing is ever sent."""
+
+    closing = True
+
+    def write_payload(self, payload: bytes, encoding: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
 
 
 def _non_negative(name: str, value: float) -> float:

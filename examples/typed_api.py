@@ -7,11 +7,12 @@ document with ``asyncapy schema examples.typed_api:server --asyncapi``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from asyncapy import Client, Packet, Server
+from asyncapy.filters import Fields
 
 server = Server("127.0.0.1", 1500)
 
@@ -35,6 +36,24 @@ class Sum(BaseModel):
     result: int
 
 
+class Circle(BaseModel):
+    kind: Literal["circle"]
+    radius: float = Field(ge=0)
+
+
+class Square(BaseModel):
+    kind: Literal["square"]
+    side: float = Field(ge=0)
+
+
+Shape = Annotated[Union[Circle, Square], Field(discriminator="kind")]
+
+
+class Area(BaseModel):
+    kind: Literal["area"] = "area"
+    area: float
+
+
 @server.add_handler()
 async def ping(client: Client, packet: Packet[Ping]) -> Pong:
     """Answer a ping, to check the server is up."""
@@ -44,7 +63,21 @@ async def ping(client: Client, packet: Packet[Ping]) -> Pong:
 @server.add_handler()
 async def add(client: Client, packet: Packet[Add]) -> Sum:
     """Add two integers."""
-    return Sum(result=packet["a"] + packet["b"])
+    return Sum(result=packet.data.a + packet.data.b)
+
+
+@server.add_handler()
+async def area(client: Client, shape: Shape) -> Area:
+    """The area of a circle or a square."""
+    if isinstance(shape, Circle):
+        return Area(area=3.141592653589793 * shape.radius**2)
+    return Area(area=shape.side**2)
+
+
+@server.add_handler(Fields(user=r"[a-z]{1,16}"))
+async def hello(client: Client, packet: Packet) -> dict[str, str]:
+    """Greet a user whose name is 1 to 16 lowercase letters (any other packet falls through)."""
+    return {"hello": packet["user"]}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
 
 from asyncapy import Client, Packet, Server
 
@@ -58,6 +60,24 @@ async def whoami(client: Client, packet: Packet) -> dict[str, Any]:
     return {"address": client.address, "encoding": client.encoding}
 
 
+class Order(BaseModel):
+    kind: Literal["order"]
+    qty: int = Field(gt=0)
+
+
+class AnyOrder(BaseModel):
+    kind: Literal["order"]
+
+
+async def order(client: Client, packet: Packet[Order]) -> dict[str, Any]:
+    return {"order": packet.data.qty}
+
+
+async def odd_order(client: Client, packet: AnyOrder) -> dict[str, Any]:
+    """Reached only when ``Order`` did not validate: typed fall-through."""
+    return {"order": "invalid"}
+
+
 def build_server(**settings: Any) -> Server:
     server = make_server(**settings)
     server.register_handler(tag, has("tag"), group=-1)
@@ -67,5 +87,7 @@ def build_server(**settings: Any) -> Server:
     server.register_handler(pick_any, kind("pick"))
     server.register_handler(boom, kind("boom"))
     server.register_handler(whoami, kind("whoami"))
+    server.register_handler(order)
+    server.register_handler(odd_order)
     server.register_handler(echo, kind("stop"), group=1)
     return server

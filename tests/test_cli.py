@@ -137,7 +137,7 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
 def test_schema_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema", "examples.typed_api:server"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert [r["handler"] for r in doc["routes"]] == ["ping", "add"]
+    assert [r["handler"] for r in doc["routes"]] == ["ping", "add", "area", "hello"]
 
 
 def test_schema_asyncapi_to_a_file(tmp_path: Path) -> None:

@@ -73,6 +73,11 @@ async def test_fall_through_to_the_next_handler(peer: Peer) -> None:
     assert await peer.request({"kind": "pick"}) == {"picked": "any"}
 
 
+async def test_validation_failure_falls_through(peer: Peer) -> None:
+    assert await peer.request({"kind": "order", "qty": 2}) == {"order": 2}
+    assert await peer.request({"kind": "order", "qty": 0}, "ziproto") == {"order": "invalid"}
+
+
 async def test_groups_run_in_order(peer: Peer) -> None:
     await peer.send({"kind": "echo", "tag": 1})
     assert await peer.receive() == {"seen_by": "tag"}
@@ -87,6 +92,7 @@ async def test_stop_propagation_skips_later_groups(peer: Peer) -> None:
 async def test_no_handler(peer: Peer) -> None:
     reply = await peer.request({"kind": "nothing"})
     assert reply["status"] == "failure" and reply["error"] == "ERR_NO_HANDLER"
+    assert "order" in reply["detail"]  # the reasons name the handlers that declined
     assert await peer.request({"kind": "echo"}) == {"kind": "echo"}
 
 

@@ -1,0 +1,35 @@
+"""Helpers for routing tests: a stand-in client that sends into a list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asyncapy import Client, Session
+from asyncapy.peer import encode_payload
+
+
+class RecordingLink:
+    """A link that keeps what a handler sends, decoded as JSON payload bytes."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closing = False
+
+    def write_payload(self, payload: bytes, encoding: int) -> None:
+        self.sent.append(payload)
+
+    def close(self) -> None:
+        self.closing = True
+
+    async def drain(self) -> None:
+        pass
+
+
+def fake_client(address: str = "127.0.0.1") -> tuple[Client, RecordingLink]:
+    """A ``Client`` from ``address`` whose sends land in the returned link."""
+    link = RecordingLink()
+    return Client(address, 0, Session(address, 0), link), link
+
+
+def encoded(obj: Any) -> bytes:
+    return encode_payload(obj, "json")
