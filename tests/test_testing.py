@@ -9,7 +9,7 @@ from asyncapy.errors import ClientTimeout, ConnectionClosed
 from asyncapy.testing import AsyncTestClient, TestClient
 
 from .conftest import make_server
-from .routing_cases import build_server, echo, pick_any, pick_x
+from .routing_cases import Order, build_server, echo, pick_any, pick_x
 
 
 def test_sync_request_and_calls() -> None:
@@ -126,3 +126,32 @@ def test_registration_is_frozen_like_serving() -> None:
         with pytest.raises(RuntimeError, match="before the server starts"):
             server.register_handler(echo)
 
+
+
+class Doubler:
+    """A handler that is an object with an async ``__call__`` and a typed packet."""
+
+    async def __call__(self, client: Client, packet: Packet[Order]) -> dict[str, int]:
+        return {"double": packet.data.qty * 2}
+
+
+def test_callable_object_handlers_are_recorded_and_typed() -> None:
+    server = make_server()
+    doubler = Doubler()
+    server.register_handler(doubler)
+    with TestClient(server) as client:
+        assert client.request({"kind": "order", "qty": 4}) == {"double": 8}
+        assert client.calls_of(doubler)[0].data == Order(kind="order", qty=4)
+        reply = client.request({"kind": "order", "qty": -1})
+        assert reply["error"] == "ERR_NO_HANDLER"
+
+
+def test_dead_route_warnings_are_not_repeated(caplog: pytest.LogCaptureFixture) -> None:
+    server = make_server()
+    server.register_handler(echo)
+    server.register_handler(pick_any)  # never reached: echo takes every packet
+    with caplog.at_level("WARNING", logger="asyncapy"):
+        with TestClient(server):
+            pass
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "pick_any" in warnings[0].getMessage()

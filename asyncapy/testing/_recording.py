@@ -7,8 +7,11 @@ router inspects, so the recorded plan routes and validates exactly as the server
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from ..routing import Plan, Router, compile_routes
@@ -53,13 +56,32 @@ def recording_plan(router: Router, log: CallLog) -> Plan:
     for route in router.routes():
         log.watch(route.handler)
         shadow.register_handler(_recorder(route.handler, log), *route.filters, group=route.group)
-    return compile_routes(shadow.routes())
+    with _drop_warnings():  # Server.compile() already warned about the same routes
+        return compile_routes(shadow.routes())
 
 
 def _recorder(handler: Handler, log: CallLog) -> Handler:
-    @functools.wraps(handler)
+    """An async function the router reads exactly as ``handler`` (signature, hints, name)."""
+    plain = inspect.isfunction(handler) or inspect.ismethod(handler)
+    target = handler if plain else getattr(handler, "__call__", handler)
+
+    @functools.wraps(target)
     async def recorded(*args: Any, **kwargs: Any) -> Any:
         log.record(handler, args[1] if len(args) > 1 else kwargs)
         return await handler(*args, **kwargs)
 
+    recorded.__qualname__ = handler_name(handler)
     return recorded
+
+
+@contextlib.contextmanager
+def _drop_warnings() -> Iterator[None]:
+    def below_warning(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+    logger = logging.getLogger("asyncapy")
+    logger.addFilter(below_warning)
+    try:
+        yield
+    finally:
+        logger.removeFilter(below_warning)
