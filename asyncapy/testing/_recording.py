@@ -15,13 +15,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from ..routing import Plan, Router, compile_routes
+from ..routing.introspect import handler_name
 
 Handler = Callable[..., Awaitable[Any]]
-
-
-def handler_name(handler: object) -> str:
-    """The name routes use for ``handler`` (its qualname)."""
-    return getattr(handler, "__qualname__", None) or repr(handler)
 
 
 class CallLog:
