@@ -40,6 +40,8 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "max_connections": int,
     "max_packet_size": int,
     "shutdown_timeout": float,
+    "max_pending": int,
+    "handler_timeout": float,  # 0: no limit
     # AsyncAPY's read size; asyncio picks its own, so the value is read and ignored.
     "buf": int,
 }

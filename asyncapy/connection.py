@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from .codecs import CODECS, DecodeError, get_codec
 from .errors import (
@@ -32,6 +32,23 @@ from .sessions import SessionRegistry
 
 logger = logging.getLogger("asyncapy")
 
+#: 64 packets: one socket read of small pipelined packets fills it at once, so a
+#: well-behaved client never waits on it, and 64 x max_packet_size bounds what one
+#: greedy connection can queue.
+DEFAULT_MAX_PENDING: Final = 64
+#: A cancelled handler gets this long to run its ``finally`` blocks; one that ignores
+#: cancellation is left behind so that the connection can move on.
+HANDLER_CANCEL_GRACE: Final = 1.0
+
+# Why reading is paused; reading resumes when no reason is left.
+_HOLD_QUEUE: Final = "queue"  # max_pending packets wait to be handled
+_HOLD_WRITE: Final = "write"  # the peer does not read its replies
+_HOLD_FATAL: Final = "fatal"  # a fatal frame error: the connection is closing
+
+
+class _HandlerTimedOut(Exception):
+    """The handlers of one packet ran past ``handler_timeout``."""
+
 
 @dataclass(eq=False)
 class ServingContext:
@@ -47,6 +64,8 @@ class ServingContext:
     default_encoding: int
     connections: set[Connection] = field(default_factory=set)
     debug: bool = False
+    max_pending: int = DEFAULT_MAX_PENDING
+    handler_timeout: float | None = None
 
 
 class Connection(asyncio.Protocol):
@@ -61,6 +80,8 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._mark = 0.0
+        self._seen = 0.0
+        self._holds: set[str] = set()
         self._closing = False
         self._eof = False
         self._registered = False
@@ -97,21 +118,11 @@ class Connection(asyncio.Protocol):
         if self._closing:
             return
         decoder = self._decoder
+        self._seen = now = self._loop.time()
         if not decoder.in_frame:
-            self._mark = self._loop.time()
+            self._mark = now  # a packet must be whole within `timeout` of its first byte
         decoder.feed(data)
-        pending = self._pending
-        while True:
-            event = decoder.next_event()
-            if event is NEED_DATA:
-                break
-            assert isinstance(event, (Frame, FrameError))
-            pending.append(event)
-            if isinstance(event, FrameError) and event.fatal:
-                self._pause_reading()
-                break
-        if pending and self._worker is None:
-            self._worker = self._loop.create_task(self._work())
+        self._take_events()
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -134,10 +145,12 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._hold_reading(_HOLD_WRITE)  # a peer that does not read must not make us buffer
 
     def resume_writing(self) -> None:
         self._write_paused = False
         self._wake_drainers()
+        self._release_reading(_HOLD_WRITE)
 
     # -- the link a Client writes through ------------------------------------
 
@@ -177,6 +190,34 @@ class Connection(asyncio.Protocol):
         while self._worker is not None:
             await asyncio.shield(self._worker)
 
+    @property
+    def pending(self) -> int:
+        """Packets (and frame errors) decoded and waiting to be handled."""
+        return len(self._pending)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for this connection: undecoded input plus unsent replies."""
+        out = self._transport.get_write_buffer_size() if self._transport is not None else 0
+        return self._decoder.buffered + out
+
+    def quiet_for(self) -> float:
+        """Seconds since the last byte arrived or the last packet was handled; 0 while handling."""
+        if self._worker is not None:
+            return 0.0
+        return self._loop.time() - max(self._seen, self._mark)
+
+    def cancel_work(self) -> None:
+        """Cancel the running handler (shutdown past its deadline)."""
+        if self._worker is not None:
+            self._worker.cancel()
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent replies included (a peer that never reads)."""
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
+
     # -- handling packets, in order -------------------------------------------
 
     async def _work(self) -> None:
@@ -188,6 +229,8 @@ class Connection(asyncio.Protocol):
                     await self._handle_frame(event)
                 else:
                     self._handle_frame_error(event)
+                if self._holds:  # rare: reading is paused, see _relieve
+                    await self._relieve()
         finally:
             self._worker = None
             self._mark = self._loop.time()
@@ -214,7 +257,13 @@ class Connection(asyncio.Protocol):
             self._log_packet(frame, codec.name)
         packet = Packet._received(payload, codec.name, client, frame.payload)
         try:
-            miss = await self._ctx.plan.dispatch(client, packet)
+            if self._ctx.handler_timeout is None:
+                miss = await self._ctx.plan.dispatch(client, packet)
+            else:
+                miss = await self._dispatch_bounded(client, packet, self._ctx.handler_timeout)
+        except _HandlerTimedOut:
+            self._handler_timed_out(frame.encoding)
+            return
         except Exception:
             assert self.session is not None
             logger.exception("(%s) A handler raised while handling a packet", self.session.id)
@@ -222,6 +271,28 @@ class Connection(asyncio.Protocol):
             return
         if miss is not None:
             self._send_error(ERR_NO_HANDLER, miss.detail, frame.encoding)
+
+    async def _dispatch_bounded(self, client: Client, packet: Packet[Any], timeout: float) -> Any:
+        """``plan.dispatch`` in a task cancelled after ``timeout`` (a handler's own TimeoutError stays ERR_INTERNAL)."""
+        task = self._loop.create_task(self._ctx.plan.dispatch(client, packet))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=HANDLER_CANCEL_GRACE)
+            task.add_done_callback(_ignore_result)
+            raise _HandlerTimedOut
+        return task.result()
+
+    def _handler_timed_out(self, encoding: int) -> None:
+        """The connection stays open: its framing is intact and the hung handler is cancelled."""
+        assert self.session is not None
+        timeout = self._ctx.handler_timeout
+        logger.warning("(%s) A handler ran past handler_timeout (%s s) and was cancelled", self.session.id, timeout)
+        self._send_error(ERR_TIMED_OUT, f"the handler did not finish within {timeout} seconds", encoding)
 
     def _handle_frame_error(self, error: FrameError) -> None:
         self._send_error(error.code, error.detail, error.encoding)
@@ -256,7 +327,58 @@ class Connection(asyncio.Protocol):
         assert self.session is not None
         logger.info("(%s) Timed out after %s seconds without a complete packet", self.session.id, timeout)
         self._send_error(ERR_TIMED_OUT, f"no complete packet within {timeout} seconds", None)
-        self.close()
+        if self._write_paused:
+            self.abort()  # the peer does not read: close() would wait forever to flush
+        else:
+            self.close()
+
+    # -- flow control: bounded memory per connection --------------------------------
+
+    def _take_events(self) -> None:
+        """Move decoded events to the pending queue, holding reading once it is full.
+
+        Frames beyond ``max_pending`` stay undecoded in the decoder (at most one socket
+        read) until the worker drains the queue.
+        """
+        decoder = self._decoder
+        pending = self._pending
+        limit = self._ctx.max_pending
+        while len(pending) < limit:
+            event = decoder.next_event()
+            if event is NEED_DATA:
+                break
+            assert isinstance(event, (Frame, FrameError))
+            pending.append(event)
+            if isinstance(event, FrameError) and event.fatal:
+                self._hold_reading(_HOLD_FATAL)
+                break
+        else:
+            self._hold_reading(_HOLD_QUEUE)
+        if pending and self._worker is None:
+            self._worker = self._loop.create_task(self._work())
+
+    async def _relieve(self) -> None:
+        """Between packets while reading is held: wait for the peer to read, refill the queue."""
+        if self._write_paused:
+            await self.drain()
+        if _HOLD_QUEUE in self._holds and len(self._pending) <= self._ctx.max_pending // 2:
+            self._holds.discard(_HOLD_QUEUE)
+            self._take_events()  # may fill the queue and hold reading again
+            if _HOLD_QUEUE not in self._holds:
+                self._release_reading(_HOLD_QUEUE)
+
+    def _hold_reading(self, reason: str) -> None:
+        self._holds.add(reason)
+        self._pause_reading()
+
+    def _release_reading(self, reason: str) -> None:
+        holds = self._holds
+        holds.discard(reason)
+        transport = self._transport
+        if holds or self._closing or transport is None or transport.is_reading():
+            return
+        transport.resume_reading()
+        self._mark = self._loop.time()  # time spent paused by us does not count against the peer
 
     def _pause_reading(self) -> None:
         if self._transport is not None and self._transport.is_reading():
@@ -273,6 +395,12 @@ class Connection(asyncio.Protocol):
         logger.debug(
             "(%s) Packet of %d bytes, Content-Encoding is %s", self.session.id, len(frame.payload), encoding
         )
+
+
+def _ignore_result(task: asyncio.Task[Any]) -> None:
+    """Retrieve a cancelled handler's outcome so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _kind(value: object) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Generic
+from typing import TYPE_CHECKING, Any, Generic, overload
 
 from pydantic import BaseModel
 from typing_extensions import TypeVar
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .peer import Client
 
 T = TypeVar("T", default=dict[str, Any])
+M = TypeVar("M", bound=BaseModel)
 
 
 class Packet(Mapping[str, Any], Generic[T]):
@@ -32,6 +33,21 @@ class Packet(Mapping[str, Any], Generic[T]):
     encoding: str
     sender: Client | None
     raw: bytes | None
+
+    @overload
+    def __init__(
+        self: Packet[M], payload: M, encoding: str = ..., *, sender: Client | None = ..., raw: bytes | None = ...
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Packet[dict[str, Any]],
+        payload: Mapping[str, Any],
+        encoding: str = ...,
+        *,
+        sender: Client | None = ...,
+        raw: bytes | None = ...,
+    ) -> None: ...
 
     def __init__(
         self,

@@ -9,11 +9,11 @@ import os
 import signal
 import ssl as _ssl
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from .codecs import get_codec
 from .config import load_config
-from .connection import Connection, ServingContext
+from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
 from .packet import Packet
 from .peer import Client, Session
@@ -27,6 +27,16 @@ R = TypeVar("R")
 
 LOG_FORMAT = "[%(levelname)s] %(asctime)s %(message)s"
 LOG_DATEFMT = "%d/%m/%Y %I:%M:%S %p"
+
+#: While stopping, a connection is closed once it has been quiet this long: longer than a
+#: LAN round trip, so packets the peer sent before the stop are read and answered,
+#: short enough that an idle connection does not hold the shutdown.
+SHUTDOWN_QUIET: Final = 0.25
+#: How often ``stop()`` looks for connections that went quiet.
+_SHUTDOWN_POLL: Final = 0.05
+#: After the last close, replies get this long to flush before connections whose
+#: peer does not read are aborted.
+SHUTDOWN_FLUSH_GRACE: Final = 2.0
 
 
 class Server:
@@ -47,6 +57,11 @@ class Server:
         encoding: the encoding of error replies sent before a session declared one.
         shutdown_timeout: seconds running handlers get to finish when the server stops.
         backlog: connections the kernel may queue before ``accept`` (bursts of connects).
+        max_pending: packets one connection may have waiting to be handled; reading
+            from it pauses while that many wait (bounds a pipelining client's memory).
+        handler_timeout: seconds the handlers of one packet may run (None: no limit);
+            past it they are cancelled and the peer gets ERR_TIMED_OUT. The connection
+            stays open: its framing is intact, only that packet failed.
 
     Example:
         server = Server(port=1500)
@@ -75,6 +90,8 @@ class Server:
         encoding: str = "json",
         shutdown_timeout: float = 30.0,
         backlog: int = 1024,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        handler_timeout: float | None = None,
     ) -> None:
         settings: dict[str, Any] = dict(
             addr=addr,
@@ -88,6 +105,8 @@ class Server:
             logging_level=logging_level,
             encoding=encoding,
             shutdown_timeout=shutdown_timeout,
+            max_pending=max_pending,
+            handler_timeout=handler_timeout,
         )
         if config is not None:
             settings.update(load_config(config))
@@ -104,6 +123,12 @@ class Server:
         self.logging_level: int = settings["logging_level"]
         self.encoding = get_codec(settings["encoding"]).name
         self.shutdown_timeout = _non_negative("shutdown_timeout", settings["shutdown_timeout"])
+        self.max_pending = int(settings["max_pending"])
+        if self.max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, not {self.max_pending!r}")
+        self.handler_timeout: float | None = settings["handler_timeout"] or None
+        if self.handler_timeout is not None:
+            _non_negative("handler_timeout", self.handler_timeout)
         self.ssl = ssl
         self.backlog = backlog
         self.router = Router()
@@ -222,6 +247,8 @@ class Server:
             max_connections=self.max_connections,
             default_encoding=get_codec(self.encoding).id,
             debug=logger.isEnabledFor(logging.DEBUG),
+            max_pending=self.max_pending,
+            handler_timeout=self.handler_timeout,
         )
 
     def request_stop(self) -> None:
@@ -230,25 +257,52 @@ class Server:
             self._stop_requested.set()
 
     async def stop(self) -> None:
-        """Stop accepting, let running handlers finish (up to ``shutdown_timeout``), close."""
+        """Stop accepting, answer every packet received, close; bounded by ``shutdown_timeout``.
+
+        Connections keep being read and served until each has been quiet for
+        ``SHUTDOWN_QUIET`` seconds (so packets already sent are answered), then close
+        after their replies are written. A packet half-received when its connection
+        goes quiet is dropped. At the deadline, handlers still running are cancelled.
+        """
         listener, ctx = self._listener, self._ctx
         if listener is None or ctx is None:
             return
         self._listener = None
         listener.close()
         logger.info("Stopping: waiting for %d connection(s) to finish their packets", len(ctx.connections))
-        busy = [c.wait_idle() for c in ctx.connections if c.busy]
-        if busy:
-            done = asyncio.gather(*busy, return_exceptions=True)
-            try:
-                await asyncio.wait_for(done, self.shutdown_timeout or None)
-            except asyncio.TimeoutError:
-                logger.warning("Handlers still running after %s seconds; closing anyway", self.shutdown_timeout)
-        for conn in list(ctx.connections):
-            conn.close()
-        await asyncio.sleep(0)  # let the transports flush and report connection_lost
+        await self._close_when_quiet(ctx)
+        await self._flush_or_abort(ctx)
         await self.shutdown()
         logger.info("Server stopped")
+
+    async def _close_when_quiet(self, ctx: ServingContext) -> None:
+        """Close each connection once it is quiet; at the deadline close the rest."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_timeout
+        while loop.time() < deadline:
+            open_ = [conn for conn in ctx.connections if not conn.closing]
+            if not open_:
+                break
+            for conn in open_:
+                if conn.quiet_for() >= SHUTDOWN_QUIET:
+                    conn.close()
+            await asyncio.sleep(_SHUTDOWN_POLL)
+        if any(conn.busy for conn in ctx.connections):
+            logger.warning("Handlers still running after %s seconds; cancelling them", self.shutdown_timeout)
+        for conn in list(ctx.connections):
+            conn.cancel_work()
+            conn.close()
+
+    async def _flush_or_abort(self, ctx: ServingContext) -> None:
+        """Give closed connections time to write their replies, then drop the ones that cannot."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_FLUSH_GRACE
+        await asyncio.sleep(0)  # let the transports flush and report connection_lost
+        while ctx.connections and loop.time() < deadline:
+            await asyncio.sleep(_SHUTDOWN_POLL)
+        for conn in list(ctx.connections):
+            conn.abort()
+        await asyncio.sleep(0)
 
     @property
     def serving(self) -> bool:

@@ -1,40 +1,36 @@
-"""The examples under ``examples/`` work, driven through the TestClient."""
+"""Each example runs as written: real processes, real sockets."""
 
 from __future__ import annotations
 
-import math
+import subprocess
+import sys
 
-from asyncapy.testing import TestClient
-from examples.typed_api import Add, Circle, add, area, ping, server
+from asyncapy.client import Client
 
-
-def test_typed_api_replies() -> None:
-    with TestClient(server) as client:
-        assert client.request({"kind": "ping"}) == {"kind": "pong"}
-        assert client.request({"kind": "add", "a": 2, "b": 3}, "ziproto") == {"kind": "sum", "result": 5}
-        assert client.request({"kind": "square", "side": 3}) == {"kind": "area", "area": 9.0}
-        reply = client.request({"kind": "circle", "radius": 1})
-        assert math.isclose(reply["area"], math.pi)
-        assert client.request({"user": "ada"}) == {"hello": "ada"}
+from .procs import ROOT, free_port, server_process
 
 
-def test_typed_api_calls_are_typed() -> None:
-    with TestClient(server) as client:
-        client.request({"kind": "add", "a": 1, "b": 1})
-        client.request({"kind": "circle", "radius": 2})
-        assert client.calls_of(add)[0].data == Add(kind="add", a=1, b=1)
-        assert client.calls_of(area) == [Circle(kind="circle", radius=2)]
-        assert client.calls_of(ping) == []
+def test_getting_started_echo_server_and_test_client() -> None:
+    port = free_port()
+    with server_process(["examples/echo_server.py", str(port)], port) as proc:
+        out = subprocess.run(
+            [sys.executable, "examples/testclient.py", str(port)],
+            cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
+        ).stdout
+        assert out.strip() == repr(b'\x00\x00\x00\x0c\x16\x00{"test":1}')
+    stdout, stderr = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    assert "Hello world from Client(127.0.0.1)!" in stdout
+    assert 'Echoing back Packet({"test": 1})...' in stdout
+    assert "New session started" in stderr and "Server stopped" in stderr
 
 
-def test_typed_api_rejects_what_no_model_accepts() -> None:
-    with TestClient(server) as client:
-        for payload in ({"kind": "add", "a": "x", "b": 1}, {"kind": "circle", "radius": -1}, {"user": "ADA"}):
-            reply = client.request(payload)
-            assert reply["error"] == "ERR_NO_HANDLER", payload
-
-
-def test_typed_api_schema_names_its_models() -> None:
-    doc = server.schema()
-    assert [r["handler"] for r in doc["routes"]] == ["ping", "add", "area", "hello"]
-    assert {"Ping", "Pong", "Add", "Sum", "Circle", "Square", "Area"} <= set(doc["$defs"])
+def test_groups_example_answers_twice_then_closes() -> None:
+    port = free_port()
+    with server_process(["examples/groups.py", str(port)], port) as proc:
+        with Client("127.0.0.1", port, timeout=10) as client:
+            client.send({"test": 1})
+            assert client.receive() == {"test": 1}
+            assert client.receive() == {"test": 1}
+    stdout, _ = proc.communicate(timeout=15)
+    assert stdout.index("inside a group") < stdout.index("Hello world from Client(127.0.0.1)!\n")
