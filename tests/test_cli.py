@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,15 +17,7 @@ from asyncapy import Client, Packet
 from asyncapy.cli import CLIError, load_server, main
 
 from .conftest import make_server, running
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from .procs import ROOT, free_port, server_process
 
 
 def asyncapy(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -40,36 +30,10 @@ def asyncapy(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str
 def served_example() -> Iterator[int]:
     """``python -m asyncapy run examples.typed_api:server`` on a free port, SIGTERM'd afterwards."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "asyncapy", "run", "examples.typed_api:server", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _wait_until_accepting(port, proc)
+    args = ["-m", "asyncapy", "run", "examples.typed_api:server", "--port", str(port), "--log-level", "warning"]
+    with server_process(args, port) as proc:
         yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
-
-
-def _wait_until_accepting(port: int, proc: subprocess.Popen[bytes], limit: float = 15) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited: {proc.stderr.read() if proc.stderr else b''!r}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing accepted on port {port} within {limit} seconds")
+    assert proc.returncode == 0, proc.communicate()
 
 
 @pytest.mark.parametrize("encoding", ["json", "ziproto"])
