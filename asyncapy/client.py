@@ -126,12 +126,16 @@ def _client_ssl(tls: bool, ssl_context: _ssl.SSLContext | None) -> _ssl.SSLConte
     return _ssl.create_default_context() if tls else None
 
 
-class Client:
-    """A blocking AsyncAProto client.
+class _ClientSettings:
+    """What both clients are configured with.
 
-    Example:
-        with Client("127.0.0.1", 1500) as client:
-            print(client.request({"test": 1}))
+    Args:
+        host, port: the server.
+        tls: wrap the connection in TLS, verifying the server against the system CAs.
+        ssl_context: the ``ssl.SSLContext`` to use instead (implies TLS).
+        encoding: the default encoding of sent packets, "json" or "ziproto".
+        header_size, byteorder: the Content-Length field, as the server has it.
+        timeout: seconds to wait for a connect, a send or a reply (None: forever).
     """
 
     def __init__(
@@ -151,7 +155,17 @@ class Client:
         self.timeout = timeout
         self._ssl = _client_ssl(tls, ssl_context)
         self._core = ClientCore(encoding, header_size, byteorder)
-        self._sock: socket.socket | None = None
+
+
+class Client(_ClientSettings):
+    """A blocking AsyncAProto client.
+
+    Example:
+        with Client("127.0.0.1", 1500) as client:
+            print(client.request({"test": 1}))
+    """
+
+    _sock: socket.socket | None = None
 
     def connect(self) -> None:
         """Open the connection (``send`` and ``request`` do it when needed)."""
@@ -225,7 +239,7 @@ class Client:
             self._core.receive_data(data)
 
 
-class AsyncClient:
+class AsyncClient(_ClientSettings):
     """An asyncio AsyncAProto client; the same methods as ``Client``, awaited.
 
     Example:
@@ -233,25 +247,8 @@ class AsyncClient:
             print(await client.request({"test": 1}))
     """
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        tls: bool = False,
-        ssl_context: _ssl.SSLContext | None = None,
-        encoding: str = "json",
-        header_size: int = 4,
-        byteorder: str = "big",
-        timeout: float | None = 60,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.timeout = timeout
-        self._ssl = _client_ssl(tls, ssl_context)
-        self._core = ClientCore(encoding, header_size, byteorder)
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+    _reader: asyncio.StreamReader | None = None
+    _writer: asyncio.StreamWriter | None = None
 
     async def connect(self) -> None:
         """Open the connection (``send`` and ``request`` do it when needed)."""
