@@ -174,6 +174,19 @@ class Server:
             self._plan = compile_routes(self.router.routes())
         return self._plan
 
+    def schema(self) -> dict[str, Any]:
+        """The JSON Schema of every route: filters, accepted packets, replies (``asyncapy.schema``)."""
+        from .schema import compiled_routes, schema_document
+
+        return schema_document(compiled_routes(self))
+
+    def asyncapi(self, title: str = "asyncapy API", version: str = "1.0.0", description: str | None = None) -> dict[str, Any]:
+        """An AsyncAPI 3.0.0 document of this server (``asyncapy.asyncapi``)."""
+        from .asyncapi import asyncapi_document
+        from .schema import compiled_routes
+
+        return asyncapi_document(self, compiled_routes(self), title=title, version=version, description=description)
+
     async def explain(self, payload: Mapping[str, Any], address: str = "127.0.0.1") -> Explanation:
         """What the routes would do with ``payload`` from ``address``, calling no handler.
 
@@ -237,7 +250,15 @@ class Server:
         plan = self.compile()
         self._stop_requested = asyncio.Event()
         await self.setup()
-        self._ctx = ServingContext(
+        self._ctx = ctx = self._serving_context(plan)
+        loop = asyncio.get_running_loop()
+        self._listener = await self._listen(loop, lambda: Connection(ctx))
+        self.port = self._listener.sockets[0].getsockname()[1]
+        logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
+
+    def _serving_context(self, plan: Plan) -> ServingContext:
+        """What the connections of one serving run share; ``asyncapy.testing`` builds one too."""
+        return ServingContext(
             plan=plan,
             sessions=SessionRegistry(self.session_limit),
             header_size=self.header_size,
@@ -250,11 +271,6 @@ class Server:
             max_pending=self.max_pending,
             handler_timeout=self.handler_timeout,
         )
-        ctx = self._ctx
-        loop = asyncio.get_running_loop()
-        self._listener = await self._listen(loop, lambda: Connection(ctx))
-        self.port = self._listener.sockets[0].getsockname()[1]
-        logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], Connection]) -> asyncio.Server:
         if self._sock is not None:

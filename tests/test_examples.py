@@ -34,3 +34,23 @@ def test_groups_example_answers_twice_then_closes() -> None:
             assert client.receive() == {"test": 1}
     stdout, _ = proc.communicate(timeout=15)
     assert stdout.index("inside a group") < stdout.index("Hello world from Client(127.0.0.1)!\n")
+
+
+def run_example(name: str) -> str:
+    return subprocess.run(
+        [sys.executable, f"examples/{name}"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+
+
+def test_clients_example() -> None:
+    out = run_example("clients.py")
+    assert "raw packet: b'\\x00\\x00\\x00\\x0c\\x16\\x00{\"test\":1}'" in out
+    assert "ZiProto reply: {'z': [1, 2]}" in out
+    assert "async client: {'hello': 'world'}" in out
+    assert "error reply: ERR_INTERNAL" in out
+
+
+def test_filters_example() -> None:
+    lines = run_example("filters.py").splitlines()
+    assert lines[:3] == ["{'area': 'admin'}", "{'area': 'office', 'user': 'ada'}", "{'area': 'lobby'}"]
+    assert "ERR_NO_HANDLER" in lines[3] and "wrong" not in lines[3]

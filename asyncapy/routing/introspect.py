@@ -131,11 +131,16 @@ def _check_models(annotation: Any, name: str) -> None:
         if _is_union(_strip(member)):
             _check_models(member, name)
         elif not _is_model(member):
+            what = _show(member) if member is annotation else f"{_show(annotation)} has {_show(member)}, which"
             raise UsageError(
-                f"handler {name!r}: its packet annotation {annotation!r} has {member!r}, which is not a "
+                f"handler {name!r}: its packet annotation {what} is not a "
                 "pydantic model; annotate the packet with Packet[Model], a Model, a union of models, "
                 "or Packet for any map"
             )
+
+
+def _show(annotation: Any) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else repr(annotation)
 
 
 def _reply_type(annotation: Any) -> Any:

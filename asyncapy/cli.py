@@ -1,0 +1,211 @@
+"""The ``asyncapy`` command: ``run``, ``schema`` and ``send``.
+
+Exit codes: 0 success, 1 the server answered an error packet, 2 bad usage (argparse's
+code, also for a bad ``module:server`` spec), 3 the server could not be reached (``send``)
+or could not listen (``run``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .client import Client
+from .errors import ClientError, ConnectionClosed, ErrorReply, ProtocolError
+from .server import Server
+
+EXIT_ERROR_REPLY = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+class CLIError(Exception):
+    """A message for the user, and the exit code that goes with it."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.command(args)
+        return result
+    except CLIError as exc:
+        print(f"asyncapy: error: {exc}", file=sys.stderr)
+        return exc.code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asyncapy", description="Serve, describe and call AsyncAProto APIs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_run(commands)
+    _add_schema(commands)
+    _add_send(commands)
+    return parser
+
+
+# -- run ----------------------------------------------------------------------------
+
+
+def _add_run(commands: Any) -> None:
+    run = commands.add_parser("run", help="serve MODULE:SERVER until SIGINT/SIGTERM", description=cmd_run.__doc__)
+    run.add_argument("server", metavar="MODULE:SERVER", help="where the Server is, e.g. myapp.api:server")
+    run.add_argument("--host", help="address to listen on (default: the server's addr)")
+    run.add_argument("--port", type=int, help="port to listen on (default: the server's port)")
+    run.add_argument("--log-level", choices=LOG_LEVELS, help="level of the asyncapy logger")
+    run.set_defaults(command=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Import MODULE, take its SERVER attribute and serve it until SIGINT or SIGTERM."""
+    server = load_server(args.server)
+    if args.host is not None:
+        server.addr = args.host
+    if args.port is not None:
+        server.port = args.port
+    if args.log_level is not None:
+        server.logging_level = getattr(logging, args.log_level.upper())
+    try:
+        server.start()
+    except OSError as exc:  # the address is taken, or not this machine's
+        raise CLIError(f"cannot serve on {server.addr}:{server.port}: {exc.strerror or exc}", EXIT_UNREACHABLE) from None
+    return 0
+
+
+# -- schema ---------------------------------------------------------------------------
+
+
+def _add_schema(commands: Any) -> None:
+    schema = commands.add_parser(
+        "schema", help="print the JSON Schema (or AsyncAPI document) of MODULE:SERVER", description=cmd_schema.__doc__
+    )
+    schema.add_argument("server", metavar="MODULE:SERVER", help="where the Server is, e.g. myapp.api:server")
+    schema.add_argument("--asyncapi", action="store_true", help="print an AsyncAPI 3.0.0 document instead")
+    schema.add_argument("--title", default="asyncapy API", help="the AsyncAPI info.title (default: %(default)s)")
+    schema.add_argument("--api-version", default="1.0.0", help="the AsyncAPI info.version (default: %(default)s)")
+    schema.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    schema.set_defaults(command=cmd_schema)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of every route of SERVER, or its AsyncAPI document."""
+    server = load_server(args.server)
+    doc = server.asyncapi(title=args.title, version=args.api_version) if args.asyncapi else server.schema()
+    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+    return 0
+
+
+# -- send -------------------------------------------------------------------------------
+
+
+def _add_send(commands: Any) -> None:
+    send = commands.add_parser("send", help="send one packet and print the reply", description=cmd_send.__doc__)
+    send.add_argument("address", metavar="HOST:PORT", help="the server, e.g. 127.0.0.1:1500 or [::1]:1500")
+    send.add_argument("payload", metavar="JSON", help='the packet, a JSON object, e.g. \'{"test": 1}\'')
+    send.add_argument("--encoding", choices=("json", "ziproto"), default="json", help="Content-Encoding to send")
+    send.add_argument("--tls", action="store_true", help="connect with TLS (the certificate is verified)")
+    send.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default: %(default)s)")
+    send.set_defaults(command=cmd_send)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Send JSON to HOST:PORT as one packet and print the reply as JSON.
+
+    An error packet from the server, or a server that cannot be reached, is reported
+    on stderr with a non-zero exit code.
+    """
+    host, port = parse_address(args.address)
+    payload = parse_payload(args.payload)
+    client = Client(host, port, tls=args.tls, encoding=args.encoding, timeout=args.timeout)
+    try:
+        with client:
+            reply = client.request(payload, raise_errors=True)
+    except ErrorReply as exc:
+        raise CLIError(f"the server answered {exc}", EXIT_ERROR_REPLY) from None
+    except (ClientError, ProtocolError, OSError) as exc:
+        raise CLIError(f"{host}:{port}: {_why(exc)}", EXIT_UNREACHABLE) from None
+    print(json.dumps(reply, ensure_ascii=False, default=_jsonable))
+    return 0
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CLIError(f"expected HOST:PORT, e.g. 127.0.0.1:1500, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def parse_payload(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"the packet is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CLIError("the packet must be a JSON object, e.g. '{\"test\": 1}'")
+    return value
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the server running?)"
+    if isinstance(exc, ConnectionClosed):
+        return f"{exc} before replying"
+    return str(exc) or type(exc).__name__
+
+
+def _jsonable(value: object) -> object:
+    """ZiProto can carry bytes, JSON cannot: print them as base64."""
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# -- loading MODULE:SERVER ---------------------------------------------------------------
+
+
+def load_server(spec: str) -> Server:
+    """Import ``module:attr`` (``attr`` may be dotted) from the current directory, like uvicorn."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CLIError(f"expected MODULE:SERVER, e.g. myapp.api:server, not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise  # the module exists but imports something missing: its traceback says more
+        raise CLIError(f"could not import module {module_name!r}: {exc}") from None
+    value: Any = module
+    for part in attr.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise CLIError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(value, Server):
+        raise CLIError(f"{spec!r} is a {type(value).__name__}, not an asyncapy Server")
+    return value
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

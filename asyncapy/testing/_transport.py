@@ -1,0 +1,89 @@
+"""An in-memory ``asyncio.Transport``: the server's ``Connection`` runs on it unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+
+class MemoryTransport(asyncio.Transport):
+    """The server end of an in-memory connection.
+
+    What the server writes goes to ``on_write``; ``feed`` and ``feed_eof`` play the
+    client's side, honouring ``pause_reading`` the way a socket transport does.
+    """
+
+    def __init__(
+        self,
+        protocol: asyncio.Protocol,
+        extra: dict[str, Any],
+        on_write: Callable[[bytes], None],
+        on_close: Callable[[], None],
+    ) -> None:
+        super().__init__(extra)
+        self._protocol = protocol
+        self._on_write = on_write
+        self._on_close = on_close
+        self._closing = False
+        self._reading = True
+        self._held: list[bytes] = []
+
+    # -- what the server's Connection calls --------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._closing:
+            self._on_write(bytes(data))
+
+    def close(self) -> None:
+        """Close like a socket transport: ``connection_lost`` comes on a later loop turn."""
+        if self._closing:
+            return
+        self._closing = True
+        self._on_close()
+        asyncio.get_running_loop().call_soon(self._protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def pause_reading(self) -> None:
+        self._reading = False
+
+    def resume_reading(self) -> None:
+        self._reading = True
+        held, self._held = self._held, []
+        for data in held:
+            self.feed(data)
+
+    def is_reading(self) -> bool:
+        return self._reading and not self._closing
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    # -- the client's side -----------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the client; held back while reading is paused, dropped once closed."""
+        if self._closing:
+            return
+        if not self._reading:
+            self._held.append(data)
+            return
+        self._protocol.data_received(data)
+
+    def feed_eof(self) -> None:
+        """The client closed its end; the server closes too unless it keeps writing."""
+        if self._closing:
+            return
+        if not self._protocol.eof_received():
+            self.close()
