@@ -103,6 +103,7 @@ class ZiProtoCodec:
 
 CODECS: dict[int, Codec] = {}
 _BY_NAME: dict[str, Codec] = {}
+_BY_KEY: dict[int | str, Codec] = {}
 
 
 def register_codec(codec: Codec) -> None:
@@ -111,11 +112,14 @@ def register_codec(codec: Codec) -> None:
         raise ValueError(f"codec id must be one byte, not {codec.id}")
     CODECS[codec.id] = codec
     _BY_NAME[codec.name] = codec
+    _BY_KEY[codec.id] = _BY_KEY[codec.name] = codec
 
 
 def get_codec(key: int | str) -> Codec:
     """The codec for a wire byte or a name ("json", "ziproto")."""
-    codec = CODECS.get(key) if isinstance(key, int) else _BY_NAME.get(key.lower())
+    codec = _BY_KEY.get(key)  # the exact key: one lookup on the hot path
+    if codec is None and isinstance(key, str):
+        codec = _BY_NAME.get(key.lower())
     if codec is None:
         known = ", ".join(sorted(_BY_NAME))
         raise ValueError(f"unknown encoding {key!r}; known encodings: {known}")

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
+from ._eager import Host
 from .codecs import CODECS, DecodeError, get_codec
 from .errors import (
     ERR_INTERNAL,
@@ -26,7 +28,7 @@ from .errors import (
 )
 from .packet import Packet
 from .peer import Client, Session
-from .protocol import NEED_DATA, Byteorder, Frame, FrameDecoder, FrameError, encode_frame
+from .protocol import NEED_DATA, Byteorder, Frame, FrameDecoder, FrameError, frame_header
 from .routing import Plan
 from .sessions import SessionRegistry
 
@@ -44,6 +46,23 @@ HANDLER_CANCEL_GRACE: Final = 1.0
 _HOLD_QUEUE: Final = "queue"  # max_pending packets wait to be handled
 _HOLD_WRITE: Final = "write"  # the peer does not read its replies
 _HOLD_FATAL: Final = "fatal"  # a fatal frame error: the connection is closing
+
+#: Replies queued while the worker runs are flushed early past this many bytes, so a
+#: handler that sends a lot without ever waiting still hands it to the transport
+#: (whose high-water mark then makes ``drain`` wait).
+_FLUSH_AT: Final = 64 * 1024
+
+
+class _Ready:
+    """An awaitable that is done at once (cheaper to await than a coroutine)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+_READY: Final = _Ready()
 
 
 class _HandlerTimedOut(Exception):
@@ -76,7 +95,12 @@ class Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, frozenset(CODECS))
         self._pending: deque[Frame | FrameError] = deque()
-        self._worker: asyncio.Task[None] | None = None
+        self._working = False
+        self._host: Host | None = None
+        self._corked = False
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._mark = 0.0
@@ -94,8 +118,8 @@ class Connection(asyncio.Protocol):
     # -- asyncio callbacks -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; they have its methods.
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("unknown", 0)
         host, port = str(peer[0]), int(peer[1])
         ctx = self._ctx
@@ -109,7 +133,8 @@ class Connection(asyncio.Protocol):
             return
         self._registered = True
         ctx.connections.add(self)
-        logger.info("(%s) New session started from %s:%d", session.id, host, port)
+        if logger.isEnabledFor(logging.INFO):  # session.id makes a UUID: only when it is logged
+            logger.info("(%s) New session started from %s:%d", session.id, host, port)
         self._mark = self._loop.time()
         if ctx.timeout:
             self._timer = self._loop.call_later(ctx.timeout, self._on_timer)
@@ -126,7 +151,7 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self._eof = True
-        if self._worker is not None:
+        if self._working:
             return True  # keep the write side open until the pending replies are out
         return None
 
@@ -135,12 +160,15 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._host is not None:
+            self._host.close()
         if self._registered:
             self._registered = False
             assert self.session is not None
             self._ctx.sessions.close(self.session)
             self._ctx.connections.discard(self)
-            logger.info("(%s) The connection was closed", self.session.id)
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("(%s) The connection was closed", self.session.id)
         self._wake_drainers()
 
     def pause_writing(self) -> None:
@@ -162,33 +190,47 @@ class Connection(asyncio.Protocol):
         if self._closing or self._transport is None:
             return
         ctx = self._ctx
-        self._transport.write(encode_frame(payload, encoding, ctx.header_size, ctx.byteorder))
+        header = frame_header(len(payload), encoding, ctx.header_size, ctx.byteorder)
+        if not self._corked:
+            self._transport.writelines((header, payload))
+            return
+        self._out += (header, payload)
+        self._out_size += len(payload)
+        if self._out_size > _FLUSH_AT:
+            self._flush()
 
     def close(self) -> None:
         """Close after the buffered replies are written; later sends are ignored."""
         if self._closing:
             return
+        self._flush()
         self._closing = True
         if self._transport is not None:
             self._transport.close()
 
-    async def drain(self) -> None:
-        """Wait while the socket's write buffer is above its high-water mark."""
+    def drain(self) -> Awaitable[None]:
+        """Wait while the socket's write buffer is above its high-water mark.
+
+        Not a coroutine function: every ``client.send`` awaits it and it almost never
+        waits, so the common case returns a ready awaitable instead of a new coroutine.
+        """
         if not self._write_paused or self._closing:
-            return
+            return _READY
         waiter = self._loop.create_future()
         self._drain_waiters.append(waiter)
-        await waiter
+        return waiter
 
     @property
     def busy(self) -> bool:
         """True while packets are being handled or wait to be."""
-        return self._worker is not None
+        return self._working
 
     async def wait_idle(self) -> None:
         """Return once every packet received so far has been handled."""
-        while self._worker is not None:
-            await asyncio.shield(self._worker)
+        while self._working:
+            waiter = self._loop.create_future()
+            self._idle_waiters.append(waiter)
+            await waiter
 
     @property
     def pending(self) -> int:
@@ -203,20 +245,48 @@ class Connection(asyncio.Protocol):
 
     def quiet_for(self) -> float:
         """Seconds since the last byte arrived or the last packet was handled; 0 while handling."""
-        if self._worker is not None:
+        if self._working:
             return 0.0
         return self._loop.time() - max(self._seen, self._mark)
 
     def cancel_work(self) -> None:
         """Cancel the running handler (shutdown past its deadline)."""
-        if self._worker is not None:
-            self._worker.cancel()
+        if self._working and self._host is not None:
+            self._host.cancel_worker()
 
     def abort(self) -> None:
         """Drop the connection now, unsent replies included (a peer that never reads)."""
         self._closing = True
         if self._transport is not None:
             self._transport.abort()
+
+    # -- driving the worker: eagerly, replies of a burst in one write -----------
+
+    def _start_worker(self) -> None:
+        """Run the worker now, in the host task's name; it goes on in that task if it waits."""
+        if self._host is None:
+            self._host = Host(self._loop, self._uncork, self._cork)
+        self._working = True
+        self._corked = True
+        self._host.run(self._work())
+        self._uncork()
+
+    def _cork(self) -> None:
+        self._corked = True
+
+    def _uncork(self) -> None:
+        """The worker finished or waits: write what it queued, in one call."""
+        self._corked = False
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        self._out_size = 0
+        if self._transport is not None and not self._closing:
+            self._transport.write(b"".join(out))
 
     # -- handling packets, in order -------------------------------------------
 
@@ -225,15 +295,17 @@ class Connection(asyncio.Protocol):
         try:
             while pending:
                 event = pending.popleft()
-                if isinstance(event, Frame):
+                if type(event) is Frame:
                     await self._handle_frame(event)
                 else:
-                    self._handle_frame_error(event)
+                    self._handle_frame_error(event)  # type: ignore[arg-type]
                 if self._holds:  # rare: reading is paused, see _relieve
                     await self._relieve()
         finally:
-            self._worker = None
+            self._working = False
             self._mark = self._loop.time()
+            if self._idle_waiters:
+                self._wake_idle()
             if self._eof:
                 self.close()
 
@@ -320,7 +392,7 @@ class Connection(asyncio.Protocol):
         if self._closing:
             return
         timeout = self._ctx.timeout
-        remaining = timeout if self._worker is not None else self._mark + timeout - self._loop.time()
+        remaining = timeout if self._working else self._mark + timeout - self._loop.time()
         if remaining > 0:
             self._timer = self._loop.call_later(remaining, self._on_timer)
             return
@@ -347,15 +419,14 @@ class Connection(asyncio.Protocol):
             event = decoder.next_event()
             if event is NEED_DATA:
                 break
-            assert isinstance(event, (Frame, FrameError))
-            pending.append(event)
-            if isinstance(event, FrameError) and event.fatal:
+            pending.append(event)  # type: ignore[arg-type]  # NEED_DATA is the only other event
+            if type(event) is FrameError and event.fatal:
                 self._hold_reading(_HOLD_FATAL)
                 break
         else:
             self._hold_reading(_HOLD_QUEUE)
-        if pending and self._worker is None:
-            self._worker = self._loop.create_task(self._work())
+        if pending and not self._working:
+            self._start_worker()
 
     async def _relieve(self) -> None:
         """Between packets while reading is held: wait for the peer to read, refill the queue."""
@@ -386,6 +457,12 @@ class Connection(asyncio.Protocol):
 
     def _wake_drainers(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)

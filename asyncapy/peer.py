@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
@@ -26,7 +26,7 @@ class _Link(Protocol):
     @property
     def closing(self) -> bool: ...
 
-    async def drain(self) -> None: ...
+    def drain(self) -> Awaitable[None]: ...
 
 
 class Session:
@@ -111,6 +111,10 @@ class Client:
     ) -> None:
         """Queue ``packet`` for sending without waiting for the socket buffer to drain."""
         if self._link.closing:
+            return
+        if encoding is None and type(packet) is Packet and packet.raw is not None:
+            # Echoing a received packet: its own bytes, no codec lookup, no encoding.
+            self._link.write_payload(packet.raw, get_codec(packet.encoding).id)
             return
         name = encoding or (packet.encoding if isinstance(packet, Packet) and packet.raw is not None else self.encoding)
         codec = get_codec(name)

@@ -7,8 +7,9 @@ import functools
 import logging
 import os
 import signal
+import socket
 import ssl as _ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Final, TypeVar
 
 from .codecs import get_codec
@@ -19,6 +20,7 @@ from .packet import Packet
 from .peer import Client, Session
 from .routing import Explanation, Plan, Router, compile_routes
 from .sessions import SessionRegistry
+from .workers import run_workers
 
 logger = logging.getLogger("asyncapy")
 
@@ -62,6 +64,9 @@ class Server:
         handler_timeout: seconds the handlers of one packet may run (None: no limit);
             past it they are cancelled and the peer gets ERR_TIMED_OUT. The connection
             stays open: its framing is intact, only that packet failed.
+        workers: processes serving the port for ``start()`` (each with its own sessions,
+            limits and ``setup()``); see ``asyncapy.workers``.
+        uvloop: run ``start()`` on uvloop (``pip install asyncapy[uvloop]``).
 
     Example:
         server = Server(port=1500)
@@ -92,6 +97,8 @@ class Server:
         backlog: int = 1024,
         max_pending: int = DEFAULT_MAX_PENDING,
         handler_timeout: float | None = None,
+        workers: int = 1,
+        uvloop: bool = False,
     ) -> None:
         settings: dict[str, Any] = dict(
             addr=addr,
@@ -131,11 +138,15 @@ class Server:
             _non_negative("handler_timeout", self.handler_timeout)
         self.ssl = ssl
         self.backlog = backlog
+        self.workers = _check_workers(workers)
+        self.uvloop = _check_uvloop(uvloop)
         self.router = Router()
         self._plan: Plan | None = None
         self._listener: asyncio.Server | None = None
         self._ctx: ServingContext | None = None
         self._stop_requested: asyncio.Event | None = None
+        self._sock: socket.socket | None = None
+        self._reuse_port = False
 
     # -- registration ------------------------------------------------------------
 
@@ -205,8 +216,20 @@ class Server:
     def start(self) -> None:
         """Serve until SIGINT or SIGTERM, then stop cleanly (blocking)."""
         _configure_logging(self.logging_level)
+        if self.workers > 1:
+            self.compile()  # once, in the parent: a bad route fails before any fork
+            run_workers(self.workers, self._serve_in_worker, self.addr, self.port)
+            return
+        self._run_until_signal()
+
+    def _serve_in_worker(self, sock: socket.socket | None) -> None:
+        """A worker's life: its own loop, listening on ``sock`` or on a SO_REUSEPORT socket."""
+        self._sock, self._reuse_port = sock, sock is None
+        self._run_until_signal()
+
+    def _run_until_signal(self) -> None:
         try:
-            asyncio.run(self._serve_until_signal())
+            _run(self._serve_until_signal(), self.uvloop)
         except KeyboardInterrupt:  # a second Ctrl-C, or a platform without signal handlers
             pass
 
@@ -229,9 +252,7 @@ class Server:
         await self.setup()
         self._ctx = ctx = self._serving_context(plan)
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(
-            lambda: Connection(ctx), self.addr, self.port, ssl=self.ssl, backlog=self.backlog
-        )
+        self._listener = await self._listen(loop, lambda: Connection(ctx))
         self.port = self._listener.sockets[0].getsockname()[1]
         logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
 
@@ -249,6 +270,14 @@ class Server:
             debug=logger.isEnabledFor(logging.DEBUG),
             max_pending=self.max_pending,
             handler_timeout=self.handler_timeout,
+        )
+
+    async def _listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], Connection]) -> asyncio.Server:
+        if self._sock is not None:
+            return await loop.create_server(factory, sock=self._sock, ssl=self.ssl, backlog=self.backlog)
+        reuse_port = self._reuse_port or None
+        return await loop.create_server(
+            factory, self.addr, self.port, ssl=self.ssl, backlog=self.backlog, reuse_port=reuse_port
         )
 
     def request_stop(self) -> None:
@@ -346,6 +375,41 @@ def _non_negative(name: str, value: float) -> float:
     if value < 0:
         raise ValueError(f"{name} must be 0 or positive, not {value!r}")
     return value
+
+
+def _check_workers(workers: int) -> int:
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int of 1 or more, not {workers!r}")
+    if workers > 1 and not hasattr(os, "fork"):
+        raise ValueError("workers > 1 needs os.fork (not available on this platform)")
+    return workers
+
+
+def _check_uvloop(enabled: bool) -> bool:
+    """Fail when the server is made, not when it starts, if uvloop is asked for but missing."""
+    if enabled:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise ValueError("uvloop=True needs uvloop: pip install 'asyncapy[uvloop]'") from None
+    return bool(enabled)
+
+
+def _run(main: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
+    """``asyncio.run(main)``, on a uvloop loop when asked (works on 3.10 as on 3.12)."""
+    if not use_uvloop:
+        asyncio.run(main)
+        return
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def _configure_logging(level: int) -> None:

@@ -1,0 +1,132 @@
+"""The hot path: workers driven eagerly, replies of a burst coalesced, order kept."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+from collections.abc import Mapping
+
+import orjson
+import pytest
+
+from asyncapy import Client, Packet
+from asyncapy.protocol import encode_frame
+
+from .conftest import make_server, read_frame, running
+
+
+def frames(*payloads: Mapping[str, object]) -> bytes:
+    return b"".join(encode_frame(orjson.dumps(p), 0) for p in payloads)
+
+
+async def test_pipelined_replies_keep_order_when_some_handlers_wait() -> None:
+    server = make_server()
+
+    @server.add_handler()
+    async def echo(client: Client, packet: Packet) -> dict[str, object]:
+        n = packet["n"]
+        if n % 3 == 0:
+            await asyncio.sleep(0.001 * (n % 2))
+        return {"n": n, "task": asyncio.current_task() is not None}
+
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(frames(*({"n": i} for i in range(200))))
+        replies = [orjson.loads((await read_frame(reader))[1]) for _ in range(200)]
+        writer.close()
+    assert [r["n"] for r in replies] == list(range(200))
+    assert all(r["task"] for r in replies)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is new in 3.11")
+async def test_current_task_and_timeout_work_in_a_handler_that_never_waited() -> None:
+    server = make_server()
+    seen: list[asyncio.Task[object] | None] = []
+
+    @server.add_handler()
+    async def slow(client: Client, packet: Packet) -> dict[str, str]:
+        seen.append(asyncio.current_task())
+        try:
+            async with asyncio.timeout(0.01):  # type: ignore[attr-defined,unused-ignore]
+                await asyncio.sleep(5)
+        except TimeoutError:
+            return {"status": "timed out"}
+        return {"status": "slept"}
+
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(frames({"a": 1}, {"a": 2}))
+        first = orjson.loads((await read_frame(reader))[1])
+        second = orjson.loads((await read_frame(reader))[1])
+        writer.close()
+    assert first == second == {"status": "timed out"}
+    assert seen[0] is not None and seen[0] is seen[1]
+
+
+async def test_context_variables_survive_a_wait() -> None:
+    server = make_server()
+    var: contextvars.ContextVar[int] = contextvars.ContextVar("var")
+
+    @server.add_handler()
+    async def handler(client: Client, packet: Packet) -> dict[str, int]:
+        var.set(packet["n"])
+        await asyncio.sleep(0)
+        return {"n": var.get()}
+
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(frames({"n": 1}, {"n": 2}))
+        replies = [orjson.loads((await read_frame(reader))[1]) for _ in range(2)]
+        writer.close()
+    assert replies == [{"n": 1}, {"n": 2}]
+
+
+async def test_a_burst_of_replies_is_one_write() -> None:
+    server = make_server()
+
+    @server.add_handler()
+    async def echo(client: Client, packet: Packet) -> None:
+        await client.send(packet)
+
+    writes: list[int] = []
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        await asyncio.sleep(0.05)
+        assert server._ctx is not None
+        (conn,) = server._ctx.connections
+        transport = conn._transport
+        assert transport is not None
+        real_write = transport.write
+
+        def counting_write(data: bytes | bytearray | memoryview) -> None:
+            writes.append(len(data))
+            real_write(data)
+
+        transport.write = counting_write  # type: ignore[method-assign]
+        writer.write(frames(*({"n": i} for i in range(10))))
+        replies = [await read_frame(reader) for _ in range(10)]
+        writer.close()
+    assert len(replies) == 10
+    assert len(writes) <= 2  # one per read of the burst; the kernel rarely splits 10 small frames
+
+
+async def test_handler_errors_and_large_sends_are_not_stuck_in_the_buffer() -> None:
+    server = make_server()
+    blob = "x" * 200_000
+
+    @server.add_handler()
+    async def big(client: Client, packet: Packet) -> None:
+        if packet["n"] == 1:
+            raise RuntimeError("boom")
+        for _ in range(3):
+            await client.send({"blob": blob})
+
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(frames({"n": 1}, {"n": 2}))
+        error = orjson.loads((await read_frame(reader))[1])
+        sizes = [len((await read_frame(reader))[1]) for _ in range(3)]
+        writer.close()
+    assert error["error"] == "ERR_INTERNAL"
+    assert all(size > 200_000 for size in sizes)
