@@ -19,7 +19,7 @@ from typing import Any
 
 from .client import Client
 from .errors import ClientError, ConnectionClosed, ErrorReply, ProtocolError
-from .server import Server
+from .server import Server, _check_uvloop, _check_workers
 
 EXIT_ERROR_REPLY = 1
 EXIT_USAGE = 2
@@ -65,6 +65,8 @@ def _add_run(commands: Any) -> None:
     run.add_argument("--host", help="address to listen on (default: the server's addr)")
     run.add_argument("--port", type=int, help="port to listen on (default: the server's port)")
     run.add_argument("--log-level", choices=LOG_LEVELS, help="level of the asyncapy logger")
+    run.add_argument("--workers", type=int, help="processes sharing the port (default: the server's, 1)")
+    run.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install 'asyncapy[uvloop]')")
     run.set_defaults(command=cmd_run)
 
 
@@ -77,6 +79,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         server.port = args.port
     if args.log_level is not None:
         server.logging_level = getattr(logging, args.log_level.upper())
+    try:
+        if args.workers is not None:
+            server.workers = _check_workers(args.workers)
+        if args.uvloop:
+            server.uvloop = _check_uvloop(True)
+    except ValueError as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from None
     try:
         server.start()
     except OSError as exc:  # the address is taken, or not this machine's

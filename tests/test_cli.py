@@ -43,6 +43,22 @@ def test_send_round_trips_against_run(served_example: int, encoding: str) -> Non
     assert json.loads(result.stdout) == {"kind": "pong"}
 
 
+@pytest.mark.parametrize("extra", [["--workers", "2"], ["--uvloop"]])
+def test_run_with_workers_or_uvloop_serves_and_stops(extra: list[str]) -> None:
+    port = free_port()
+    args = ["-m", "asyncapy", "run", "examples.typed_api:server", "--port", str(port), *extra]
+    with server_process(args, port) as proc:
+        for encoding in ("json", "ziproto"):
+            result = asyncapy("send", f"127.0.0.1:{port}", '{"kind": "add", "a": 2, "b": 3}', "--encoding", encoding)
+            assert json.loads(result.stdout) == {"kind": "sum", "result": 5}, result.stderr
+    assert proc.returncode == 0, proc.communicate()
+
+
+def test_run_refuses_zero_workers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "examples.typed_api:server", "--workers", "0"]) == 2
+    assert "workers must be" in capsys.readouterr().err
+
+
 def test_send_to_a_server_that_is_down() -> None:
     result = asyncapy("send", f"127.0.0.1:{free_port()}", "{}", "--timeout", "5")
     assert result.returncode == 3
