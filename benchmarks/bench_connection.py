@@ -1,0 +1,171 @@
+"""The server's Python cost per packet, without sockets: ``python benchmarks/bench_connection.py``.
+
+Each server's protocol object gets a fake transport that swallows what it writes, and
+is fed one framed request per ``data_received`` call from a plain loop callback (the
+way the event loop calls it, outside any task). The raw asyncio baseline of
+``benchmarks/servers.py`` runs the same way in the same process, so every asyncapy
+figure is quoted next to it: its extra microseconds per packet and its cost as a
+multiple of the baseline's. This is the fast loop for hot-path work; ``run.py`` is
+the judge, because sockets and the event loop are most of the real cost.
+
+Options: ``--packets N`` (50,000), ``--repeat N`` (5; the best run is kept),
+``--only NAME`` (repeatable), ``--profile NAME`` (cProfile one row, print the top).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import pstats
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import msgpack  # noqa: E402
+import servers  # noqa: E402
+
+from asyncapy import Server  # noqa: E402
+from asyncapy.connection import Connection  # noqa: E402
+
+PERSON = b'{"name": "Ada Lovelace", "age": 36, "email": "ada@example.org", "score": 9.5, "active": true}'
+TAGGED = b'{"kind": "m999", "value": 7}'
+
+
+class SinkTransport(asyncio.Transport):
+    """Counts what is written; reading can be paused like a socket transport's."""
+
+    def __init__(self) -> None:
+        super().__init__({"peername": ("127.0.0.1", 40000)})
+        self.written = 0
+        self.writes = 0
+        self._reading = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += len(data)
+        self.writes += 1
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.written += len(data)
+        self.writes += 1
+
+    def is_reading(self) -> bool:
+        return self._reading
+
+    def pause_reading(self) -> None:
+        self._reading = False
+
+    def resume_reading(self) -> None:
+        self._reading = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def frame(payload: bytes, encoding: int = 0) -> bytes:
+    return (len(payload) + 2).to_bytes(4, "big") + bytes((22, encoding)) + payload
+
+
+def asyncapy_protocol(server: Server) -> Callable[[], asyncio.Protocol]:
+    ctx = server._serving_context(server.compile())
+    return lambda: Connection(ctx)
+
+
+ROWS: dict[str, tuple[Callable[[], Callable[[], asyncio.Protocol]], bytes]] = {
+    "raw echo": (lambda: servers.RawEcho, frame(b'{"test": 1}')),
+    "asyncapy echo": (lambda: asyncapy_protocol(servers.echo_server()), frame(b'{"test": 1}')),
+    "raw echo, 5-field payload": (lambda: servers.RawEcho, frame(PERSON)),
+    "asyncapy typed handler": (lambda: asyncapy_protocol(servers.typed_server()), frame(PERSON)),
+    "asyncapy ziproto": (
+        lambda: asyncapy_protocol(servers.echo_server()),
+        frame(msgpack.packb({"test": 1}), 1),
+    ),
+    "asyncapy 1000 tagged handlers": (lambda: asyncapy_protocol(servers.tagged_server(1000)), frame(TAGGED)),
+}
+BASE = {"asyncapy echo": "raw echo", "asyncapy typed handler": "raw echo, 5-field payload", "asyncapy ziproto": "raw echo"}
+
+
+async def feed(factory: Callable[[], asyncio.Protocol], data: bytes, packets: int) -> tuple[float, int]:
+    """Seconds to feed ``packets`` single-packet reads, and bytes written back."""
+    loop = asyncio.get_running_loop()
+    protocol = factory()
+    transport = SinkTransport()
+    protocol.connection_made(transport)
+    done: asyncio.Future[float] = loop.create_future()
+
+    def run() -> None:  # a loop callback, as the selector's read callback is
+        received = protocol.data_received
+        start = time.perf_counter()
+        for _ in range(packets):
+            received(data)
+        done.set_result(time.perf_counter() - start)
+
+    loop.call_soon(run)
+    elapsed = await done
+    await asyncio.sleep(0)
+    protocol.connection_lost(None)
+    return elapsed, transport.written
+
+
+def measure(name: str, packets: int, repeat: int) -> float:
+    make, data = ROWS[name]
+    factory = make()
+    best = float("inf")
+    for _ in range(repeat):
+        gc.collect()
+        elapsed, written = asyncio.run(feed(factory, data, packets))
+        if written == 0:
+            sys.exit(f"{name}: nothing was written back")
+        best = min(best, elapsed)
+    return best / packets * 1e6
+
+
+def profile(name: str, packets: int) -> None:
+    make, data = ROWS[name]
+    factory = make()
+    prof = cProfile.Profile()
+    prof.enable()
+    asyncio.run(feed(factory, data, packets))
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--packets", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--only", action="append", default=[])
+    parser.add_argument("--profile", metavar="NAME")
+    args = parser.parse_args()
+    if args.profile:
+        profile(args.profile, args.packets)
+        return
+    names = [n for n in ROWS if not args.only or any(o in n for o in args.only)]
+    names = sorted(set(names) | {BASE[n] for n in names if n in BASE}, key=list(ROWS).index)
+    results = {name: measure(name, args.packets, args.repeat) for name in names}
+    print(f"# {args.packets} packets per run, best of {args.repeat}, python {sys.version.split()[0]}")
+    print(f"{'row':34} {'us/packet':>9} {'extra us':>8} {'x base':>7}")
+    for name, us in results.items():
+        base = BASE.get(name)
+        if base in results:
+            print(f"{name:34} {us:9.2f} {us - results[base]:8.2f} {us / results[base]:7.2f}")
+        else:
+            print(f"{name:34} {us:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
