@@ -1,16 +1,19 @@
-"""Run a connection's worker coroutine eagerly, and only give it to a task when it waits.
+"""Run a connection's handlers eagerly, and only give them to a task when they wait.
 
 A task per burst of packets costs an event-loop round trip before the first handler
-runs. Most handlers never wait (``client.send`` only queues bytes), so the worker is
-driven with ``coro.send(None)`` straight from ``data_received``; when it does suspend,
-the suspended coroutine is handed to the connection's *host task*, which resumes it.
+runs, and a coroutine chain per packet costs a frame per level. Most handlers never
+wait (``client.send`` only queues bytes), so the connection calls them straight from
+``data_received`` and steps each handler coroutine once with ``coro.send(None)``;
+when one does suspend, it is handed to the connection's *host task*, which resumes it
+where it stopped and carries on with the rest of the queue.
 
-While the worker runs eagerly the host task is entered as the current task and its
+While handlers run eagerly the host task is entered as the current task and its
 context is the active one, so ``asyncio.current_task()``, ``asyncio.timeout()`` and
 context variables behave in a handler as they do in a task: the host task is the task
-that runs the rest of the coroutine. Python 3.12's eager tasks would give the same
-with a Task per burst; one parked task per connection is cheaper and works on 3.11+
-(on 3.10 the host task runs every burst, one loop iteration later: correct, slower).
+that runs the rest of a handler that waits. Python 3.12's eager tasks would give the
+same with a Task per packet; one parked task per connection is cheaper and works on
+3.11+ (on 3.10 the host task runs every burst, one loop iteration later: correct,
+slower).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ logger = logging.getLogger("asyncapy")
 
 _enter_task = tasks._enter_task
 _leave_task = tasks._leave_task
+_current_task = tasks.current_task
 
 Worker = Coroutine[Any, Any, None]
 
@@ -39,8 +43,8 @@ _EAGER: Final = sys.version_info >= (3, 11)
 class Host:
     """One connection's host task: parked until a worker coroutine needs a task.
 
-    ``on_suspend`` runs each time the worker waits or ends (flush the replies so far),
-    ``on_resume`` each time it runs again.
+    ``on_suspend`` runs each time a worker in the host task waits or ends (flush the
+    replies so far), ``on_resume`` each time it runs again.
     """
 
     __slots__ = ("_loop", "_context", "_inbox", "_task", "_on_suspend", "_on_resume", "_busy", "_closed")
@@ -53,28 +57,32 @@ class Host:
         self._on_resume = on_resume
         self._busy = False  # the host task is running a worker
         self._closed = False
-        self._inbox: asyncio.Future[tuple[Worker, Any]] = loop.create_future()
+        self._inbox: asyncio.Future[Worker] = loop.create_future()
         if _EAGER:
             self._context = contextvars.copy_context()
             self._task = loop.create_task(self._serve(), context=self._context)  # type: ignore[call-arg,unused-ignore]
         else:
             self._task = loop.create_task(self._serve())
 
-    def run(self, coro: Worker) -> bool:
-        """Run ``coro`` until it finishes (True) or waits (False: the host task goes on with it)."""
+    def run_eagerly(self, fn: Callable[[], None]) -> bool:
+        """Call ``fn`` now as if from the host task; False (not called) when that cannot be done.
+
+        It cannot when another task is running (a test driving the connection from its
+        own task) or before Python 3.11; the caller then ``submit``s a worker instead.
+        """
         loop = self._loop
-        if not _EAGER or tasks.current_task(loop) is not None:  # inside a task: no eager start
-            self._inbox.set_result((coro, None))
+        if not _EAGER or _current_task(loop) is not None:
             return False
         _enter_task(loop, self._task)
         try:
-            yielded = self._context.run(coro.send, None)
-        except StopIteration:
-            return True
+            self._context.run(fn)
         finally:
             _leave_task(loop, self._task)
-        self._inbox.set_result((coro, yielded))
-        return False
+        return True
+
+    def submit(self, worker: Worker) -> None:
+        """Have the host task run ``worker`` (it runs one at a time; the caller ensures that)."""
+        self._inbox.set_result(worker)
 
     def close(self) -> None:
         """End the host task once it runs no worker (a running one ends by itself)."""
@@ -89,11 +97,12 @@ class Host:
 
     async def _serve(self) -> None:
         while not self._closed or self._inbox.done():
-            coro, yielded = await self._inbox
+            worker = await self._inbox
             self._inbox = self._loop.create_future()
             self._busy = True
+            self._on_resume()
             try:
-                await _resume(coro, yielded, self._on_suspend, self._on_resume)
+                await _drive(worker, self._on_suspend, self._on_resume)
             except asyncio.CancelledError:
                 # cancel_worker(): the worker has ended; this task serves the next ones.
                 uncancel = getattr(self._task, "uncancel", None)
@@ -107,23 +116,36 @@ class Host:
 
 
 @types.coroutine
-def _resume(
-    coro: Worker, yielded: Any, on_suspend: Callable[[], None], on_resume: Callable[[], None]
-) -> Generator[Any, Any, None]:
-    """``yield from`` a coroutine that already ran up to its first wait."""
+def _drive(coro: Worker, on_suspend: Callable[[], None], on_resume: Callable[[], None]) -> Generator[Any, Any, None]:
+    """``await coro``, calling ``on_suspend``/``on_resume`` around each of its waits."""
+    value: Any = None
+    error: BaseException | None = None
     while True:
+        try:
+            yielded = coro.send(value) if error is None else coro.throw(error)
+        except StopIteration:
+            return
         on_suspend()
         try:
-            value = yield yielded
+            value, error = (yield yielded), None
         except BaseException as exc:  # cancellation and errors go to the worker, as in a task
-            on_resume()
+            value, error = None, exc
+        on_resume()
+
+
+@types.coroutine
+def resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """Await a coroutine that already ran up to its first wait, which yielded ``yielded``."""
+    while True:
+        try:
+            value = yield yielded
+        except BaseException as exc:  # cancellation and errors go to the coroutine, as in a task
             try:
                 yielded = coro.throw(exc)
-            except StopIteration:
-                return
+            except StopIteration as stop:
+                return stop.value
         else:
-            on_resume()
             try:
                 yielded = coro.send(value)
-            except StopIteration:
-                return
+            except StopIteration as stop:
+                return stop.value

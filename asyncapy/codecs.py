@@ -104,6 +104,8 @@ class ZiProtoCodec:
 CODECS: dict[int, Codec] = {}
 _BY_NAME: dict[str, Codec] = {}
 _BY_KEY: dict[int | str, Codec] = {}
+#: Codec name -> wire byte, for the hot path's one lookup.
+CODEC_IDS: dict[str, int] = {}
 
 
 def register_codec(codec: Codec) -> None:
@@ -113,6 +115,7 @@ def register_codec(codec: Codec) -> None:
     CODECS[codec.id] = codec
     _BY_NAME[codec.name] = codec
     _BY_KEY[codec.id] = _BY_KEY[codec.name] = codec
+    CODEC_IDS[codec.name] = codec.id
 
 
 def get_codec(key: int | str) -> Codec:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
-from ._eager import Host
+from ._eager import Host, resume
 from .codecs import CODECS, DecodeError, get_codec
 from .errors import (
     ERR_INTERNAL,
@@ -29,8 +30,11 @@ from .errors import (
 from .packet import Packet
 from .peer import Client, Session
 from .protocol import NEED_DATA, Byteorder, Frame, FrameDecoder, FrameError, frame_header
-from .routing import Plan
+from .errors import StopPropagation
+from .routing import Miss, Plan
 from .sessions import SessionRegistry
+
+from pydantic import BaseModel
 
 logger = logging.getLogger("asyncapy")
 
@@ -92,7 +96,8 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, ctx: ServingContext) -> None:
         self._ctx = ctx
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
+        self._clock = _clock_of(loop)
         self._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, frozenset(CODECS))
         self._pending: deque[Frame | FrameError] = deque()
         self._working = False
@@ -106,7 +111,8 @@ class Connection(asyncio.Protocol):
         self._mark = 0.0
         self._seen = 0.0
         self._holds: set[str] = set()
-        self._closing = False
+        #: True once the connection is closing: later sends are ignored (read by ``Client``).
+        self.closing = False
         self._eof = False
         self._registered = False
         self._encoding_id: int | None = None
@@ -135,19 +141,17 @@ class Connection(asyncio.Protocol):
         ctx.connections.add(self)
         if logger.isEnabledFor(logging.INFO):  # session.id makes a UUID: only when it is logged
             logger.info("(%s) New session started from %s:%d", session.id, host, port)
-        self._mark = self._loop.time()
+        self._mark = self._clock()
         if ctx.timeout:
             self._timer = self._loop.call_later(ctx.timeout, self._on_timer)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self.closing:
             return
-        decoder = self._decoder
-        self._seen = now = self._loop.time()
-        if not decoder.in_frame:
+        self._seen = now = self._clock()
+        if not self._decoder.in_frame:
             self._mark = now  # a packet must be whole within `timeout` of its first byte
-        decoder.feed(data)
-        self._take_events()
+        self._take_events(data)
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -156,7 +160,7 @@ class Connection(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
+        self.closing = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -182,12 +186,8 @@ class Connection(asyncio.Protocol):
 
     # -- the link a Client writes through ------------------------------------
 
-    @property
-    def closing(self) -> bool:
-        return self._closing
-
     def write_payload(self, payload: bytes, encoding: int) -> None:
-        if self._closing or self._transport is None:
+        if self.closing or self._transport is None:
             return
         ctx = self._ctx
         header = frame_header(len(payload), encoding, ctx.header_size, ctx.byteorder)
@@ -201,10 +201,10 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close after the buffered replies are written; later sends are ignored."""
-        if self._closing:
+        if self.closing:
             return
         self._flush()
-        self._closing = True
+        self.closing = True
         if self._transport is not None:
             self._transport.close()
 
@@ -214,7 +214,7 @@ class Connection(asyncio.Protocol):
         Not a coroutine function: every ``client.send`` awaits it and it almost never
         waits, so the common case returns a ready awaitable instead of a new coroutine.
         """
-        if not self._write_paused or self._closing:
+        if not self._write_paused or self.closing:
             return _READY
         waiter = self._loop.create_future()
         self._drain_waiters.append(waiter)
@@ -247,7 +247,7 @@ class Connection(asyncio.Protocol):
         """Seconds since the last byte arrived or the last packet was handled; 0 while handling."""
         if self._working:
             return 0.0
-        return self._loop.time() - max(self._seen, self._mark)
+        return self._clock() - max(self._seen, self._mark)
 
     def cancel_work(self) -> None:
         """Cancel the running handler (shutdown past its deadline)."""
@@ -256,26 +256,29 @@ class Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection now, unsent replies included (a peer that never reads)."""
-        self._closing = True
+        self.closing = True
         if self._transport is not None:
             self._transport.abort()
 
-    # -- driving the worker: eagerly, replies of a burst in one write -----------
+    # -- handling packets, in order: eagerly, replies of a burst in one write ------
 
-    def _start_worker(self) -> None:
-        """Run the worker now, in the host task's name; it goes on in that task if it waits."""
-        if self._host is None:
-            self._host = Host(self._loop, self._uncork, self._cork)
+    def _start_work(self) -> None:
+        """Handle the queued packets now; the host task takes over from the first handler that waits."""
+        host = self._host
+        if host is None:
+            host = self._host = Host(self._loop, self._uncork, self._cork)
         self._working = True
         self._corked = True
-        self._host.run(self._work())
+        if not host.run_eagerly(self._work_eagerly):
+            host.submit(self._work())
+            return
         self._uncork()
 
     def _cork(self) -> None:
         self._corked = True
 
     def _uncork(self) -> None:
-        """The worker finished or waits: write what it queued, in one call."""
+        """The handlers finished or wait: write what they queued, in one call."""
         self._corked = False
         self._flush()
 
@@ -285,64 +288,140 @@ class Connection(asyncio.Protocol):
             return
         self._out = []
         self._out_size = 0
-        if self._transport is not None and not self._closing:
+        if self._transport is not None and not self.closing:
             self._transport.write(b"".join(out))
 
-    # -- handling packets, in order -------------------------------------------
+    def _work_eagerly(self) -> None:
+        """Handle queued events without a task, stepping each handler once; hand over on a wait."""
+        pending = self._pending
+        while pending:
+            if self._holds:  # rare: reading is held; only the async worker can wait for relief
+                self._host.submit(self._work())  # type: ignore[union-attr]
+                return
+            event = pending.popleft()
+            if type(event) is not Frame:
+                self._handle_frame_error(event)  # type: ignore[arg-type]
+                continue
+            coro = self._begin(event)
+            if coro is None:
+                continue
+            try:
+                waiting_on = coro.send(None)
+            except StopIteration as stop:
+                if stop.value is not None:
+                    self._finish(stop.value, event.encoding)
+                continue
+            except (Exception, asyncio.CancelledError) as exc:
+                self._failed(exc, event.encoding)
+                continue
+            self._host.submit(self._after_wait(coro, waiting_on, event.encoding))  # type: ignore[union-attr]
+            return
+        self._done()
+
+    async def _after_wait(self, coro: Coroutine[Any, Any, Any], waiting_on: Any, encoding: int) -> None:
+        """In the host task: finish the handler that waited, then the rest of the queue."""
+        try:
+            result = await resume(coro, waiting_on)
+        except Exception as exc:
+            self._failed(exc, encoding)
+        except BaseException:
+            self._done()
+            raise
+        else:
+            if result is not None:
+                self._finish(result, encoding)
+        await self._work()
 
     async def _work(self) -> None:
+        """In the host task: handle the queue, waiting for each handler and for relief of held reading."""
         pending = self._pending
         try:
             while pending:
                 event = pending.popleft()
                 if type(event) is Frame:
-                    await self._handle_frame(event)
+                    coro = self._begin(event)
+                    if coro is not None:
+                        try:
+                            result = await coro
+                        except Exception as exc:
+                            self._failed(exc, event.encoding)
+                        else:
+                            if result is not None:
+                                self._finish(result, event.encoding)
                 else:
                     self._handle_frame_error(event)  # type: ignore[arg-type]
                 if self._holds:  # rare: reading is paused, see _relieve
                     await self._relieve()
         finally:
-            self._working = False
-            self._mark = self._loop.time()
-            if self._idle_waiters:
-                self._wake_idle()
-            if self._eof:
-                self.close()
+            self._done()
 
-    async def _handle_frame(self, frame: Frame) -> None:
+    def _done(self) -> None:
+        """Every queued packet is handled."""
+        self._working = False
+        self._mark = self._clock()
+        if self._idle_waiters:
+            self._wake_idle()
+        if self._eof:
+            self.close()
+
+    def _begin(self, frame: Frame) -> Coroutine[Any, Any, Any] | None:
+        """Decode and route ``frame``: the coroutine that handles it, or None when it was answered.
+
+        The coroutine is the chosen handler itself for a simple plan (it returns the
+        reply), else ``plan.dispatch`` (it sends replies and returns a ``Miss`` or None).
+        """
         client = self.client
         assert client is not None
-        codec = CODECS[frame.encoding]
+        encoding, raw = frame
+        codec = CODECS[encoding]
         if self._encoding_id is None:
-            self._encoding_id = frame.encoding
+            self._encoding_id = encoding
             client.encoding = codec.name
         try:
-            payload = codec.decode(frame.payload)
+            payload = codec.decode(raw)
         except DecodeError as exc:
-            self._send_error(ERR_REQUEST_MALFORMED, str(exc), frame.encoding)
-            return
+            self._send_error(ERR_REQUEST_MALFORMED, str(exc), encoding)
+            return None
         if type(payload) is not dict:
-            detail = f"the payload must be a map, not {_kind(payload)}"
-            self._send_error(ERR_REQUEST_MALFORMED, detail, frame.encoding)
-            return
-        if self._ctx.debug:
+            self._send_error(ERR_REQUEST_MALFORMED, f"the payload must be a map, not {_kind(payload)}", encoding)
+            return None
+        ctx = self._ctx
+        if ctx.debug:
             self._log_packet(frame, codec.name)
-        packet = Packet._received(payload, codec.name, client, frame.payload)
-        try:
-            if self._ctx.handler_timeout is None:
-                miss = await self._ctx.plan.dispatch(client, packet)
-            else:
-                miss = await self._dispatch_bounded(client, packet, self._ctx.handler_timeout)
-        except _HandlerTimedOut:
-            self._handler_timed_out(frame.encoding)
+        packet = Packet._received(payload, codec.name, client, raw)
+        plan = ctx.plan
+        if ctx.handler_timeout is not None:
+            return self._dispatch_bounded(client, packet, ctx.handler_timeout)
+        if not plan.simple:
+            return plan.dispatch(client, packet)
+        chosen = plan.select(client, packet)
+        if type(chosen) is Miss:
+            self._send_error(ERR_NO_HANDLER, chosen.detail, encoding)
+            return None
+        route, arg = chosen  # type: ignore[misc]
+        return route.handler(client, arg)  # type: ignore[return-value]  # handlers are coroutine functions
+
+    def _finish(self, result: Any, encoding: int) -> None:
+        """A handler returned ``result``: send it if it is a reply; report a dispatch's miss."""
+        if type(result) is Miss:
+            self._send_error(ERR_NO_HANDLER, result.detail, encoding)
+        elif type(result) is dict or isinstance(result, BaseModel):
+            assert self.client is not None
+            self.client.send_nowait(result)
+
+    def _failed(self, exc: BaseException, encoding: int) -> None:
+        """A handler raised ``exc``: StopPropagation is no error; anything else is ERR_INTERNAL."""
+        if isinstance(exc, StopPropagation):
             return
-        except Exception:
-            assert self.session is not None
-            logger.exception("(%s) A handler raised while handling a packet", self.session.id)
-            self._send_error(ERR_INTERNAL, "the handler failed; the error is in the server's log", frame.encoding)
+        if isinstance(exc, _HandlerTimedOut):
+            self._handler_timed_out(encoding)
             return
-        if miss is not None:
-            self._send_error(ERR_NO_HANDLER, miss.detail, frame.encoding)
+        assert self.session is not None
+        if isinstance(exc, asyncio.CancelledError):
+            logger.info("(%s) A handler was cancelled", self.session.id)
+            return
+        logger.error("(%s) A handler raised while handling a packet", self.session.id, exc_info=exc)
+        self._send_error(ERR_INTERNAL, "the handler failed; the error is in the server's log", encoding)
 
     async def _dispatch_bounded(self, client: Client, packet: Packet[Any], timeout: float) -> Any:
         """``plan.dispatch`` in a task cancelled after ``timeout`` (a handler's own TimeoutError stays ERR_INTERNAL)."""
@@ -389,10 +468,10 @@ class Connection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._closing:
+        if self.closing:
             return
         timeout = self._ctx.timeout
-        remaining = timeout if self._working else self._mark + timeout - self._loop.time()
+        remaining = timeout if self._working else self._mark + timeout - self._clock()
         if remaining > 0:
             self._timer = self._loop.call_later(remaining, self._on_timer)
             return
@@ -406,27 +485,26 @@ class Connection(asyncio.Protocol):
 
     # -- flow control: bounded memory per connection --------------------------------
 
-    def _take_events(self) -> None:
-        """Move decoded events to the pending queue, holding reading once it is full.
+    def _take_events(self, data: bytes | None = None) -> None:
+        """Decode ``data`` (or what the decoder holds) into the pending queue; start handling.
 
         Frames beyond ``max_pending`` stay undecoded in the decoder (at most one socket
-        read) until the worker drains the queue.
+        read) and reading is held until the worker drains the queue.
         """
-        decoder = self._decoder
         pending = self._pending
         limit = self._ctx.max_pending
-        while len(pending) < limit:
-            event = decoder.next_event()
-            if event is NEED_DATA:
-                break
-            pending.append(event)  # type: ignore[arg-type]  # NEED_DATA is the only other event
-            if type(event) is FrameError and event.fatal:
+        room = limit - len(pending)
+        decoder = self._decoder
+        events = decoder.pull(room) if data is None else decoder.receive(data, room)
+        if events:
+            pending.extend(events)
+            last = events[-1]
+            if type(last) is FrameError and last.fatal:
                 self._hold_reading(_HOLD_FATAL)
-                break
-        else:
+        if len(pending) >= limit:
             self._hold_reading(_HOLD_QUEUE)
         if pending and not self._working:
-            self._start_worker()
+            self._start_work()
 
     async def _relieve(self) -> None:
         """Between packets while reading is held: wait for the peer to read, refill the queue."""
@@ -446,10 +524,10 @@ class Connection(asyncio.Protocol):
         holds = self._holds
         holds.discard(reason)
         transport = self._transport
-        if holds or self._closing or transport is None or transport.is_reading():
+        if holds or self.closing or transport is None or transport.is_reading():
             return
         transport.resume_reading()
-        self._mark = self._loop.time()  # time spent paused by us does not count against the peer
+        self._mark = self._clock()  # time spent paused by us does not count against the peer
 
     def _pause_reading(self) -> None:
         if self._transport is not None and self._transport.is_reading():
@@ -472,6 +550,13 @@ class Connection(asyncio.Protocol):
         logger.debug(
             "(%s) Packet of %d bytes, Content-Encoding is %s", self.session.id, len(frame.payload), encoding
         )
+
+
+def _clock_of(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """``loop.time``, or the ``time.monotonic`` it calls when that is all it does (one call less)."""
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:

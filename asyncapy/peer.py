@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
-from .codecs import get_codec
+from .codecs import CODEC_IDS, get_codec
 from .packet import Packet
 
 if TYPE_CHECKING:
@@ -110,15 +110,19 @@ class Client:
         encoding: str | None = None,
     ) -> None:
         """Queue ``packet`` for sending without waiting for the socket buffer to drain."""
-        if self._link.closing:
+        link = self._link
+        if link.closing:
             return
-        if encoding is None and type(packet) is Packet and packet.raw is not None:
-            # Echoing a received packet: its own bytes, no codec lookup, no encoding.
-            self._link.write_payload(packet.raw, get_codec(packet.encoding).id)
-            return
-        name = encoding or (packet.encoding if isinstance(packet, Packet) and packet.raw is not None else self.encoding)
-        codec = get_codec(name)
-        self._link.write_payload(encode_payload(packet, codec.name), codec.id)
+        if encoding is None:
+            kind = type(packet)
+            if kind is Packet and packet.raw is not None:  # type: ignore[union-attr]
+                # Echoing a received packet: its own bytes, no encoding.
+                link.write_payload(packet.raw, CODEC_IDS[packet.encoding])  # type: ignore[union-attr]
+                return
+            received = kind is not dict and _encoder(kind) is _encode_packet and packet.raw is not None  # type: ignore[union-attr]
+            encoding = packet.encoding if received else self.encoding  # type: ignore[union-attr]
+        codec = get_codec(encoding)
+        link.write_payload(encode_payload(packet, codec.name), codec.id)
 
     async def close(self) -> None:
         """Close the connection once what was sent has been written."""
@@ -136,19 +140,52 @@ class Client:
 
 def encode_payload(packet: Packet[Any] | Mapping[str, Any] | BaseModel, encoding: str) -> bytes:
     """The payload bytes of ``packet`` in ``encoding`` (a received packet's own bytes if they fit)."""
-    codec = get_codec(encoding)
-    if isinstance(packet, Packet):
-        if packet.raw is not None and packet.encoding == encoding:
-            return packet.raw
-        return codec.encode(_plain(packet.payload))
-    if isinstance(packet, BaseModel):
-        if encoding == "json":
-            return packet.__pydantic_serializer__.to_json(packet)
-        return codec.encode(packet.model_dump(mode="json"))
-    if isinstance(packet, Mapping):
-        return codec.encode(packet if isinstance(packet, dict) else dict(packet))
+    kind = type(packet)
+    if kind is dict:
+        return get_codec(encoding).encode(packet)
+    if kind is Packet:
+        return _encode_packet(packet, encoding)  # type: ignore[arg-type]
+    return _encoder(kind)(packet, encoding)
+
+
+def _encode_packet(packet: Packet[Any], encoding: str) -> bytes:
+    if packet.raw is not None and packet.encoding == encoding:
+        return packet.raw
+    payload = packet.payload
+    return get_codec(encoding).encode(payload if isinstance(payload, dict) else dict(payload))
+
+
+def _encode_model(model: BaseModel, encoding: str) -> bytes:
+    if encoding == "json":
+        return model.__pydantic_serializer__.to_json(model)
+    return get_codec(encoding).encode(model.model_dump(mode="json"))
+
+
+def _encode_mapping(mapping: Mapping[str, Any], encoding: str) -> bytes:
+    return get_codec(encoding).encode(mapping if isinstance(mapping, dict) else dict(mapping))
+
+
+def _refuse(packet: Any, encoding: str) -> bytes:
     raise TypeError(f"cannot send a {type(packet).__name__}: send a dict, a pydantic model or a Packet")
 
 
-def _plain(payload: Mapping[str, Any]) -> Any:
-    return payload if isinstance(payload, dict) else dict(payload)
+def _encoder(kind: type) -> Callable[[Any, str], bytes]:
+    encode = _ENCODERS.get(kind)
+    if encode is None:
+        encode = _ENCODERS[kind] = _encoder_for(kind)
+    return encode
+
+
+def _encoder_for(kind: type) -> Callable[[Any, str], bytes]:
+    """How to encode instances of ``kind``: worked out once per type (ABC checks are slow)."""
+    if issubclass(kind, Packet):
+        return _encode_packet
+    if issubclass(kind, BaseModel):
+        return _encode_model
+    if issubclass(kind, Mapping):
+        return _encode_mapping
+    return _refuse
+
+
+#: Types seen by ``encode_payload``; they are classes of the application, a bounded set.
+_ENCODERS: dict[type, Callable[[Any, str], bytes]] = {}

@@ -123,7 +123,7 @@ def frame_header(
 _STRUCT_CODES: Final = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 
-def _length_unpacker(header_size: int, byteorder: Byteorder) -> Callable[[bytearray, int], tuple[int]] | None:
+def _length_unpacker(header_size: int, byteorder: Byteorder) -> Callable[[bytes | bytearray, int], tuple[int]] | None:
     """A precompiled reader of the Content-Length field (faster than slicing + int.from_bytes)."""
     code = _STRUCT_CODES.get(header_size)
     if code is None:
@@ -184,71 +184,107 @@ class FrameDecoder:
 
     def next_event(self) -> Event:
         """The next frame or error, or ``NEED_DATA`` until more bytes are fed."""
-        if self._closed:
-            return NEED_DATA
-        buf = self._buf
-        pos = self._pos
-        hs = self._hs
-        avail = len(buf) - pos
-        if avail < hs:
-            return self._need_data()
-        unpack = self._unpack
-        length = unpack(buf, pos)[0] if unpack is not None else int.from_bytes(buf[pos : pos + hs], self._order)
-        if length > self._max:
-            self._closed = True
-            self._reset()
-            return FrameError(
-                ERR_PAYLOAD_TOO_LARGE,
-                f"Content-Length {length} is over the limit of {self._max}",
-                None,
-                True,
-            )
-        if length < FRAME_TAIL:
-            self._consume_and_skip(hs, length)
-            return FrameError(ERR_HEADER_INVALID, f"Content-Length {length} is under 2", None, False)
-        if avail < hs + FRAME_TAIL:
-            return self._need_data()
-        version = buf[pos + hs]
-        encoding = buf[pos + hs + 1]
-        if version != PROTOCOL_VERSION or encoding not in self._encodings:
-            return self._bad_header(version, encoding, length)
-        end = pos + hs + length
-        if len(buf) < end:
-            return self._need_data()
-        self._pos = end
-        return _new_frame(Frame, (encoding, bytes(buf[pos + hs + FRAME_TAIL : end])))
+        events = self.pull(1)
+        return events[0] if events else NEED_DATA
 
-    def _bad_header(self, version: int, encoding: int, length: int) -> FrameError:
+    def pull(self, limit: int) -> list[Frame | FrameError]:
+        """Up to ``limit`` events from the bytes fed so far; an empty list means: feed more.
+
+        A fatal error is always the last event: the decoder is closed after it.
+        """
+        if self._closed:
+            return []
+        events, self._pos = self._parse(self._buf, self._pos, limit)
+        self._compact()
+        return events
+
+    def receive(self, data: bytes, limit: int) -> list[Frame | FrameError]:
+        """``feed(data)`` then ``pull(limit)``, without copying ``data`` when nothing is buffered.
+
+        The common read holds whole frames only: they are sliced out of ``data``
+        directly, and only a trailing partial frame is kept.
+        """
+        if self._closed:
+            return []
+        if self._skip:
+            data = self._discard(data)
+        if self._pos < len(self._buf):
+            self._buf += data
+            return self.pull(limit)
+        events, pos = self._parse(data, 0, limit)
+        if pos < len(data) and not self._closed:
+            self._buf += memoryview(data)[pos:]
+        return events
+
+    def _parse(self, src: bytes | bytearray, pos: int, limit: int) -> tuple[list[Frame | FrameError], int]:
+        """Decode up to ``limit`` events from ``src[pos:]``; the events and where parsing stopped."""
+        events: list[Frame | FrameError] = []
+        hs = self._hs
+        unpack = self._unpack
+        encodings = self._encodings
+        size = len(src)
+        copy = type(src) is not bytes  # a slice of a bytearray is a bytearray: make it bytes
+        while len(events) < limit:
+            avail = size - pos
+            if avail < hs:
+                break
+            length = unpack(src, pos)[0] if unpack is not None else int.from_bytes(src[pos : pos + hs], self._order)
+            if length > self._max:
+                events.append(self._too_large(length))
+                return events, 0  # the buffer was dropped; the decoder is closed
+            if length < FRAME_TAIL:
+                events.append(FrameError(ERR_HEADER_INVALID, f"Content-Length {length} is under 2", None, False))
+                pos = self._skip_body(pos + hs, length, size)
+                continue
+            if avail < hs + FRAME_TAIL:
+                break
+            version = src[pos + hs]
+            encoding = src[pos + hs + 1]
+            if version != PROTOCOL_VERSION or encoding not in encodings:
+                events.append(self._bad_header(version, encoding))
+                pos = self._skip_body(pos + hs, length, size)
+                continue
+            end = pos + hs + length
+            if size < end:
+                break
+            payload = src[pos + hs + FRAME_TAIL : end]
+            events.append(_new_frame(Frame, (encoding, bytes(payload) if copy else payload)))
+            pos = end
+        return events, pos
+
+    def _too_large(self, length: int) -> FrameError:
+        self._closed = True
+        self._reset()
+        return FrameError(ERR_PAYLOAD_TOO_LARGE, f"Content-Length {length} is over the limit of {self._max}", None, True)
+
+    def _bad_header(self, version: int, encoding: int) -> FrameError:
         known = encoding if encoding in self._encodings else None
         if version != PROTOCOL_VERSION:
             detail = f"unknown Protocol-Version {version} (expected {PROTOCOL_VERSION})"
         else:
             detail = f"unknown Content-Encoding {encoding}"
-        self._consume_and_skip(self._hs, length)
         return FrameError(ERR_HEADER_INVALID, detail, known, False)
 
-    def _consume_and_skip(self, header: int, body: int) -> None:
-        """Drop ``header`` bytes now and ``body`` bytes as they arrive, never buffering them."""
-        self._pos += header
-        rest = bytes(self._buf[self._pos :])
-        self._reset()
-        self._skip = body
-        if rest:
-            self.feed(rest)
+    def _skip_body(self, start: int, body: int, size: int) -> int:
+        """Skip ``body`` bytes from ``start``: those at hand now, the rest as they arrive (never buffered)."""
+        here = min(body, size - start)
+        self._skip = body - here
+        return start + here
 
     def _discard(self, data: bytes) -> bytes:
         n = min(self._skip, len(data))
         self._skip -= n
         return data[n:]
 
-    def _need_data(self) -> _NeedData:
-        if self._pos:
-            if self._pos == len(self._buf):
+    def _compact(self) -> None:
+        """Drop what was handed out: all of it when the buffer is used up, else a large prefix."""
+        pos = self._pos
+        if pos:
+            if pos == len(self._buf):
                 self._reset()
-            elif self._pos >= _COMPACT_AT:
-                del self._buf[: self._pos]
+            elif pos >= _COMPACT_AT:
+                del self._buf[:pos]
                 self._pos = 0
-        return NEED_DATA
 
     def _reset(self) -> None:
         self._buf.clear()  # frames were copied out as bytes: no one holds a view of it

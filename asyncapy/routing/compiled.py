@@ -21,6 +21,8 @@ class CompiledRoute:
     ``accepts``, ``reply_type``, ``style``) are what schema export reads. ``pre`` are
     the cheap filters run before validation, ``post`` the custom ones run after it;
     ``tags`` are this route's values of its group's discriminator (None: untagged).
+    ``validate`` is the adapter's pydantic-core validator, called without the Python
+    wrapper of ``TypeAdapter.validate_python`` (it is on the hot path).
     """
 
     name: str
@@ -33,6 +35,7 @@ class CompiledRoute:
     style: Literal["packet", "model", "untyped"]
     order: int
     adapter: TypeAdapter[Any] | None
+    validate: Callable[[Any], Any] | None
     pre: tuple[Filter, ...]
     post: tuple[Filter, ...]
     tags: frozenset[Tag] | None

@@ -67,6 +67,7 @@ def _compile_route(
         style=spec.style,
         order=order,
         adapter=adapter,
+        validate=adapter.validator.validate_python if adapter is not None else None,
         pre=tuple(f for f in route.filters if f.cheap),
         post=tuple(f for f in route.filters if not f.cheap),
         tags=tags,

@@ -1,8 +1,13 @@
 """Dispatch: runs one decoded packet through the compiled plan (DESIGN §3).
 
-Per candidate: cheap filters, then ``adapter.validate_python``, then custom filters
-(they see the typed ``packet.data``), then the handler. Nothing is inspected,
-compiled or formatted here; a miss is explained only once it is certain.
+Per candidate: cheap filters, then validation, then custom filters (they see the
+typed ``packet.data``), then the handler. Nothing is inspected, compiled or formatted
+here; a miss is explained only once it is certain.
+
+Most plans are *simple*: one group and no custom filters. There the first candidate
+that passes its filters and validates is the only handler to run, so ``select``
+finds it without awaiting anything and the connection calls the handler itself,
+without a ``dispatch`` coroutine around it.
 """
 
 from __future__ import annotations
@@ -40,9 +45,41 @@ class Plan:
 
     groups: tuple[CompiledGroup, ...]
     routes: tuple[CompiledRoute, ...] = field(init=False)
+    #: One group (or none) and no custom filters: ``select`` may stand in for ``dispatch``.
+    simple: bool = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "routes", tuple(r for g in self.groups for r in g.routes))
+        object.__setattr__(self, "simple", len(self.groups) <= 1 and not any(r.post for r in self.routes))
+
+    def select(self, client: Client, packet: Packet[Any]) -> tuple[CompiledRoute, Any] | Miss:
+        """For a simple plan: the handler to call and its argument, or the ``Miss``.
+
+        A ``Packet[Model]`` argument is ``packet`` itself with its ``data`` set: no
+        later handler can see the packet, so it needs no copy.
+        """
+        payload = packet.payload
+        failures: list[Failure] | None = None  # made on the first failure: most packets have none
+        for group in self.groups:
+            for route in candidates(group, payload):
+                if route.pre:
+                    failed = failing_cheap(route.pre, client, packet)
+                    if failed is not None:
+                        failures = _add(failures, (route, failed, None))
+                        continue
+                validate = route.validate
+                if validate is None:
+                    return route, packet
+                try:
+                    data = validate(payload)
+                except ValidationError as exc:
+                    failures = _add(failures, (route, None, exc))
+                    continue
+                if route.style == "model":
+                    return route, data
+                packet.data = data
+                return route, packet
+        return Miss(miss_reasons(self.groups, payload, failures or ()))
 
     async def dispatch(self, client: Client, packet: Packet[Any]) -> Miss | None:
         """Run ``packet`` through every group; a ``Miss`` when no group matched."""
@@ -58,9 +95,9 @@ class Plan:
                         continue
                 target = packet
                 arg: Any = packet
-                if route.adapter is not None:
+                if route.validate is not None:
                     try:
-                        data = route.adapter.validate_python(payload)
+                        data = route.validate(payload)
                     except ValidationError as exc:
                         failures.append((route, None, exc))
                         continue
@@ -86,3 +123,10 @@ class Plan:
     async def explain(self, client: Client, packet: Packet[Any]) -> Explanation:
         """What dispatch would do with ``packet``, without calling any handler."""
         return await explain_plan(self.groups, client, packet)
+
+
+def _add(failures: list[Failure] | None, failure: Failure) -> list[Failure]:
+    if failures is None:
+        return [failure]
+    failures.append(failure)
+    return failures
