@@ -29,7 +29,7 @@ from .errors import (
 )
 from .packet import Packet
 from .peer import Client, Session
-from .protocol import NEED_DATA, Byteorder, Frame, FrameDecoder, FrameError, frame_header
+from .protocol import FRAME_TAIL, HEADER_TAILS, Byteorder, Frame, FrameDecoder, FrameError
 from .errors import StopPropagation
 from .routing import Miss, Plan
 from .sessions import SessionRegistry
@@ -98,6 +98,8 @@ class Connection(asyncio.Protocol):
         self._ctx = ctx
         self._loop = loop = asyncio.get_running_loop()
         self._clock = _clock_of(loop)
+        self._header_size = ctx.header_size
+        self._byteorder = ctx.byteorder
         self._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, frozenset(CODECS))
         self._pending: deque[Frame | FrameError] = deque()
         self._working = False
@@ -189,12 +191,13 @@ class Connection(asyncio.Protocol):
     def write_payload(self, payload: bytes, encoding: int) -> None:
         if self.closing or self._transport is None:
             return
-        ctx = self._ctx
-        header = frame_header(len(payload), encoding, ctx.header_size, ctx.byteorder)
+        header = (len(payload) + FRAME_TAIL).to_bytes(self._header_size, self._byteorder) + HEADER_TAILS[encoding]
         if not self._corked:
             self._transport.writelines((header, payload))
             return
-        self._out += (header, payload)
+        out = self._out
+        out.append(header)
+        out.append(payload)
         self._out_size += len(payload)
         if self._out_size > _FLUSH_AT:
             self._flush()
@@ -272,7 +275,9 @@ class Connection(asyncio.Protocol):
         if not host.run_eagerly(self._work_eagerly):
             host.submit(self._work())
             return
-        self._uncork()
+        self._corked = False
+        if self._out:
+            self._flush()
 
     def _cork(self) -> None:
         self._corked = True

@@ -97,11 +97,15 @@ class Client:
         A received ``Packet`` sent back in its own encoding re-sends its original
         payload bytes. Sending on a closed connection does nothing.
         """
-        self.send_nowait(packet, encoding=encoding)
-        if close:
-            self._link.close()
+        link = self._link
+        if encoding is None and type(packet) is Packet and packet.raw is not None and not link.closing:
+            link.write_payload(packet.raw, CODEC_IDS[packet.encoding])  # an echo
         else:
-            await self._link.drain()
+            self.send_nowait(packet, encoding=encoding)
+        if close:
+            link.close()
+        else:
+            await link.drain()
 
     def send_nowait(
         self,

@@ -107,7 +107,8 @@ def encode_frame(
     return frame_header(len(payload), encoding, header_size, byteorder) + payload
 
 
-_TAILS: Final = tuple(bytes((PROTOCOL_VERSION, encoding)) for encoding in range(256))
+#: Protocol-Version and Content-Encoding, as the two bytes after Content-Length, per encoding.
+HEADER_TAILS: Final = tuple(bytes((PROTOCOL_VERSION, encoding)) for encoding in range(256))
 
 
 def frame_header(
@@ -117,7 +118,7 @@ def frame_header(
     byteorder: Byteorder = "big",
 ) -> bytes:
     """The bytes that go before a payload of ``payload_size`` bytes (write them, then the payload)."""
-    return (payload_size + FRAME_TAIL).to_bytes(header_size, byteorder) + _TAILS[encoding]
+    return (payload_size + FRAME_TAIL).to_bytes(header_size, byteorder) + HEADER_TAILS[encoding]
 
 
 _STRUCT_CODES: Final = {1: "B", 2: "H", 4: "I", 8: "Q"}
@@ -142,7 +143,7 @@ class FrameDecoder:
         encodings: the Content-Encoding bytes this side understands.
     """
 
-    __slots__ = ("_buf", "_pos", "_skip", "_hs", "_order", "_max", "_encodings", "_closed", "_unpack")
+    __slots__ = ("_buf", "_pos", "_skip", "_hs", "_order", "_max", "_encodings", "_closed", "_unpack", "in_frame")
 
     def __init__(
         self,
@@ -162,16 +163,13 @@ class FrameDecoder:
         self._pos = 0
         self._skip = 0
         self._closed = False
+        #: True when part of a frame has arrived (or is being skipped); read-only.
+        self.in_frame = False
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet handed out as a frame."""
         return len(self._buf) - self._pos
-
-    @property
-    def in_frame(self) -> bool:
-        """True when part of a frame has arrived (or is being skipped)."""
-        return self._skip > 0 or len(self._buf) > self._pos
 
     def feed(self, data: bytes) -> None:
         """Add bytes received from the peer (after a fatal error they are ignored)."""
@@ -181,6 +179,7 @@ class FrameDecoder:
             data = self._discard(data)
         if data:
             self._buf += data
+        self.in_frame = self._skip > 0 or len(self._buf) > self._pos
 
     def next_event(self) -> Event:
         """The next frame or error, or ``NEED_DATA`` until more bytes are fed."""
@@ -196,6 +195,7 @@ class FrameDecoder:
             return []
         events, self._pos = self._parse(self._buf, self._pos, limit)
         self._compact()
+        self.in_frame = self._skip > 0 or len(self._buf) > self._pos
         return events
 
     def receive(self, data: bytes, limit: int) -> list[Frame | FrameError]:
@@ -208,12 +208,22 @@ class FrameDecoder:
             return []
         if self._skip:
             data = self._discard(data)
-        if self._pos < len(self._buf):
+        if self.in_frame:
             self._buf += data
             return self.pull(limit)
+        hs = self._hs
+        size = len(data)
+        if size > hs + FRAME_TAIL and limit > 0 and self._unpack is not None:
+            # The common read: exactly one whole, well-formed frame.
+            length = self._unpack(data, 0)[0]
+            if hs + length == size and length <= self._max and data[hs] == PROTOCOL_VERSION:
+                encoding = data[hs + 1]
+                if encoding in self._encodings:
+                    return [_new_frame(Frame, (encoding, data[hs + FRAME_TAIL :]))]
         events, pos = self._parse(data, 0, limit)
-        if pos < len(data) and not self._closed:
+        if pos < size and not self._closed:
             self._buf += memoryview(data)[pos:]
+        self.in_frame = self._skip > 0 or len(self._buf) > 0
         return events
 
     def _parse(self, src: bytes | bytearray, pos: int, limit: int) -> tuple[list[Frame | FrameError], int]:
