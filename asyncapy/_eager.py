@@ -31,7 +31,9 @@ logger = logging.getLogger("asyncapy")
 
 _enter_task = tasks._enter_task
 _leave_task = tasks._leave_task
-_current_task = tasks.current_task
+#: The running task of each loop: asyncio's own table (one dict lookup, where
+#: ``asyncio.current_task`` is a Python function on 3.11), when this Python has it.
+_CURRENT_TASKS: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = getattr(tasks, "_current_tasks", None)
 
 Worker = Coroutine[Any, Any, None]
 
@@ -71,7 +73,8 @@ class Host:
         own task) or before Python 3.11; the caller then ``submit``s a worker instead.
         """
         loop = self._loop
-        if not _EAGER or _current_task(loop) is not None:
+        running = tasks.current_task(loop) if _CURRENT_TASKS is None else _CURRENT_TASKS.get(loop)
+        if running is not None or not _EAGER:
             return False
         _enter_task(loop, self._task)
         try:

@@ -29,7 +29,7 @@ from .errors import (
 )
 from .packet import Packet
 from .peer import Client, Session
-from .protocol import FRAME_TAIL, HEADER_TAILS, Byteorder, Frame, FrameDecoder, FrameError
+from .protocol import FRAME_TAIL, PROTOCOL_VERSION, header_packer, Byteorder, Frame, FrameDecoder, FrameError
 from .errors import StopPropagation
 from .routing import Miss, Plan
 from .sessions import SessionRegistry
@@ -55,18 +55,6 @@ _HOLD_FATAL: Final = "fatal"  # a fatal frame error: the connection is closing
 #: handler that sends a lot without ever waiting still hands it to the transport
 #: (whose high-water mark then makes ``drain`` wait).
 _FLUSH_AT: Final = 64 * 1024
-
-
-class _Ready:
-    """An awaitable that is done at once (cheaper to await than a coroutine)."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return iter(())  # type: ignore[return-value]
-
-
-_READY: Final = _Ready()
 
 
 class _HandlerTimedOut(Exception):
@@ -98,8 +86,10 @@ class Connection(asyncio.Protocol):
         self._ctx = ctx
         self._loop = loop = asyncio.get_running_loop()
         self._clock = _clock_of(loop)
-        self._header_size = ctx.header_size
-        self._byteorder = ctx.byteorder
+        self._pack_header = header_packer(ctx.header_size, ctx.byteorder)
+        #: No debug logging, no handler_timeout and a simple plan: handlers are called directly.
+        self._direct = ctx.plan.simple and ctx.handler_timeout is None and not ctx.debug
+        self._ready: asyncio.Future[None] | None = None
         self._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, frozenset(CODECS))
         self._pending: deque[Frame | FrameError] = deque()
         self._working = False
@@ -191,7 +181,7 @@ class Connection(asyncio.Protocol):
     def write_payload(self, payload: bytes, encoding: int) -> None:
         if self.closing or self._transport is None:
             return
-        header = (len(payload) + FRAME_TAIL).to_bytes(self._header_size, self._byteorder) + HEADER_TAILS[encoding]
+        header = self._pack_header(len(payload) + FRAME_TAIL, PROTOCOL_VERSION, encoding)
         if not self._corked:
             self._transport.writelines((header, payload))
             return
@@ -215,10 +205,15 @@ class Connection(asyncio.Protocol):
         """Wait while the socket's write buffer is above its high-water mark.
 
         Not a coroutine function: every ``client.send`` awaits it and it almost never
-        waits, so the common case returns a ready awaitable instead of a new coroutine.
+        waits, so the common case returns a future that is already done (awaiting it
+        runs no Python code) instead of a new coroutine.
         """
         if not self._write_paused or self.closing:
-            return _READY
+            ready = self._ready
+            if ready is None:
+                ready = self._ready = self._loop.create_future()
+                ready.set_result(None)
+            return ready
         waiter = self._loop.create_future()
         self._drain_waiters.append(waiter)
         return waiter
@@ -390,21 +385,20 @@ class Connection(asyncio.Protocol):
         if type(payload) is not dict:
             self._send_error(ERR_REQUEST_MALFORMED, f"the payload must be a map, not {_kind(payload)}", encoding)
             return None
+        packet = Packet._received(payload, codec.name, client, raw)
+        if self._direct:
+            chosen = self._ctx.plan.select(client, packet)
+            if type(chosen) is Miss:
+                self._send_error(ERR_NO_HANDLER, chosen.detail, encoding)
+                return None
+            route, arg = chosen  # type: ignore[misc]
+            return route.handler(client, arg)  # type: ignore[return-value]  # handlers are coroutine functions
         ctx = self._ctx
         if ctx.debug:
             self._log_packet(frame, codec.name)
-        packet = Packet._received(payload, codec.name, client, raw)
-        plan = ctx.plan
         if ctx.handler_timeout is not None:
             return self._dispatch_bounded(client, packet, ctx.handler_timeout)
-        if not plan.simple:
-            return plan.dispatch(client, packet)
-        chosen = plan.select(client, packet)
-        if type(chosen) is Miss:
-            self._send_error(ERR_NO_HANDLER, chosen.detail, encoding)
-            return None
-        route, arg = chosen  # type: ignore[misc]
-        return route.handler(client, arg)  # type: ignore[return-value]  # handlers are coroutine functions
+        return ctx.plan.dispatch(client, packet)
 
     def _finish(self, result: Any, encoding: int) -> None:
         """A handler returned ``result``: send it if it is a reply; report a dispatch's miss."""

@@ -124,6 +124,18 @@ def frame_header(
 _STRUCT_CODES: Final = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 
+def header_packer(header_size: int = DEFAULT_HEADER_SIZE, byteorder: Byteorder = "big") -> Callable[[int, int, int], bytes]:
+    """``pack(content_length, version, encoding)``: a frame's header in one C call for the usual sizes."""
+    code = _STRUCT_CODES.get(header_size)
+    if code is not None:
+        return struct.Struct((">" if byteorder == "big" else "<") + code + "BB").pack
+
+    def pack(content_length: int, version: int, encoding: int) -> bytes:
+        return content_length.to_bytes(header_size, byteorder) + bytes((version, encoding))
+
+    return pack
+
+
 def _length_unpacker(header_size: int, byteorder: Byteorder) -> Callable[[bytes | bytearray, int], tuple[int]] | None:
     """A precompiled reader of the Content-Length field (faster than slicing + int.from_bytes)."""
     code = _STRUCT_CODES.get(header_size)
