@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 from ._eager import Host, resume
-from .codecs import CODECS, DecodeError, get_codec
+from .codecs import CODEC_IDS, CODECS, DecodeError, get_codec
 from .errors import (
     ERR_INTERNAL,
     ERR_NO_HANDLER,
@@ -28,13 +28,12 @@ from .errors import (
     error_payload,
 )
 from .packet import Packet
-from .peer import Client, Session
+from .peer import Client, Session, reply_encoder
 from .protocol import FRAME_TAIL, PROTOCOL_VERSION, header_packer, Byteorder, Frame, FrameDecoder, FrameError
 from .errors import StopPropagation
 from .routing import Miss, Plan
 from .sessions import SessionRegistry
 
-from pydantic import BaseModel
 
 logger = logging.getLogger("asyncapy")
 
@@ -402,11 +401,20 @@ class Connection(asyncio.Protocol):
 
     def _finish(self, result: Any, encoding: int) -> None:
         """A handler returned ``result``: send it if it is a reply; report a dispatch's miss."""
-        if type(result) is Miss:
+        kind = type(result)
+        if kind is Miss:
             self._send_error(ERR_NO_HANDLER, result.detail, encoding)
-        elif type(result) is dict or isinstance(result, BaseModel):
-            assert self.client is not None
-            self.client.send_nowait(result)
+            return
+        encode = reply_encoder(kind)
+        if encode is None or self.closing:
+            return
+        name = self.client.encoding  # type: ignore[union-attr]
+        try:
+            payload = encode(result, name)
+        except Exception as exc:  # a reply the codec cannot carry is the handler's failure
+            self._failed(exc, encoding)
+            return
+        self.write_payload(payload, CODEC_IDS[name])
 
     def _failed(self, exc: BaseException, encoding: int) -> None:
         """A handler raised ``exc``: StopPropagation is no error; anything else is ERR_INTERNAL."""

@@ -191,5 +191,24 @@ def _encoder_for(kind: type) -> Callable[[Any, str], bytes]:
     return _refuse
 
 
+def reply_encoder(kind: type) -> Callable[[Any, str], bytes] | None:
+    """How to encode what a handler returned, by its type; None: it is not a reply (ignored).
+
+    A handler's reply is a dict or a pydantic model; worked out once per type.
+    """
+    try:
+        return _REPLY_ENCODERS[kind]
+    except KeyError:
+        pass
+    encode: Callable[[Any, str], bytes] | None = None
+    if issubclass(kind, dict):
+        encode = _encode_mapping
+    elif issubclass(kind, BaseModel):
+        encode = _encode_model
+    _REPLY_ENCODERS[kind] = encode
+    return encode
+
+
+_REPLY_ENCODERS: dict[type, Callable[[Any, str], bytes] | None] = {}
 #: Types seen by ``encode_payload``; they are classes of the application, a bounded set.
 _ENCODERS: dict[type, Callable[[Any, str], bytes]] = {}
