@@ -140,9 +140,10 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         self._seen = now = self._clock()
-        if not self._decoder.in_frame:
+        decoder = self._decoder
+        if not decoder.in_frame:
             self._mark = now  # a packet must be whole within `timeout` of its first byte
-        self._take_events(data)
+        self._queue(decoder.receive(data, self._ctx.max_pending - len(self._pending)))
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -259,20 +260,6 @@ class Connection(asyncio.Protocol):
 
     # -- handling packets, in order: eagerly, replies of a burst in one write ------
 
-    def _start_work(self) -> None:
-        """Handle the queued packets now; the host task takes over from the first handler that waits."""
-        host = self._host
-        if host is None:
-            host = self._host = Host(self._loop, self._uncork, self._cork)
-        self._working = True
-        self._corked = True
-        if not host.run_eagerly(self._work_eagerly):
-            host.submit(self._work())
-            return
-        self._corked = False
-        if self._out:
-            self._flush()
-
     def _cork(self) -> None:
         self._corked = True
 
@@ -315,7 +302,10 @@ class Connection(asyncio.Protocol):
                 continue
             self._host.submit(self._after_wait(coro, waiting_on, event.encoding))  # type: ignore[union-attr]
             return
-        self._done()
+        self._working = False  # as _done(), within the read that started it
+        self._mark = self._seen
+        if self._idle_waiters or self._eof:
+            self._done()
 
     async def _after_wait(self, coro: Coroutine[Any, Any, Any], waiting_on: Any, encoding: int) -> None:
         """In the host task: finish the handler that waited, then the rest of the queue."""
@@ -405,12 +395,12 @@ class Connection(asyncio.Protocol):
         if kind is Miss:
             self._send_error(ERR_NO_HANDLER, result.detail, encoding)
             return
-        encode = reply_encoder(kind)
+        name = self.client.encoding  # type: ignore[union-attr]
+        encode = reply_encoder(kind, name)
         if encode is None or self.closing:
             return
-        name = self.client.encoding  # type: ignore[union-attr]
         try:
-            payload = encode(result, name)
+            payload = encode(result)
         except Exception as exc:  # a reply the codec cannot carry is the handler's failure
             self._failed(exc, encoding)
             return
@@ -492,26 +482,34 @@ class Connection(asyncio.Protocol):
 
     # -- flow control: bounded memory per connection --------------------------------
 
-    def _take_events(self, data: bytes | None = None) -> None:
-        """Decode ``data`` (or what the decoder holds) into the pending queue; start handling.
+    def _queue(self, events: list[Frame | FrameError]) -> None:
+        """Queue decoded events and handle them now, unless handling is under way.
 
         Frames beyond ``max_pending`` stay undecoded in the decoder (at most one socket
-        read) and reading is held until the worker drains the queue.
+        read) and reading is held until the queue drains. Handling starts eagerly (see
+        ``_work_eagerly``); the replies it queues go out in one write.
         """
         pending = self._pending
-        limit = self._ctx.max_pending
-        room = limit - len(pending)
-        decoder = self._decoder
-        events = decoder.pull(room) if data is None else decoder.receive(data, room)
         if events:
             pending.extend(events)
             last = events[-1]
             if type(last) is FrameError and last.fatal:
                 self._hold_reading(_HOLD_FATAL)
-        if len(pending) >= limit:
+        if len(pending) >= self._ctx.max_pending:
             self._hold_reading(_HOLD_QUEUE)
-        if pending and not self._working:
-            self._start_work()
+        if not pending or self._working:
+            return
+        host = self._host
+        if host is None:
+            host = self._host = Host(self._loop, self._uncork, self._cork)
+        self._working = True
+        self._corked = True
+        if not host.run_eagerly(self._work_eagerly):
+            host.submit(self._work())
+            return
+        self._corked = False
+        if self._out:
+            self._flush()
 
     async def _relieve(self) -> None:
         """Between packets while reading is held: wait for the peer to read, refill the queue."""
@@ -519,7 +517,7 @@ class Connection(asyncio.Protocol):
             await self.drain()
         if _HOLD_QUEUE in self._holds and len(self._pending) <= self._ctx.max_pending // 2:
             self._holds.discard(_HOLD_QUEUE)
-            self._take_events()  # may fill the queue and hold reading again
+            self._queue(self._decoder.pull(self._ctx.max_pending - len(self._pending)))  # may hold again
             if _HOLD_QUEUE not in self._holds:
                 self._release_reading(_HOLD_QUEUE)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
@@ -191,24 +192,33 @@ def _encoder_for(kind: type) -> Callable[[Any, str], bytes]:
     return _refuse
 
 
-def reply_encoder(kind: type) -> Callable[[Any, str], bytes] | None:
-    """How to encode what a handler returned, by its type; None: it is not a reply (ignored).
+def reply_encoder(kind: type, encoding: str) -> Callable[[Any], bytes] | None:
+    """How to encode, in ``encoding``, what a handler returned; None: it is not a reply (ignored).
 
-    A handler's reply is a dict or a pydantic model; worked out once per type.
+    A handler's reply is a dict or a pydantic model. Worked out once per type and
+    encoding; a model's JSON encoder is pydantic-core's own serializer, called directly.
     """
+    table = _REPLY_ENCODERS.get(encoding)
+    if table is None:
+        table = _REPLY_ENCODERS[encoding] = {}
     try:
-        return _REPLY_ENCODERS[kind]
+        return table[kind]
     except KeyError:
         pass
-    encode: Callable[[Any, str], bytes] | None = None
+    codec = get_codec(encoding)
+    encode: Callable[[Any], bytes] | None = None
     if issubclass(kind, dict):
-        encode = _encode_mapping
+        encode = codec.encode
     elif issubclass(kind, BaseModel):
-        encode = _encode_model
-    _REPLY_ENCODERS[kind] = encode
+        if codec.name == "json":
+            encode = kind.__pydantic_serializer__.to_json
+        else:
+            encode = partial(_encode_model, encoding=codec.name)
+    table[kind] = encode
     return encode
 
 
-_REPLY_ENCODERS: dict[type, Callable[[Any, str], bytes] | None] = {}
+#: Codec name -> reply type -> encoder; the types are classes of the application, a bounded set.
+_REPLY_ENCODERS: dict[str, dict[type, Callable[[Any], bytes] | None]] = {}
 #: Types seen by ``encode_payload``; they are classes of the application, a bounded set.
 _ENCODERS: dict[type, Callable[[Any, str], bytes]] = {}

@@ -61,7 +61,7 @@ class Plan:
         payload = packet.payload
         failures: list[Failure] | None = None  # made on the first failure: most packets have none
         for group in self.groups:
-            for route in candidates(group, payload):
+            for route in group.routes if group.key is None else candidates(group, payload):
                 if route.pre:
                     failed = failing_cheap(route.pre, client, packet)
                     if failed is not None:
