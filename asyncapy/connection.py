@@ -86,6 +86,7 @@ class Connection(asyncio.Protocol):
         self._loop = loop = asyncio.get_running_loop()
         self._clock = _clock_of(loop)
         self._pack_header = header_packer(ctx.header_size, ctx.byteorder)
+        self._max_pending = ctx.max_pending
         #: No debug logging, no handler_timeout and a simple plan: handlers are called directly.
         self._direct = ctx.plan.simple and ctx.handler_timeout is None and not ctx.debug
         self._ready: asyncio.Future[None] | None = None
@@ -143,7 +144,7 @@ class Connection(asyncio.Protocol):
         decoder = self._decoder
         if not decoder.in_frame:
             self._mark = now  # a packet must be whole within `timeout` of its first byte
-        self._queue(decoder.receive(data, self._ctx.max_pending - len(self._pending)))
+        self._queue(decoder.receive(data, self._max_pending - len(self._pending)))
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -179,18 +180,19 @@ class Connection(asyncio.Protocol):
     # -- the link a Client writes through ------------------------------------
 
     def write_payload(self, payload: bytes, encoding: int) -> None:
-        if self.closing or self._transport is None:
+        if self.closing:
             return
         header = self._pack_header(len(payload) + FRAME_TAIL, PROTOCOL_VERSION, encoding)
-        if not self._corked:
-            self._transport.writelines((header, payload))
+        if self._corked:
+            out = self._out
+            out.append(header)
+            out.append(payload)
+            self._out_size += len(payload)
+            if self._out_size > _FLUSH_AT:
+                self._flush()
             return
-        out = self._out
-        out.append(header)
-        out.append(payload)
-        self._out_size += len(payload)
-        if self._out_size > _FLUSH_AT:
-            self._flush()
+        if self._transport is not None:
+            self._transport.writelines((header, payload))
 
     def close(self) -> None:
         """Close after the buffered replies are written; later sends are ignored."""
@@ -359,8 +361,7 @@ class Connection(asyncio.Protocol):
         The coroutine is the chosen handler itself for a simple plan (it returns the
         reply), else ``plan.dispatch`` (it sends replies and returns a ``Miss`` or None).
         """
-        client = self.client
-        assert client is not None
+        client: Client = self.client  # type: ignore[assignment]  # set by connection_made
         encoding, raw = frame
         codec = CODECS[encoding]
         if self._encoding_id is None:
@@ -376,12 +377,11 @@ class Connection(asyncio.Protocol):
             return None
         packet = Packet._received(payload, codec.name, client, raw)
         if self._direct:
-            chosen = self._ctx.plan.select(client, packet)
-            if type(chosen) is Miss:
-                self._send_error(ERR_NO_HANDLER, chosen.detail, encoding)
+            started = self._ctx.plan.start(client, packet)
+            if type(started) is Miss:
+                self._send_error(ERR_NO_HANDLER, started.detail, encoding)
                 return None
-            route, arg = chosen  # type: ignore[misc]
-            return route.handler(client, arg)  # type: ignore[return-value]  # handlers are coroutine functions
+            return started  # type: ignore[return-value]
         ctx = self._ctx
         if ctx.debug:
             self._log_packet(frame, codec.name)
@@ -495,7 +495,7 @@ class Connection(asyncio.Protocol):
             last = events[-1]
             if type(last) is FrameError and last.fatal:
                 self._hold_reading(_HOLD_FATAL)
-        if len(pending) >= self._ctx.max_pending:
+        if len(pending) >= self._max_pending:
             self._hold_reading(_HOLD_QUEUE)
         if not pending or self._working:
             return
@@ -508,8 +508,12 @@ class Connection(asyncio.Protocol):
             host.submit(self._work())
             return
         self._corked = False
-        if self._out:
-            self._flush()
+        out = self._out
+        if out:  # as _flush()
+            self._out = []
+            self._out_size = 0
+            if not self.closing:
+                self._transport.write(b"".join(out))  # type: ignore[union-attr]  # set before any data
 
     async def _relieve(self) -> None:
         """Between packets while reading is held: wait for the peer to read, refill the queue."""

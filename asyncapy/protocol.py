@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 import struct
+import sys
 from typing import Final, Literal, NamedTuple, Union
 
 from .errors import ERR_HEADER_INVALID, ERR_PAYLOAD_TOO_LARGE
@@ -155,7 +156,7 @@ class FrameDecoder:
         encodings: the Content-Encoding bytes this side understands.
     """
 
-    __slots__ = ("_buf", "_pos", "_skip", "_hs", "_order", "_max", "_encodings", "_closed", "_unpack", "in_frame")
+    __slots__ = ("_buf", "_pos", "_skip", "_hs", "_order", "_max", "_encodings", "_closed", "_unpack", "_fast_min", "in_frame")
 
     def __init__(
         self,
@@ -167,6 +168,8 @@ class FrameDecoder:
         self._hs = check_header_size(header_size)
         self._order: Byteorder = check_byteorder(byteorder)
         self._unpack = _length_unpacker(header_size, byteorder)
+        #: ``receive``'s one-frame path needs the unpacker and more than a header.
+        self._fast_min = header_size + FRAME_TAIL if self._unpack is not None else sys.maxsize
         if max_packet_size < FRAME_TAIL:
             raise ValueError(f"max_packet_size must be at least {FRAME_TAIL}")
         self._max = max_packet_size
@@ -216,18 +219,16 @@ class FrameDecoder:
         The common read holds whole frames only: they are sliced out of ``data``
         directly, and only a trailing partial frame is kept.
         """
-        if self._closed:
-            return []
-        if self._skip:
-            data = self._discard(data)
-        if self.in_frame:
-            self._buf += data
+        if self.in_frame or self._closed:
+            if self._closed:
+                return []
+            self.feed(data)
             return self.pull(limit)
-        hs = self._hs
         size = len(data)
-        if size > hs + FRAME_TAIL and limit > 0 and self._unpack is not None:
+        if size > self._fast_min and limit > 0:
             # The common read: exactly one whole, well-formed frame.
-            length = self._unpack(data, 0)[0]
+            hs = self._hs
+            length = self._unpack(data, 0)[0]  # type: ignore[misc]  # _fast_min is maxsize without it
             if hs + length == size and length <= self._max and data[hs] == PROTOCOL_VERSION:
                 encoding = data[hs + 1]
                 if encoding in self._encodings:

@@ -9,7 +9,14 @@ multiple of the baseline's. This is the fast loop for hot-path work; ``run.py`` 
 the judge, because sockets and the event loop are most of the real cost.
 
 Options: ``--packets N`` (50,000), ``--repeat N`` (5; the best run is kept),
-``--only NAME`` (repeatable), ``--profile NAME`` (cProfile one row, print the top).
+``--only NAME`` (repeatable; their baselines are added unless ``--no-base``),
+``--profile NAME`` (cProfile one row, print the top).
+
+For changes too small to time, count instructions instead (deterministic):
+``valgrind --tool=callgrind --callgrind-out-file=/dev/null python
+benchmarks/bench_connection.py --only NAME --no-base --repeat 1 --packets N`` for two
+values of N; the difference of the two totals over the difference of N is the
+instructions per packet.
 """
 
 from __future__ import annotations
@@ -150,12 +157,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--only", action="append", default=[])
     parser.add_argument("--profile", metavar="NAME")
+    parser.add_argument("--no-base", action="store_true", help="do not add the baseline rows of --only rows")
     args = parser.parse_args()
     if args.profile:
         profile(args.profile, args.packets)
         return
-    names = [n for n in ROWS if not args.only or any(o in n for o in args.only)]
-    names = sorted(set(names) | {BASE[n] for n in names if n in BASE}, key=list(ROWS).index)
+    exact = [n for n in ROWS if n in args.only]
+    names = exact or [n for n in ROWS if not args.only or any(o in n for o in args.only)]
+    if not args.no_base:
+        names = sorted(set(names) | {BASE[n] for n in names if n in BASE}, key=list(ROWS).index)
     results = {name: measure(name, args.packets, args.repeat) for name in names}
     print(f"# {args.packets} packets per run, best of {args.repeat}, python {sys.version.split()[0]}")
     print(f"{'row':34} {'us/packet':>9} {'extra us':>8} {'x base':>7}")

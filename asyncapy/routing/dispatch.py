@@ -12,6 +12,7 @@ without a ``dispatch`` coroutine around it.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,11 +53,12 @@ class Plan:
         object.__setattr__(self, "routes", tuple(r for g in self.groups for r in g.routes))
         object.__setattr__(self, "simple", len(self.groups) <= 1 and not any(r.post for r in self.routes))
 
-    def select(self, client: Client, packet: Packet[Any]) -> tuple[CompiledRoute, Any] | Miss:
-        """For a simple plan: the handler to call and its argument, or the ``Miss``.
+    def start(self, client: Client, packet: Packet[Any]) -> Coroutine[Any, Any, Any] | Miss:
+        """For a simple plan: the chosen handler's coroutine, not yet started, or the ``Miss``.
 
-        A ``Packet[Model]`` argument is ``packet`` itself with its ``data`` set: no
-        later handler can see the packet, so it needs no copy.
+        The coroutine returns the handler's reply. A ``Packet[Model]`` argument is
+        ``packet`` itself with its ``data`` set: no later handler can see the packet,
+        so it needs no copy.
         """
         payload = packet.payload
         failures: list[Failure] | None = None  # made on the first failure: most packets have none
@@ -69,16 +71,16 @@ class Plan:
                         continue
                 validate = route.validate
                 if validate is None:
-                    return route, packet
+                    return route.handler(client, packet)  # type: ignore[return-value]  # a coroutine function
                 try:
                     data = validate(payload)
                 except ValidationError as exc:
                     failures = _add(failures, (route, None, exc))
                     continue
                 if route.style == "model":
-                    return route, data
+                    return route.handler(client, data)  # type: ignore[return-value]
                 packet.data = data
-                return route, packet
+                return route.handler(client, packet)  # type: ignore[return-value]
         return Miss(miss_reasons(self.groups, payload, failures or ()))
 
     async def dispatch(self, client: Client, packet: Packet[Any]) -> Miss | None:
