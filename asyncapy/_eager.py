@@ -29,11 +29,14 @@ from typing import Any, Final
 
 logger = logging.getLogger("asyncapy")
 
-_enter_task = tasks._enter_task
-_leave_task = tasks._leave_task
-#: The running task of each loop: asyncio's own table (one dict lookup, where
-#: ``asyncio.current_task`` is a Python function on 3.11), when this Python has it.
-_CURRENT_TASKS: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = getattr(tasks, "_current_tasks", None)
+#: Make a task the current one (and stop): what a task's own step does around a coroutine step.
+enter_task = tasks._enter_task
+leave_task = tasks._leave_task
+#: On 3.11 ``asyncio.current_task`` is a Python function over this table, so the table
+#: is read directly; from 3.12 ``current_task`` is C and is used as it is.
+_CURRENT_TASKS: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = (
+    getattr(tasks, "_current_tasks", None) if sys.version_info < (3, 12) else None
+)
 
 Worker = Coroutine[Any, Any, None]
 
@@ -42,14 +45,31 @@ Worker = Coroutine[Any, Any, None]
 _EAGER: Final = sys.version_info >= (3, 11)
 
 
+def _never_eager(loop: asyncio.AbstractEventLoop) -> Any:
+    return True  # before 3.11: "some task is running", so every burst goes to the host task
+
+
+#: ``running_task(loop)``: the task running on ``loop``, or None; eager handling is
+#: possible only when it is None. One C call on 3.11 and later.
+running_task: Callable[[asyncio.AbstractEventLoop], Any]
+if not _EAGER:
+    running_task = _never_eager
+elif _CURRENT_TASKS is not None:
+    running_task = _CURRENT_TASKS.get
+else:
+    running_task = tasks.current_task
+
+
 class Host:
     """One connection's host task: parked until a worker coroutine needs a task.
 
     ``on_suspend`` runs each time a worker in the host task waits or ends (flush the
-    replies so far), ``on_resume`` each time it runs again.
+    replies so far), ``on_resume`` each time it runs again. ``task`` and ``context``
+    are what eager handling enters (``run_eagerly``, or inline on a hot path:
+    ``running_task``, ``enter_task``, ``context.run``, ``leave_task``).
     """
 
-    __slots__ = ("_loop", "_context", "_inbox", "_task", "_on_suspend", "_on_resume", "_busy", "_closed")
+    __slots__ = ("_loop", "context", "_inbox", "task", "_on_suspend", "_on_resume", "_busy", "_closed")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, on_suspend: Callable[[], None], on_resume: Callable[[], None]
@@ -61,10 +81,10 @@ class Host:
         self._closed = False
         self._inbox: asyncio.Future[Worker] = loop.create_future()
         if _EAGER:
-            self._context = contextvars.copy_context()
-            self._task = loop.create_task(self._serve(), context=self._context)  # type: ignore[call-arg,unused-ignore]
+            self.context = contextvars.copy_context()
+            self.task = loop.create_task(self._serve(), context=self.context)  # type: ignore[call-arg,unused-ignore]
         else:
-            self._task = loop.create_task(self._serve())
+            self.task = loop.create_task(self._serve())
 
     def run_eagerly(self, fn: Callable[[], None]) -> bool:
         """Call ``fn`` now as if from the host task; False (not called) when that cannot be done.
@@ -73,14 +93,13 @@ class Host:
         own task) or before Python 3.11; the caller then ``submit``s a worker instead.
         """
         loop = self._loop
-        running = tasks.current_task(loop) if _CURRENT_TASKS is None else _CURRENT_TASKS.get(loop)
-        if running is not None or not _EAGER:
+        if running_task(loop) is not None:
             return False
-        _enter_task(loop, self._task)
+        enter_task(loop, self.task)
         try:
-            self._context.run(fn)
+            self.context.run(fn)
         finally:
-            _leave_task(loop, self._task)
+            leave_task(loop, self.task)
         return True
 
     def submit(self, worker: Worker) -> None:
@@ -91,12 +110,12 @@ class Host:
         """End the host task once it runs no worker (a running one ends by itself)."""
         self._closed = True
         if not self._busy and not self._inbox.done():
-            self._task.cancel()
+            self.task.cancel()
 
     def cancel_worker(self) -> None:
         """Cancel the worker that waits in the host task, as ``task.cancel()`` would."""
         if self._busy:
-            self._task.cancel()
+            self.task.cancel()
 
     async def _serve(self) -> None:
         while not self._closed or self._inbox.done():
@@ -108,7 +127,7 @@ class Host:
                 await _drive(worker, self._on_suspend, self._on_resume)
             except asyncio.CancelledError:
                 # cancel_worker(): the worker has ended; this task serves the next ones.
-                uncancel = getattr(self._task, "uncancel", None)
+                uncancel = getattr(self.task, "uncancel", None)
                 if uncancel is not None:
                     uncancel()
             except Exception:

@@ -12,11 +12,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
-from ._eager import Host, resume
+from ._eager import Host, enter_task, leave_task, resume, running_task
 from .codecs import CODEC_IDS, CODECS, DecodeError, get_codec
 from .errors import (
     ERR_INTERNAL,
@@ -29,7 +29,7 @@ from .errors import (
 )
 from .packet import Packet
 from .peer import Client, Session, reply_encoder
-from .protocol import FRAME_TAIL, PROTOCOL_VERSION, header_packer, Byteorder, Frame, FrameDecoder, FrameError
+from .protocol import FRAME_TAIL, PROTOCOL_VERSION, Batch, Byteorder, FrameDecoder, FrameError, RawFrame, header_packer
 from .errors import StopPropagation
 from .routing import Miss, Plan
 from .sessions import SessionRegistry
@@ -91,7 +91,7 @@ class Connection(asyncio.Protocol):
         self._direct = ctx.plan.simple and ctx.handler_timeout is None and not ctx.debug
         self._ready: asyncio.Future[None] | None = None
         self._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, frozenset(CODECS))
-        self._pending: deque[Frame | FrameError] = deque()
+        self._pending: deque[RawFrame | FrameError] = deque()
         self._working = False
         self._host: Host | None = None
         self._corked = False
@@ -279,35 +279,50 @@ class Connection(asyncio.Protocol):
         if self._transport is not None and not self.closing:
             self._transport.write(b"".join(out))
 
-    def _work_eagerly(self) -> None:
-        """Handle queued events without a task, stepping each handler once; hand over on a wait."""
-        pending = self._pending
-        while pending:
-            if self._holds:  # rare: reading is held; only the async worker can wait for relief
-                self._host.submit(self._work())  # type: ignore[union-attr]
+    def _work_eagerly(self, events: Batch) -> None:
+        """Handle ``events`` without a task, stepping each handler once; hand over on a wait.
+
+        The queue is empty when this starts; what is left of ``events`` when a handler
+        waits (or reading is held) is queued for the host task, in order.
+        """
+        direct = self._direct
+        while events:
+            rest = iter(events)
+            for event in rest:
+                if self._holds:  # rare: reading is held; only the async worker can wait for relief
+                    self._pending.append(event)
+                    self._hand_over(rest, self._work())
+                    return
+                if type(event) is not tuple:
+                    self._handle_frame_error(event)  # type: ignore[arg-type]
+                    continue
+                coro = self._begin_direct(event) if direct else self._begin(event)
+                if coro is None:
+                    continue
+                try:
+                    waiting_on = coro.send(None)
+                except StopIteration as stop:
+                    if stop.value is not None:
+                        self._finish(stop.value, event[0])
+                    continue
+                except (Exception, asyncio.CancelledError) as exc:
+                    self._failed(exc, event[0])
+                    continue
+                self._hand_over(rest, self._after_wait(coro, waiting_on, event[0]))
                 return
-            event = pending.popleft()
-            if type(event) is not Frame:
-                self._handle_frame_error(event)  # type: ignore[arg-type]
-                continue
-            coro = self._begin(event)
-            if coro is None:
-                continue
-            try:
-                waiting_on = coro.send(None)
-            except StopIteration as stop:
-                if stop.value is not None:
-                    self._finish(stop.value, event.encoding)
-                continue
-            except (Exception, asyncio.CancelledError) as exc:
-                self._failed(exc, event.encoding)
-                continue
-            self._host.submit(self._after_wait(coro, waiting_on, event.encoding))  # type: ignore[union-attr]
-            return
+            events = self._pull_more()
         self._working = False  # as _done(), within the read that started it
         self._mark = self._seen
         if self._idle_waiters or self._eof:
             self._done()
+
+    def _hand_over(self, rest: Iterator[RawFrame | FrameError], worker: Coroutine[Any, Any, None]) -> None:
+        """Queue the events not handled yet and let the host task go on with ``worker``."""
+        pending = self._pending
+        pending.extend(rest)
+        if len(pending) >= self._max_pending:
+            self._hold_reading(_HOLD_QUEUE)
+        self._host.submit(worker)  # type: ignore[union-attr]
 
     async def _after_wait(self, coro: Coroutine[Any, Any, Any], waiting_on: Any, encoding: int) -> None:
         """In the host task: finish the handler that waited, then the rest of the queue."""
@@ -327,18 +342,22 @@ class Connection(asyncio.Protocol):
         """In the host task: handle the queue, waiting for each handler and for relief of held reading."""
         pending = self._pending
         try:
-            while pending:
+            while True:
+                if not pending:
+                    pending.extend(self._pull_more())
+                    if not pending:
+                        break
                 event = pending.popleft()
-                if type(event) is Frame:
+                if type(event) is tuple:
                     coro = self._begin(event)
                     if coro is not None:
                         try:
                             result = await coro
                         except Exception as exc:
-                            self._failed(exc, event.encoding)
+                            self._failed(exc, event[0])
                         else:
                             if result is not None:
-                                self._finish(result, event.encoding)
+                                self._finish(result, event[0])
                 else:
                     self._handle_frame_error(event)  # type: ignore[arg-type]
                 if self._holds:  # rare: reading is paused, see _relieve
@@ -355,7 +374,29 @@ class Connection(asyncio.Protocol):
         if self._eof:
             self.close()
 
-    def _begin(self, frame: Frame) -> Coroutine[Any, Any, Any] | None:
+    def _begin_direct(self, frame: RawFrame) -> Coroutine[Any, Any, Any] | None:
+        """``_begin`` when ``_direct`` holds (no debug log, no handler_timeout, a simple plan)."""
+        encoding, raw = frame
+        codec = CODECS[encoding]
+        if self._encoding_id is None:
+            self._encoding_id = encoding
+            self.client.encoding = codec.name  # type: ignore[union-attr]
+        try:
+            payload = codec.decode(raw)
+        except DecodeError as exc:
+            self._send_error(ERR_REQUEST_MALFORMED, str(exc), encoding)
+            return None
+        if type(payload) is not dict:
+            self._send_error(ERR_REQUEST_MALFORMED, f"the payload must be a map, not {_kind(payload)}", encoding)
+            return None
+        client = self.client
+        started = self._ctx.plan.start(client, Packet._received(payload, codec.name, client, raw))  # type: ignore[arg-type]
+        if type(started) is Miss:
+            self._send_error(ERR_NO_HANDLER, started.detail, encoding)
+            return None
+        return started  # type: ignore[return-value]
+
+    def _begin(self, frame: RawFrame) -> Coroutine[Any, Any, Any] | None:
         """Decode and route ``frame``: the coroutine that handles it, or None when it was answered.
 
         The coroutine is the chosen handler itself for a simple plan (it returns the
@@ -482,31 +523,41 @@ class Connection(asyncio.Protocol):
 
     # -- flow control: bounded memory per connection --------------------------------
 
-    def _queue(self, events: list[Frame | FrameError]) -> None:
-        """Queue decoded events and handle them now, unless handling is under way.
+    def _queue(self, events: Batch) -> None:
+        """Handle decoded events now, or queue them while handling is under way.
 
         Frames beyond ``max_pending`` stay undecoded in the decoder (at most one socket
         read) and reading is held until the queue drains. Handling starts eagerly (see
         ``_work_eagerly``); the replies it queues go out in one write.
         """
-        pending = self._pending
         if events:
-            pending.extend(events)
             last = events[-1]
             if type(last) is FrameError and last.fatal:
                 self._hold_reading(_HOLD_FATAL)
-        if len(pending) >= self._max_pending:
+            if not self._working:
+                self._start(events)
+                return
+            self._pending.extend(events)
+        if len(self._pending) >= self._max_pending:
             self._hold_reading(_HOLD_QUEUE)
-        if not pending or self._working:
-            return
+
+    def _start(self, events: Batch) -> None:
+        """Handle ``events`` eagerly in the host task's name, then write their replies at once."""
         host = self._host
         if host is None:
             host = self._host = Host(self._loop, self._uncork, self._cork)
         self._working = True
         self._corked = True
-        if not host.run_eagerly(self._work_eagerly):
-            host.submit(self._work())
+        loop = self._loop
+        if running_task(loop) is not None:  # a task runs (a test's): no eager start
+            self._hand_over(iter(events), self._work())
             return
+        task = host.task  # host.run_eagerly(), inline: this runs per read
+        enter_task(loop, task)
+        try:
+            host.context.run(self._work_eagerly, events)
+        finally:
+            leave_task(loop, task)
         self._corked = False
         out = self._out
         if out:  # as _flush()
@@ -519,11 +570,23 @@ class Connection(asyncio.Protocol):
         """Between packets while reading is held: wait for the peer to read, refill the queue."""
         if self._write_paused:
             await self.drain()
-        if _HOLD_QUEUE in self._holds and len(self._pending) <= self._ctx.max_pending // 2:
-            self._holds.discard(_HOLD_QUEUE)
-            self._queue(self._decoder.pull(self._ctx.max_pending - len(self._pending)))  # may hold again
-            if _HOLD_QUEUE not in self._holds:
+        pending = self._pending
+        if _HOLD_QUEUE in self._holds and len(pending) <= self._max_pending // 2:
+            pending.extend(self._pull_more())
+            if len(pending) < self._max_pending:
                 self._release_reading(_HOLD_QUEUE)
+
+    def _pull_more(self) -> Batch:
+        """Frames the decoder still holds: a read can bring more than the queue takes."""
+        decoder = self._decoder
+        if not decoder.in_frame:
+            return []
+        events = decoder.pull(self._max_pending - len(self._pending))
+        if events:
+            last = events[-1]
+            if type(last) is FrameError and last.fatal:
+                self._hold_reading(_HOLD_FATAL)
+        return events
 
     def _hold_reading(self, reason: str) -> None:
         self._holds.add(reason)
@@ -554,10 +617,10 @@ class Connection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _log_packet(self, frame: Frame, encoding: str) -> None:
+    def _log_packet(self, frame: RawFrame, encoding: str) -> None:
         assert self.session is not None
         logger.debug(
-            "(%s) Packet of %d bytes, Content-Encoding is %s", self.session.id, len(frame.payload), encoding
+            "(%s) Packet of %d bytes, Content-Encoding is %s", self.session.id, len(frame[1]), encoding
         )
 
 

@@ -86,17 +86,20 @@ class Client:
         """True once the connection is closed or closing; sends are then ignored."""
         return self._link.closing
 
-    async def send(
+    def send(
         self,
         packet: Packet[Any] | Mapping[str, Any] | BaseModel,
         close: bool = False,
         *,
         encoding: str | None = None,
-    ) -> None:
+    ) -> Awaitable[None]:
         """Send ``packet`` to the peer; with ``close=True`` close the connection after it.
 
-        A received ``Packet`` sent back in its own encoding re-sends its original
-        payload bytes. Sending on a closed connection does nothing.
+        ``await client.send(...)``: the packet is queued when ``send`` is called, and
+        awaiting waits while the socket's write buffer is over its high-water mark.
+        (Not a coroutine function: a coroutine per reply would cost more than the
+        rest of an echo.) A received ``Packet`` sent back in its own encoding re-sends
+        its original payload bytes. Sending on a closed connection does nothing.
         """
         link = self._link
         if encoding is None and type(packet) is Packet and packet.raw is not None and not link.closing:
@@ -105,8 +108,7 @@ class Client:
             self.send_nowait(packet, encoding=encoding)
         if close:
             link.close()
-        else:
-            await link.drain()
+        return link.drain()
 
     def send_nowait(
         self,

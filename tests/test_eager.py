@@ -39,6 +39,25 @@ async def test_pipelined_replies_keep_order_when_some_handlers_wait() -> None:
     assert all(r["task"] for r in replies)
 
 
+@pytest.mark.parametrize("wait_at", [None, 0, 63, 64, 150])
+async def test_a_read_of_more_packets_than_max_pending_is_answered_whole(wait_at: int | None) -> None:
+    """One write of 300 packets (several times max_pending): none may stay in the decoder."""
+    server = make_server(max_pending=64)
+
+    @server.add_handler()
+    async def echo(client: Client, packet: Packet) -> dict[str, object]:
+        if packet["n"] == wait_at:
+            await asyncio.sleep(0.01)  # hand over to the host task mid-burst
+        return {"n": packet["n"]}
+
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(frames(*({"n": i} for i in range(300))))
+        replies = [orjson.loads((await asyncio.wait_for(read_frame(reader), 5))[1]) for _ in range(300)]
+        writer.close()
+    assert [r["n"] for r in replies] == list(range(300))
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is new in 3.11")
 async def test_current_task_and_timeout_work_in_a_handler_that_never_waited() -> None:
     server = make_server()
