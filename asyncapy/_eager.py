@@ -155,19 +155,40 @@ def _drive(coro: Worker, on_suspend: Callable[[], None], on_resume: Callable[[],
         on_resume()
 
 
+#: Marks what a stepper yields when a coroutine has returned: ``(DONE, result)``.
+DONE: Final = object()
+
+
 @types.coroutine
-def resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
-    """Await a coroutine that already ran up to its first wait, which yielded ``yielded``."""
+def _stepper() -> Generator[Any, Any, None]:
+    coro = yield None
+    while True:
+        # ``yield from`` takes a returning coroutine's value without raising
+        # StopIteration, which ``coro.send`` would (an exception per packet).
+        coro = yield (DONE, (yield from coro))
+
+
+def new_stepper() -> Generator[Any, Any, None]:
+    """A stepper: ``stepper.send(coro)`` runs ``coro`` until it returns or waits.
+
+    It returns ``(DONE, result)`` when ``coro`` returned, else what ``coro`` waits on;
+    then ``resume_stepper`` finishes it in a task, and the stepper can be used again.
+    When ``coro`` raises, ``send`` raises and the stepper is spent.
+    """
+    stepper = _stepper()
+    stepper.send(None)
+    return stepper
+
+
+@types.coroutine
+def resume_stepper(stepper: Generator[Any, Any, None], waiting_on: Any) -> Generator[Any, Any, Any]:
+    """Await the coroutine a stepper runs, which waits on ``waiting_on``; its result."""
     while True:
         try:
-            value = yield yielded
+            value = yield waiting_on
         except BaseException as exc:  # cancellation and errors go to the coroutine, as in a task
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
+            waiting_on = stepper.throw(exc)
         else:
-            try:
-                yielded = coro.send(value)
-            except StopIteration as stop:
-                return stop.value
+            waiting_on = stepper.send(value)
+        if type(waiting_on) is tuple and waiting_on[0] is DONE:
+            return waiting_on[1]

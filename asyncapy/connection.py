@@ -12,11 +12,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
-from ._eager import Host, enter_task, leave_task, resume, running_task
+from ._eager import DONE, Host, enter_task, leave_task, new_stepper, resume_stepper, running_task
 from .codecs import CODEC_IDS, CODECS, DecodeError, get_codec
 from .errors import (
     ERR_INTERNAL,
@@ -28,7 +28,7 @@ from .errors import (
     error_payload,
 )
 from .packet import Packet
-from .peer import Client, Session, reply_encoder
+from .peer import REPLY_ENCODERS, Client, Session, reply_encoder
 from .protocol import FRAME_TAIL, PROTOCOL_VERSION, Batch, Byteorder, FrameDecoder, FrameError, RawFrame, header_packer
 from .errors import StopPropagation
 from .routing import Miss, Plan
@@ -90,6 +90,7 @@ class Connection(asyncio.Protocol):
         #: No debug logging, no handler_timeout and a simple plan: handlers are called directly.
         self._direct = ctx.plan.simple and ctx.handler_timeout is None and not ctx.debug
         self._ready: asyncio.Future[None] | None = None
+        self._stepper = new_stepper()
         self._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, frozenset(CODECS))
         self._pending: deque[RawFrame | FrameError] = deque()
         self._working = False
@@ -138,13 +139,30 @@ class Connection(asyncio.Protocol):
             self._timer = self._loop.call_later(ctx.timeout, self._on_timer)
 
     def data_received(self, data: bytes) -> None:
+        """Decode the read and handle its packets now, or queue them while handling is under way.
+
+        Frames beyond ``max_pending`` stay undecoded in the decoder (at most one socket
+        read) and reading is held until the queue drains. Handling starts eagerly (see
+        ``_work_eagerly``); the replies it queues go out in one write.
+        """
         if self.closing:
             return
         self._seen = now = self._clock()
         decoder = self._decoder
         if not decoder.in_frame:
             self._mark = now  # a packet must be whole within `timeout` of its first byte
-        self._queue(decoder.receive(data, self._max_pending - len(self._pending)))
+        pending = self._pending
+        events = decoder.receive(data, self._max_pending - len(pending))
+        if events:
+            last = events[-1]
+            if type(last) is FrameError and last.fatal:
+                self._hold_reading(_HOLD_FATAL)
+            if not self._working:
+                self._start(events)
+                return
+            pending.extend(events)
+        if len(pending) >= self._max_pending:
+            self._hold_reading(_HOLD_QUEUE)
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -286,6 +304,7 @@ class Connection(asyncio.Protocol):
         waits (or reading is held) is queued for the host task, in order.
         """
         direct = self._direct
+        stepper = self._stepper
         while events:
             rest = iter(events)
             for event in rest:
@@ -300,15 +319,17 @@ class Connection(asyncio.Protocol):
                 if coro is None:
                     continue
                 try:
-                    waiting_on = coro.send(None)
-                except StopIteration as stop:
-                    if stop.value is not None:
-                        self._finish(stop.value, event[0])
-                    continue
+                    out = stepper.send(coro)
                 except (Exception, asyncio.CancelledError) as exc:
+                    stepper = self._stepper = new_stepper()  # the old one is spent
                     self._failed(exc, event[0])
                     continue
-                self._hand_over(rest, self._after_wait(coro, waiting_on, event[0]))
+                if type(out) is tuple and out[0] is DONE:
+                    if out[1] is not None:
+                        self._finish(out[1], event[0])
+                    continue
+                self._stepper = new_stepper()  # the host task finishes this one
+                self._hand_over(rest, self._after_wait(stepper, out, event[0]))
                 return
             events = self._pull_more()
         self._working = False  # as _done(), within the read that started it
@@ -324,10 +345,10 @@ class Connection(asyncio.Protocol):
             self._hold_reading(_HOLD_QUEUE)
         self._host.submit(worker)  # type: ignore[union-attr]
 
-    async def _after_wait(self, coro: Coroutine[Any, Any, Any], waiting_on: Any, encoding: int) -> None:
+    async def _after_wait(self, stepper: Generator[Any, Any, None], waiting_on: Any, encoding: int) -> None:
         """In the host task: finish the handler that waited, then the rest of the queue."""
         try:
-            result = await resume(coro, waiting_on)
+            result = await resume_stepper(stepper, waiting_on)
         except Exception as exc:
             self._failed(exc, encoding)
         except BaseException:
@@ -437,7 +458,10 @@ class Connection(asyncio.Protocol):
             self._send_error(ERR_NO_HANDLER, result.detail, encoding)
             return
         name = self.client.encoding  # type: ignore[union-attr]
-        encode = reply_encoder(kind, name)
+        try:
+            encode = REPLY_ENCODERS[name][kind]
+        except KeyError:
+            encode = reply_encoder(kind, name)
         if encode is None or self.closing:
             return
         try:
@@ -522,24 +546,6 @@ class Connection(asyncio.Protocol):
             self.close()
 
     # -- flow control: bounded memory per connection --------------------------------
-
-    def _queue(self, events: Batch) -> None:
-        """Handle decoded events now, or queue them while handling is under way.
-
-        Frames beyond ``max_pending`` stay undecoded in the decoder (at most one socket
-        read) and reading is held until the queue drains. Handling starts eagerly (see
-        ``_work_eagerly``); the replies it queues go out in one write.
-        """
-        if events:
-            last = events[-1]
-            if type(last) is FrameError and last.fatal:
-                self._hold_reading(_HOLD_FATAL)
-            if not self._working:
-                self._start(events)
-                return
-            self._pending.extend(events)
-        if len(self._pending) >= self._max_pending:
-            self._hold_reading(_HOLD_QUEUE)
 
     def _start(self, events: Batch) -> None:
         """Handle ``events`` eagerly in the host task's name, then write their replies at once."""

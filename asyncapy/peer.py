@@ -200,9 +200,9 @@ def reply_encoder(kind: type, encoding: str) -> Callable[[Any], bytes] | None:
     A handler's reply is a dict or a pydantic model. Worked out once per type and
     encoding; a model's JSON encoder is pydantic-core's own serializer, called directly.
     """
-    table = _REPLY_ENCODERS.get(encoding)
+    table = REPLY_ENCODERS.get(encoding)
     if table is None:
-        table = _REPLY_ENCODERS[encoding] = {}
+        table = REPLY_ENCODERS[encoding] = {}
     try:
         return table[kind]
     except KeyError:
@@ -220,7 +220,8 @@ def reply_encoder(kind: type, encoding: str) -> Callable[[Any], bytes] | None:
     return encode
 
 
-#: Codec name -> reply type -> encoder; the types are classes of the application, a bounded set.
-_REPLY_ENCODERS: dict[str, dict[type, Callable[[Any], bytes] | None]] = {}
+#: Codec name -> reply type -> encoder, filled by ``reply_encoder`` (read it directly on
+#: a hot path); the types are classes of the application, a bounded set.
+REPLY_ENCODERS: dict[str, dict[type, Callable[[Any], bytes] | None]] = {}
 #: Types seen by ``encode_payload``; they are classes of the application, a bounded set.
 _ENCODERS: dict[type, Callable[[Any, str], bytes]] = {}

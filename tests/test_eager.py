@@ -149,3 +149,29 @@ async def test_handler_errors_and_large_sends_are_not_stuck_in_the_buffer() -> N
         writer.close()
     assert error["error"] == "ERR_INTERNAL"
     assert all(size > 200_000 for size in sizes)
+
+
+async def test_handlers_that_raise_or_wait_in_one_burst_answer_in_order() -> None:
+    """Raising before or after a wait, returning before or after one: every packet answered, in order."""
+    server = make_server()
+
+    @server.add_handler()
+    async def mixed(client: Client, packet: Packet) -> dict[str, object]:
+        n = packet["n"]
+        if n % 4 in (1, 2):
+            await asyncio.sleep(0)
+        if n % 4 in (0, 1):
+            raise RuntimeError(f"handler failure {n}")
+        return {"n": n}
+
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        for burst in range(3):  # later bursts find the eager path as the earlier ones left it
+            writer.write(frames(*({"n": i} for i in range(burst * 40, burst * 40 + 40))))
+            replies = [orjson.loads((await asyncio.wait_for(read_frame(reader), 5))[1]) for _ in range(40)]
+            for i, reply in zip(range(burst * 40, burst * 40 + 40), replies):
+                if i % 4 in (0, 1):
+                    assert reply["error"] == "ERR_INTERNAL", (i, reply)
+                else:
+                    assert reply == {"n": i}
+        writer.close()
