@@ -71,17 +71,10 @@ class Packet(Mapping[str, Any], Generic[T]):
         self.raw = raw
         self._stopped = False
 
-    @classmethod
-    def _received(cls, payload: dict[str, Any], encoding: str, sender: Client, raw: bytes) -> Packet[Any]:
+    @staticmethod
+    def _received(payload: dict[str, Any], encoding: str, sender: Client, raw: bytes) -> Packet[Any]:
         """Build a received packet without re-validating what the server just decoded."""
-        packet: Packet[Any] = cls.__new__(cls)
-        packet.payload = payload
-        packet.data = payload
-        packet.encoding = encoding
-        packet.sender = sender
-        packet.raw = raw
-        packet._stopped = False
-        return packet
+        return received_packet(payload, encoding, sender, raw)
 
     def _with_data(self, data: Any) -> Packet[Any]:
         """A copy whose ``data`` is a model instance; the dispatcher reads its stop flag."""
@@ -120,3 +113,18 @@ class Packet(Mapping[str, Any], Generic[T]):
         except (TypeError, ValueError):
             text = repr(dict(self.payload))
         return f"Packet({text})"
+
+
+_new_object = object.__new__
+
+
+def received_packet(payload: dict[str, Any], encoding: str, sender: Client, raw: bytes) -> Packet[Any]:
+    """A received packet, built without ``__init__``'s checks (one per packet on the hot path)."""
+    packet: Packet[Any] = _new_object(Packet)
+    packet.payload = payload
+    packet.data = payload
+    packet.encoding = encoding
+    packet.sender = sender
+    packet.raw = raw
+    packet._stopped = False
+    return packet
