@@ -575,11 +575,11 @@ class Connection(asyncio.Protocol):
             leave_task(loop, task)
         self._corked = False
         out = self._out
-        if out:  # as _flush()
-            self._out = []
-            self._out_size = 0
+        if out:  # as _flush(), reusing the list
             if not self.closing:
                 self._transport.write(b"".join(out))  # type: ignore[union-attr]  # set before any data
+            out.clear()
+            self._out_size = 0
 
     async def _relieve(self) -> None:
         """Between packets while reading is held: wait for the peer to read, refill the queue."""
