@@ -88,6 +88,37 @@ def test_valid_frames_survive_any_cut(payloads: list[bytes], cuts: list[int]) ->
     assert events == [Frame(0, p) for p in payloads]
 
 
+def _run_batched(data: bytes, cuts: list[int], limits: list[int]) -> list[Frame | FrameError]:
+    """The server's calls: ``receive(chunk, limit)`` per read, then ``pull`` what a small limit left."""
+    decoder = FrameDecoder(4, "big", MAX_PACKET)
+    events: list[Frame | FrameError] = []
+    start = 0
+    for n, cut in enumerate(sorted(set(cuts)) + [len(data)]):
+        limit = limits[n % len(limits)]
+        batch = decoder.receive(data[start:cut], limit)
+        start = cut
+        assert len(batch) <= limit
+        for _ in range(MAX_EVENTS):
+            events += [Frame(*e) if type(e) is tuple else e for e in batch]  # type: ignore[misc]
+            batch = decoder.pull(limit)
+            if not batch:
+                break
+        assert decoder.buffered <= 4 + MAX_PACKET + len(data)
+    for _ in range(MAX_EVENTS):  # what a zero limit left behind
+        batch = decoder.pull(64)
+        if not batch:
+            return events
+        events += [Frame(*e) if type(e) is tuple else e for e in batch]  # type: ignore[misc]
+    raise AssertionError("the decoder never ran dry")
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=streams, cuts=st.lists(st.integers(0, 600), max_size=20), limits=st.lists(st.integers(0, 4), min_size=1, max_size=5))
+def test_batched_receive_equals_feed_and_next_event(data: bytes, cuts: list[int], limits: list[int]) -> None:
+    cuts = [c for c in cuts if c <= len(data)]
+    assert _run_batched(data, cuts, limits) == _run(data, cuts, 4, "big")
+
+
 def _decode_or_error(name: str, data: bytes) -> Any:
     try:
         return get_codec(name).decode(data)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from asyncapy import Packet, Router, StopPropagation
 from asyncapy.filters import Fields, Filter, Ip, as_filter
-from asyncapy.routing import compile_routes
+from asyncapy.routing import Miss, compile_routes
 from asyncapy.routing.discriminator import literal_fields
 
 from .routing_helpers import fake_client
@@ -168,6 +168,28 @@ async def compiled(entries: list[Entry], client: Any, payload: dict[str, Any]) -
     return log, miss is None
 
 
+async def started(entries: list[Entry], client: Any, payload: dict[str, Any]) -> tuple[list[int], bool, str] | None:
+    """``plan.start`` (the connection's path for simple plans) run like dispatch; None if not simple."""
+    log: list[int] = []
+    router = Router()
+    for i, (accepts, filter_ids, group, style, behaviour) in enumerate(entries):
+        handler = _handler(i, style, accepts, behaviour, log)
+        router.register_handler(handler, *(FILTERS[f] for f in filter_ids), group=group)
+    plan = compile_routes(router.routes())
+    if not plan.simple:
+        return None
+    coro = plan.start(client, Packet._received(payload, "json", client, b""))
+    if isinstance(coro, Miss):
+        miss = await plan.dispatch(client, Packet._received(payload, "json", client, b""))
+        assert miss is not None and not log
+        return log, False, coro.detail if coro.detail == miss.detail else f"{coro.detail} != {miss.detail}"
+    try:
+        await coro
+    except StopPropagation:
+        pass
+    return log, True, ""
+
+
 def entries_from(accept_pool: list[Any]) -> st.SearchStrategy[list[Entry]]:
     entry = st.tuples(
         st.sampled_from(accept_pool),
@@ -196,6 +218,10 @@ def _check(entries: list[Entry], packets: list[dict[str, Any]], address: str) ->
     for payload in packets:
         expected = asyncio.run(naive(entries, client, payload))
         assert asyncio.run(compiled(entries, client, payload)) == expected, payload
+        fast = asyncio.run(started(entries, client, payload))
+        if fast is not None:
+            assert fast[:2] == expected, payload
+            assert "!=" not in fast[2], fast[2]  # a miss is explained as dispatch explains it
 
 
 @settings(max_examples=150, deadline=None)
