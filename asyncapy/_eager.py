@@ -79,7 +79,7 @@ class Host:
         self._on_resume = on_resume
         self._busy = False  # the host task is running a worker
         self._closed = False
-        self._inbox: asyncio.Future[Worker] = loop.create_future()
+        self._inbox: asyncio.Future[Worker | None] = loop.create_future()
         if _EAGER:
             self.context = contextvars.copy_context()
             self.task = loop.create_task(self._serve(), context=self.context)  # type: ignore[call-arg,unused-ignore]
@@ -110,7 +110,7 @@ class Host:
         """End the host task once it runs no worker (a running one ends by itself)."""
         self._closed = True
         if not self._busy and not self._inbox.done():
-            self.task.cancel()
+            self._inbox.set_result(None)  # "no more work": the task returns (cheaper than cancel)
 
     def cancel_worker(self) -> None:
         """Cancel the worker that waits in the host task, as ``task.cancel()`` would."""
@@ -120,6 +120,8 @@ class Host:
     async def _serve(self) -> None:
         while not self._closed or self._inbox.done():
             worker = await self._inbox
+            if worker is None:
+                return
             self._inbox = self._loop.create_future()
             self._busy = True
             self._on_resume()

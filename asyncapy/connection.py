@@ -76,6 +76,18 @@ class ServingContext:
     debug: bool = False
     max_pending: int = DEFAULT_MAX_PENDING
     handler_timeout: float | None = None
+    # Worked out once here rather than once per connection:
+    pack_header: Callable[[int, int, int], bytes] = field(init=False)
+    encodings: frozenset[int] = field(init=False)
+    default_encoding_name: str = field(init=False)
+    #: No debug logging, no handler_timeout and a simple plan: handlers are called directly.
+    direct: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pack_header = header_packer(self.header_size, self.byteorder)
+        self.encodings = frozenset(CODECS)
+        self.default_encoding_name = get_codec(self.default_encoding).name
+        self.direct = self.plan.simple and self.handler_timeout is None and not self.debug
 
 
 class Connection(asyncio.Protocol):
@@ -93,14 +105,13 @@ class Connection(asyncio.Protocol):
         self._ctx = ctx
         self._loop = loop = asyncio.get_running_loop()
         self._clock = _clock_of(loop)
-        self._pack_header = header_packer(ctx.header_size, ctx.byteorder)
+        self._pack_header = ctx.pack_header
         self._max_pending = ctx.max_pending
-        #: No debug logging, no handler_timeout and a simple plan: handlers are called directly.
-        self._direct = ctx.plan.simple and ctx.handler_timeout is None and not ctx.debug
+        self._direct = ctx.direct
         self._plan_start = ctx.plan.start
         self._ready: asyncio.Future[None] | None = None
-        self._stepper = new_stepper()
-        self._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, frozenset(CODECS))
+        self._stepper: Generator[Any, Any, None] | None = None  # made on the first packet
+        self._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, ctx.encodings)
         self._pending: deque[RawFrame | FrameError] = deque()
         self._working = False
         self._host: Host | None = None
@@ -132,7 +143,7 @@ class Connection(asyncio.Protocol):
         host, port = str(peer[0]), int(peer[1])
         ctx = self._ctx
         self.session = session = Session(host, port)
-        self.client = Client(host, port, session, self, ctx.sessions, get_codec(ctx.default_encoding).name)
+        self.client = Client(host, port, session, self, ctx.sessions, ctx.default_encoding_name)
         if ctx.max_connections and len(ctx.connections) >= ctx.max_connections:
             self._refuse(ERR_SERVER_BUSY, f"the server is at its limit of {ctx.max_connections} connections")
             return
@@ -314,6 +325,8 @@ class Connection(asyncio.Protocol):
         """
         direct = self._direct
         stepper = self._stepper
+        if stepper is None:
+            stepper = self._stepper = new_stepper()
         while events:
             rest = iter(events)
             for event in rest:

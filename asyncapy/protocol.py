@@ -140,12 +140,18 @@ def header_packer(header_size: int = DEFAULT_HEADER_SIZE, byteorder: Byteorder =
     return pack
 
 
+_UNPACKERS: dict[tuple[int, str], Callable[[bytes | bytearray, int], tuple[int]]] = {}
+
+
 def _length_unpacker(header_size: int, byteorder: Byteorder) -> Callable[[bytes | bytearray, int], tuple[int]] | None:
     """A precompiled reader of the Content-Length field (faster than slicing + int.from_bytes)."""
     code = _STRUCT_CODES.get(header_size)
     if code is None:
         return None
-    return struct.Struct((">" if byteorder == "big" else "<") + code).unpack_from
+    unpack = _UNPACKERS.get((header_size, byteorder))
+    if unpack is None:  # a decoder per connection: compile each format once
+        unpack = _UNPACKERS[header_size, byteorder] = struct.Struct((">" if byteorder == "big" else "<") + code).unpack_from
+    return unpack
 
 
 class FrameDecoder:

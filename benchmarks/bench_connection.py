@@ -103,7 +103,16 @@ ROWS: dict[str, tuple[Callable[[], Callable[[], asyncio.Protocol]], bytes]] = {
     ),
     "asyncapy 1000 tagged handlers": (lambda: asyncapy_protocol(servers.tagged_server(1000)), frame(TAGGED)),
 }
-BASE = {"asyncapy echo": "raw echo", "asyncapy typed handler": "raw echo, 5-field payload", "asyncapy ziproto": "raw echo"}
+#: Rows that open a connection per packet (connection_made, one read, connection_lost).
+RECONNECT = {"raw reconnect": (lambda: servers.RawEcho, frame(b'{"test": 1}')),
+             "asyncapy reconnect": (lambda: asyncapy_protocol(servers.echo_server()), frame(b'{"test": 1}'))}
+ROWS.update(RECONNECT)
+BASE = {
+    "asyncapy echo": "raw echo",
+    "asyncapy typed handler": "raw echo, 5-field payload",
+    "asyncapy ziproto": "raw echo",
+    "asyncapy reconnect": "raw reconnect",
+}  # fmt: skip
 
 
 async def feed(factory: Callable[[], asyncio.Protocol], data: bytes, packets: int) -> tuple[float, int]:
@@ -128,13 +137,40 @@ async def feed(factory: Callable[[], asyncio.Protocol], data: bytes, packets: in
     return elapsed, transport.written
 
 
+async def reconnect(factory: Callable[[], asyncio.Protocol], data: bytes, packets: int) -> tuple[float, int]:
+    """Seconds for ``packets`` connections of one packet each, the loop callbacks they schedule included."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[float] = loop.create_future()
+    written = 0
+    start = time.perf_counter()
+
+    def batch(left: int) -> None:  # 100 connections per loop turn, then let their callbacks run
+        nonlocal written
+        for _ in range(min(left, 100)):
+            protocol = factory()
+            transport = SinkTransport()
+            protocol.connection_made(transport)
+            protocol.data_received(data)
+            protocol.connection_lost(None)
+            written += transport.written
+        if left > 100:
+            loop.call_soon(batch, left - 100)
+        else:
+            loop.call_soon(lambda: done.set_result(time.perf_counter() - start))
+
+    loop.call_soon(batch, packets)
+    elapsed = await done
+    return elapsed, written
+
+
 def measure(name: str, packets: int, repeat: int) -> float:
     make, data = ROWS[name]
     factory = make()
     best = float("inf")
+    run = reconnect if name in RECONNECT else feed
     for _ in range(repeat):
         gc.collect()
-        elapsed, written = asyncio.run(feed(factory, data, packets))
+        elapsed, written = asyncio.run(run(factory, data, packets))
         if written == 0:
             sys.exit(f"{name}: nothing was written back")
         best = min(best, elapsed)
@@ -146,7 +182,7 @@ def profile(name: str, packets: int) -> None:
     factory = make()
     prof = cProfile.Profile()
     prof.enable()
-    asyncio.run(feed(factory, data, packets))
+    asyncio.run((reconnect if name in RECONNECT else feed)(factory, data, packets))
     prof.disable()
     pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
