@@ -41,6 +41,10 @@ logger = logging.getLogger("asyncapy")
 #: well-behaved client never waits on it, and 64 x max_packet_size bounds what one
 #: greedy connection can queue.
 DEFAULT_MAX_PENDING: Final = 64
+#: ``timeout`` is enforced by a sweep over the connections this often per timeout
+#: period (so a timeout fires at most an eighth of it late), and at least once a second.
+SWEEPS_PER_TIMEOUT: Final = 8
+MAX_SWEEP_INTERVAL: Final = 1.0
 #: A cancelled handler gets this long to run its ``finally`` blocks; one that ignores
 #: cancellation is left behind so that the connection can move on.
 HANDLER_CANCEL_GRACE: Final = 1.0
@@ -82,12 +86,16 @@ class ServingContext:
     default_encoding_name: str = field(init=False)
     #: No debug logging, no handler_timeout and a simple plan: handlers are called directly.
     direct: bool = field(init=False)
+    #: The one timer that enforces ``timeout`` for every connection (see ``_sweep``).
+    sweeper: asyncio.TimerHandle | None = field(init=False, default=None)
+    sweep_every: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.pack_header = header_packer(self.header_size, self.byteorder)
         self.encodings = frozenset(CODECS)
         self.default_encoding_name = get_codec(self.default_encoding).name
         self.direct = self.plan.simple and self.handler_timeout is None and not self.debug
+        self.sweep_every = min(self.timeout / SWEEPS_PER_TIMEOUT, MAX_SWEEP_INTERVAL)
 
 
 class Connection(asyncio.Protocol):
@@ -97,7 +105,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "_clock", "_corked", "_ctx", "_decoder", "_direct", "_drain_waiters", "_encoding_id", "_eof",
         "_holds", "_host", "_idle_waiters", "_loop", "_mark", "_max_pending", "_out", "_out_size",
-        "_pack_header", "_pending", "_plan_start", "_ready", "_registered", "_seen", "_stepper", "_timer",
+        "_pack_header", "_pending", "_plan_start", "_ready", "_registered", "_seen", "_stepper",
         "_transport", "_working", "_write_paused", "client", "closing", "session", "__weakref__",
     )  # fmt: skip
 
@@ -120,7 +128,6 @@ class Connection(asyncio.Protocol):
         self._out_size = 0
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._mark = 0.0
         self._seen = 0.0
         self._holds: set[str] = set()
@@ -155,8 +162,8 @@ class Connection(asyncio.Protocol):
         if logger.isEnabledFor(logging.INFO):  # session.id makes a UUID: only when it is logged
             logger.info("(%s) New session started from %s:%d", session.id, host, port)
         self._mark = self._clock()
-        if ctx.timeout:
-            self._timer = self._loop.call_later(ctx.timeout, self._on_timer)
+        if ctx.timeout and ctx.sweeper is None:
+            ctx.sweeper = self._loop.call_later(ctx.sweep_every, _sweep, ctx, self._loop)
 
     def data_received(self, data: bytes) -> None:
         """Decode the read and handle its packets now, or queue them while handling is under way.
@@ -192,9 +199,6 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._host is not None:
             self._host.close()
         if self._registered:
@@ -550,15 +554,9 @@ class Connection(asyncio.Protocol):
         self._send_error(code, detail, None)
         self.close()
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self.closing:
-            return
+    def _timed_out(self) -> None:
+        """No complete packet within ``timeout`` (checked by ``_sweep``): answer and close."""
         timeout = self._ctx.timeout
-        remaining = timeout if self._working else self._mark + timeout - self._clock()
-        if remaining > 0:
-            self._timer = self._loop.call_later(remaining, self._on_timer)
-            return
         assert self.session is not None
         logger.info("(%s) Timed out after %s seconds without a complete packet", self.session.id, timeout)
         self._send_error(ERR_TIMED_OUT, f"no complete packet within {timeout} seconds", None)
@@ -650,6 +648,24 @@ class Connection(asyncio.Protocol):
         logger.debug(
             "(%s) Packet of %d bytes, Content-Encoding is %s", self.session.id, len(frame[1]), encoding
         )
+
+
+def _sweep(ctx: ServingContext, loop: asyncio.AbstractEventLoop) -> None:
+    """Time out the connections that have had no complete packet for ``ctx.timeout`` seconds.
+
+    One timer per server instead of one per connection: a connection costs no timer
+    of its own to arm, re-arm and cancel (a heap push of Python comparisons each), and
+    a timeout fires at most ``sweep_every`` late. A connection's clock runs from its
+    last handled packet or from the first byte of a packet still incomplete; it is
+    stopped while its packets are being handled.
+    """
+    ctx.sweeper = None
+    if not ctx.connections:
+        return  # the next connection starts the sweeps again
+    deadline = _clock_of(loop)() - ctx.timeout
+    for conn in [c for c in ctx.connections if c._mark <= deadline and not c._working and not c.closing]:
+        conn._timed_out()
+    ctx.sweeper = loop.call_later(ctx.sweep_every, _sweep, ctx, loop)
 
 
 def _clock_of(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:

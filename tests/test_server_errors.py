@@ -121,6 +121,29 @@ async def test_idle_timeout_answers_and_closes() -> None:
         await assert_still_serving(server)
 
 
+async def test_one_sweep_times_out_idle_connections_only_and_restarts_after_a_quiet_spell() -> None:
+    """``timeout`` is enforced by one timer per server: busy peers stay, idle ones go, every time."""
+    async with running(echo_server(timeout=0.4)) as server:
+        for _ in range(2):  # the second round starts after every connection closed
+            idle = [await connect(server) for _ in range(3)]
+            busy_reader, busy_writer = await connect(server)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            while loop.time() - start < 1.0:  # a packet every 0.1 s: never 0.4 s without one
+                busy_writer.write(DOC_PACKET)
+                assert await asyncio.wait_for(busy_reader.readexactly(17), 5) == DOC_PACKET
+                await asyncio.sleep(0.1)
+            for reader, writer in idle:
+                error = await asyncio.wait_for(reply(reader), 5)
+                assert error["error"] == "ERR_TIMED_OUT"
+                await assert_closed(reader)
+                writer.close()
+            busy_writer.write(DOC_PACKET)  # still served
+            assert await asyncio.wait_for(busy_reader.readexactly(17), 5) == DOC_PACKET
+            busy_writer.close()
+            await asyncio.sleep(0.6)  # no connection left: the sweeps stop until the next one
+
+
 async def test_slow_partial_packet_times_out_from_its_first_byte() -> None:
     async with running(echo_server(timeout=0.5)) as server:
         reader, writer = await connect(server)
