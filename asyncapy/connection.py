@@ -89,6 +89,7 @@ class ServingContext:
     #: The one timer that enforces ``timeout`` for every connection (see ``_sweep``).
     sweeper: asyncio.TimerHandle | None = field(init=False, default=None)
     sweep_every: float = field(init=False)
+    _done: asyncio.Future[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.pack_header = header_packer(self.header_size, self.byteorder)
@@ -96,6 +97,14 @@ class ServingContext:
         self.default_encoding_name = get_codec(self.default_encoding).name
         self.direct = self.plan.simple and self.handler_timeout is None and not self.debug
         self.sweep_every = min(self.timeout / SWEEPS_PER_TIMEOUT, MAX_SWEEP_INTERVAL)
+
+    def done_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """A future of ``loop`` that is already done: what ``drain`` returns when it need not wait."""
+        done = self._done
+        if done is None or done.get_loop() is not loop:
+            done = self._done = loop.create_future()
+            done.set_result(None)
+        return done
 
 
 class Connection(asyncio.Protocol):
@@ -117,7 +126,7 @@ class Connection(asyncio.Protocol):
         self._max_pending = ctx.max_pending
         self._direct = ctx.direct
         self._plan_start = ctx.plan.start
-        self._ready: asyncio.Future[None] | None = None
+        self._ready = ctx.done_future(loop)
         self._stepper: Generator[Any, Any, None] | None = None  # made on the first packet
         self._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, ctx.encodings)
         self._pending: deque[RawFrame | FrameError] = deque()
@@ -253,11 +262,7 @@ class Connection(asyncio.Protocol):
         runs no Python code) instead of a new coroutine.
         """
         if not self._write_paused or self.closing:
-            ready = self._ready
-            if ready is None:
-                ready = self._ready = self._loop.create_future()
-                ready.set_result(None)
-            return ready
+            return self._ready
         waiter = self._loop.create_future()
         self._drain_waiters.append(waiter)
         return waiter
