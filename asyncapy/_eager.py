@@ -65,8 +65,9 @@ class Host:
 
     ``on_suspend`` runs each time a worker in the host task waits or ends (flush the
     replies so far), ``on_resume`` each time it runs again. ``task`` and ``context``
-    are what eager handling enters (``run_eagerly``, or inline on a hot path:
-    ``running_task``, ``enter_task``, ``context.run``, ``leave_task``).
+    are what eager handling enters: when ``running_task(loop)`` is None, the caller
+    runs its code between ``enter_task(loop, host.task)`` and ``leave_task`` inside
+    ``host.context.run(...)``; otherwise it ``submit``s a worker.
     """
 
     __slots__ = ("_loop", "context", "_inbox", "task", "_on_suspend", "_on_resume", "_busy", "_closed")
@@ -85,22 +86,6 @@ class Host:
             self.task = loop.create_task(self._serve(), context=self.context)  # type: ignore[call-arg,unused-ignore]
         else:
             self.task = loop.create_task(self._serve())
-
-    def run_eagerly(self, fn: Callable[[], None]) -> bool:
-        """Call ``fn`` now as if from the host task; False (not called) when that cannot be done.
-
-        It cannot when another task is running (a test driving the connection from its
-        own task) or before Python 3.11; the caller then ``submit``s a worker instead.
-        """
-        loop = self._loop
-        if running_task(loop) is not None:
-            return False
-        enter_task(loop, self.task)
-        try:
-            self.context.run(fn)
-        finally:
-            leave_task(loop, self.task)
-        return True
 
     def submit(self, worker: Worker) -> None:
         """Have the host task run ``worker`` (it runs one at a time; the caller ensures that)."""

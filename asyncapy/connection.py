@@ -332,7 +332,6 @@ class Connection(asyncio.Protocol):
         The queue is empty when this starts; what is left of ``events`` when a handler
         waits (or reading is held) is queued for the host task, in order.
         """
-        direct = self._direct
         stepper = self._stepper
         if stepper is None:
             stepper = self._stepper = new_stepper()
@@ -346,7 +345,7 @@ class Connection(asyncio.Protocol):
                 if type(event) is not tuple:
                     self._handle_frame_error(event)  # type: ignore[arg-type]
                     continue
-                coro = self._begin_direct(event) if direct else self._begin(event)
+                coro = self._begin(event)
                 if coro is None:
                     continue
                 try:
@@ -425,28 +424,6 @@ class Connection(asyncio.Protocol):
             self._wake_idle()
         if self._eof:
             self.close()
-
-    def _begin_direct(self, frame: RawFrame) -> Coroutine[Any, Any, Any] | None:
-        """``_begin`` when ``_direct`` holds (no debug log, no handler_timeout, a simple plan)."""
-        encoding, raw = frame
-        codec = CODECS[encoding]
-        if self._encoding_id is None:
-            self._encoding_id = encoding
-            self.client.encoding = codec.name  # type: ignore[union-attr]
-        try:
-            payload = codec.decode(raw)
-        except DecodeError as exc:
-            self._send_error(ERR_REQUEST_MALFORMED, str(exc), encoding)
-            return None
-        if type(payload) is not dict:
-            self._send_error(ERR_REQUEST_MALFORMED, f"the payload must be a map, not {_kind(payload)}", encoding)
-            return None
-        client = self.client
-        started = self._plan_start(client, received_packet(payload, codec.name, client, raw))  # type: ignore[arg-type]
-        if type(started) is Miss:
-            self._send_error(ERR_NO_HANDLER, started.detail, encoding)
-            return None
-        return started  # type: ignore[return-value]
 
     def _begin(self, frame: RawFrame) -> Coroutine[Any, Any, Any] | None:
         """Decode and route ``frame``: the coroutine that handles it, or None when it was answered.
@@ -583,7 +560,7 @@ class Connection(asyncio.Protocol):
         if running_task(loop) is not None:  # a task runs (a test's): no eager start
             self._hand_over(iter(events), self._work())
             return
-        task = host.task  # host.run_eagerly(), inline: this runs per read
+        task = host.task
         enter_task(loop, task)
         try:
             host.context.run(self._work_eagerly, events)

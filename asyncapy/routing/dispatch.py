@@ -5,7 +5,7 @@ typed ``packet.data``), then the handler. Nothing is inspected, compiled or form
 here; a miss is explained only once it is certain.
 
 Most plans are *simple*: one group and no custom filters. There the first candidate
-that passes its filters and validates is the only handler to run, so ``select``
+that passes its filters and validates is the only handler to run, so ``start``
 finds it without awaiting anything and the connection calls the handler itself,
 without a ``dispatch`` coroutine around it.
 """
@@ -46,7 +46,7 @@ class Plan:
 
     groups: tuple[CompiledGroup, ...]
     routes: tuple[CompiledRoute, ...] = field(init=False)
-    #: One group (or none) and no custom filters: ``select`` may stand in for ``dispatch``.
+    #: One group (or none) and no custom filters: ``start`` may stand in for ``dispatch``.
     simple: bool = field(init=False)
 
     def __post_init__(self) -> None:
