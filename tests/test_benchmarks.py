@@ -23,3 +23,14 @@ def test_benchmark_quick_mode_prints_a_table() -> None:
     rows = {line.split("  ")[0]: line for line in out.stdout.splitlines()}
     assert "raw echo" in rows and "asyncapy echo" in rows
     assert "req/s" in out.stdout and "cpu us/req" in out.stdout
+
+
+def test_connection_benchmark_prints_every_row_with_its_baseline() -> None:
+    """``bench_connection.py`` runs every row (each checks that replies were written)."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_connection.py"), "--packets", "300", "--repeat", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for row in ("raw echo", "asyncapy echo", "asyncapy typed handler", "asyncapy reconnect", "asyncapy 1000 tagged handlers"):
+        assert any(line.startswith(row + " ") for line in lines), (row, out.stdout)
+    assert "x base" in out.stdout
