@@ -70,7 +70,7 @@ class Host:
     ``host.context.run(...)``; otherwise it ``submit``s a worker.
     """
 
-    __slots__ = ("_loop", "context", "_inbox", "task", "_on_suspend", "_on_resume", "_busy", "_closed")
+    __slots__ = ("_loop", "context", "_pristine", "_inbox", "task", "_on_suspend", "_on_resume", "_busy", "_closed")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, on_suspend: Callable[[], None], on_resume: Callable[[], None]
@@ -81,11 +81,31 @@ class Host:
         self._busy = False  # the host task is running a worker
         self._closed = False
         self._inbox: asyncio.Future[Worker | None] = loop.create_future()
+        self.context = contextvars.copy_context()
+        self._pristine = self.context.copy()  # what the context holds before any handler ran
         if _EAGER:
-            self.context = contextvars.copy_context()
             self.task = loop.create_task(self._serve(), context=self.context)  # type: ignore[call-arg,unused-ignore]
         else:
             self.task = loop.create_task(self._serve())
+
+    def reusable(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Parked, never cancelled, and no handler left a context variable set: as good as new."""
+        task = self.task
+        return (
+            _EAGER
+            and not self._busy
+            and not self._closed
+            and not self._inbox.done()
+            and not task.done()
+            and task.get_loop() is loop
+            and task.cancelling() == 0  # type: ignore[attr-defined,unused-ignore]  # 3.11+, as _EAGER
+            and self.context == self._pristine
+        )
+
+    def rebind(self, on_suspend: Callable[[], None], on_resume: Callable[[], None]) -> None:
+        """Serve another connection (only while parked)."""
+        self._on_suspend = on_suspend
+        self._on_resume = on_resume
 
     def submit(self, worker: Worker) -> None:
         """Have the host task run ``worker`` (it runs one at a time; the caller ensures that)."""
@@ -179,3 +199,54 @@ def resume_stepper(stepper: Generator[Any, Any, None], waiting_on: Any) -> Gener
             waiting_on = stepper.send(value)
         if type(waiting_on) is tuple and waiting_on[0] is DONE:
             return waiting_on[1]
+
+
+#: Idle host tasks a server keeps for new connections.
+HOST_POOL_SIZE: Final = 128
+
+
+class HostPool:
+    """Host tasks of closed connections, lent to new ones.
+
+    A task costs more to create, park and end than a whole echo request, and a client
+    that connects per request (as AsyncAPY's did) would pay that every time. A host
+    is lent again only when it is as good as new (``Host.reusable``): parked, never
+    cancelled, its context as it was. What stays shared is the task's identity:
+    ``asyncio.current_task()`` in a handler is a task that served other connections
+    before, one at a time, never two at once.
+    """
+
+    __slots__ = ("_idle", "_closed")
+
+    def __init__(self) -> None:
+        self._idle: list[Host] = []
+        self._closed = False
+
+    def take(self, loop: asyncio.AbstractEventLoop, on_suspend: Callable[[], None], on_resume: Callable[[], None]) -> Host:
+        """An idle host bound to these callbacks, or a new one."""
+        idle = self._idle
+        while idle:
+            host = idle.pop()
+            if host.reusable(loop):  # still parked: the loop may have ended it meanwhile
+                host.rebind(on_suspend, on_resume)
+                return host
+        return Host(loop, on_suspend, on_resume)
+
+    def give_back(self, host: Host, loop: asyncio.AbstractEventLoop) -> None:
+        """A connection closed: keep its host for the next one, or end it."""
+        if not self._closed and len(self._idle) < HOST_POOL_SIZE and host.reusable(loop):
+            host.rebind(_nothing, _nothing)
+            self._idle.append(host)
+        else:
+            host.close()
+
+    def close(self) -> None:
+        """End every idle host, and the hosts given back from now on (the server stops)."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for host in idle:
+            host.close()
+
+
+def _nothing() -> None:
+    pass

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
-from ._eager import DONE, Host, enter_task, leave_task, new_stepper, resume_stepper, running_task
+from ._eager import DONE, Host, HostPool, enter_task, leave_task, new_stepper, resume_stepper, running_task
 from .codecs import CODEC_IDS, CODECS, DecodeError, get_codec
 from .errors import (
     ERR_INTERNAL,
@@ -90,6 +90,8 @@ class ServingContext:
     sweeper: asyncio.TimerHandle | None = field(init=False, default=None)
     sweep_every: float = field(init=False)
     _done: asyncio.Future[None] | None = field(init=False, default=None)
+    #: Host tasks of closed connections, for new ones (see ``HostPool``).
+    hosts: HostPool = field(init=False, default_factory=HostPool)
 
     def __post_init__(self) -> None:
         self.pack_header = header_packer(self.header_size, self.byteorder)
@@ -209,7 +211,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         if self._host is not None:
-            self._host.close()
+            self._ctx.hosts.give_back(self._host, self._loop)
+            self._host = None
         if self._registered:
             self._registered = False
             assert self.session is not None
@@ -553,7 +556,7 @@ class Connection(asyncio.Protocol):
         """Handle ``events`` eagerly in the host task's name, then write their replies at once."""
         host = self._host
         if host is None:
-            host = self._host = Host(self._loop, self._uncork, self._cork)
+            host = self._host = self._ctx.hosts.take(self._loop, self._uncork, self._cork)
         self._working = True
         self._corked = True
         loop = self._loop

@@ -301,6 +301,10 @@ class Server:
         logger.info("Stopping: waiting for %d connection(s) to finish their packets", len(ctx.connections))
         await self._close_when_quiet(ctx)
         await self._flush_or_abort(ctx)
+        ctx.hosts.close()
+        if ctx.sweeper is not None:
+            ctx.sweeper.cancel()
+            ctx.sweeper = None
         await self.shutdown()
         logger.info("Server stopped")
 

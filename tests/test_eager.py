@@ -175,3 +175,73 @@ async def test_handlers_that_raise_or_wait_in_one_burst_answer_in_order() -> Non
                 else:
                     assert reply == {"n": i}
         writer.close()
+
+
+async def _one_request(port: int, payload: Mapping[str, object]) -> dict[str, object]:
+    """Connect, send one packet, read one reply, close: AsyncAPY's client did this per request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(frames(payload))
+    reply: dict[str, object] = orjson.loads((await asyncio.wait_for(read_frame(reader), 5))[1])
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.sleep(0.02)  # let the server see the close before the next connect
+    return reply
+
+
+async def test_host_tasks_are_lent_again_only_with_a_clean_context() -> None:
+    """A closed connection's host task serves the next connection, unless a handler left a variable set."""
+    server = make_server()
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    tasks: list[asyncio.Task[object] | None] = []
+
+    @server.add_handler()
+    async def handler(client: Client, packet: Packet) -> dict[str, object]:
+        tasks.append(asyncio.current_task())
+        seen = var.get()
+        if packet.get("set"):
+            var.set("left behind")
+        return {"seen": seen}
+
+    async with running(server):
+        assert await _one_request(server.port, {"a": 1}) == {"seen": "unset"}
+        assert await _one_request(server.port, {"a": 2}) == {"seen": "unset"}
+        assert tasks[0] is tasks[1]  # lent again: nothing of the first connection's state in it
+        assert await _one_request(server.port, {"set": True}) == {"seen": "unset"}
+        assert await _one_request(server.port, {"a": 3}) == {"seen": "unset"}  # not the dirty host
+        assert tasks[3] is not tasks[2]
+
+
+async def test_concurrent_connections_never_share_a_host_and_stop_ends_the_idle_ones() -> None:
+    server = make_server()
+    release = asyncio.Event()
+    tasks: list[asyncio.Task[object] | None] = []
+
+    @server.add_handler()
+    async def handler(client: Client, packet: Packet) -> dict[str, object]:
+        tasks.append(asyncio.current_task())
+        await release.wait()
+        return {"ok": True}
+
+    async with running(server):
+        first = [await _one_request_started(server.port) for _ in range(5)]
+        for _ in range(100):  # bounded: every handler has started
+            if len(tasks) == 5:
+                break
+            await asyncio.sleep(0.01)
+        release.set()
+        for reader, writer in first:
+            assert orjson.loads((await asyncio.wait_for(read_frame(reader), 5))[1]) == {"ok": True}
+            writer.close()
+        assert len({id(t) for t in tasks}) == 5
+        await asyncio.sleep(0.05)
+        hosts = [t for t in asyncio.all_tasks() if t in tasks]
+        assert hosts  # parked in the pool
+    # running() stopped the server: the pooled host tasks end with it
+    await asyncio.sleep(0.05)
+    assert not [t for t in tasks if t is not None and not t.done()]
+
+
+async def _one_request_started(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(frames({"a": 1}))
+    return reader, writer

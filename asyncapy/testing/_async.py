@@ -184,3 +184,7 @@ async def _finish(ctx: ServingContext, timeout: float) -> None:
     for conn in list(ctx.connections):
         conn.close()
     await asyncio.sleep(0)
+    ctx.hosts.close()
+    if ctx.sweeper is not None:
+        ctx.sweeper.cancel()
+        ctx.sweeper = None
