@@ -554,6 +554,11 @@ class Connection(asyncio.Protocol):
 
     def _start(self, events: Batch) -> None:
         """Handle ``events`` eagerly in the host task's name, then write their replies at once."""
+        pending = self._pending
+        if pending:  # left by a cancelled worker (shutdown): they go first
+            pending.extend(events)
+            events = list(pending)
+            pending.clear()
         host = self._host
         if host is None:
             host = self._host = self._ctx.hosts.take(self._loop, self._uncork, self._cork)
