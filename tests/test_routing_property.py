@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from asyncapy import Packet, Router, StopPropagation
 from asyncapy.filters import Fields, Filter, Ip, as_filter
-from asyncapy.routing import Miss, compile_routes
+from asyncapy.routing import Miss, Plan, compile_routes
 from asyncapy.routing.discriminator import literal_fields
 
 from .routing_helpers import fake_client
@@ -157,13 +157,18 @@ async def naive(entries: list[Entry], client: Any, payload: dict[str, Any]) -> t
     return called, bool(called)
 
 
-async def compiled(entries: list[Entry], client: Any, payload: dict[str, Any]) -> tuple[list[int], bool]:
-    log: list[int] = []
+def _plan(entries: list[Entry], log: list[int]) -> Plan:
+    """The compiled plan of ``entries``; its handlers append their index to ``log``."""
     router = Router()
     for i, (accepts, filter_ids, group, style, behaviour) in enumerate(entries):
         handler = _handler(i, style, accepts, behaviour, log)
         router.register_handler(handler, *(FILTERS[f] for f in filter_ids), group=group)
-    plan = compile_routes(router.routes())
+    return compile_routes(router.routes())
+
+
+async def compiled(entries: list[Entry], client: Any, payload: dict[str, Any]) -> tuple[list[int], bool]:
+    log: list[int] = []
+    plan = _plan(entries, log)
     miss = await plan.dispatch(client, Packet._received(payload, "json", client, b""))
     return log, miss is None
 
@@ -171,11 +176,7 @@ async def compiled(entries: list[Entry], client: Any, payload: dict[str, Any]) -
 async def started(entries: list[Entry], client: Any, payload: dict[str, Any]) -> tuple[list[int], bool, str] | None:
     """``plan.start`` (the connection's path for simple plans) run like dispatch; None if not simple."""
     log: list[int] = []
-    router = Router()
-    for i, (accepts, filter_ids, group, style, behaviour) in enumerate(entries):
-        handler = _handler(i, style, accepts, behaviour, log)
-        router.register_handler(handler, *(FILTERS[f] for f in filter_ids), group=group)
-    plan = compile_routes(router.routes())
+    plan = _plan(entries, log)
     if not plan.simple:
         return None
     coro = plan.start(client, Packet._received(payload, "json", client, b""))
