@@ -450,7 +450,11 @@ class Connection(asyncio.Protocol):
             return None
         packet = received_packet(payload, codec.name, client, raw)
         if self._direct:
-            started = self._plan_start(client, packet)
+            try:
+                started = self._plan_start(client, packet)
+            except Exception as exc:  # a filter or validator of the application raised (not a miss)
+                self._failed(exc, encoding)
+                return None
             if type(started) is Miss:
                 self._send_error(ERR_NO_HANDLER, started.detail, encoding)
                 return None

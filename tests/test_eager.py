@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import orjson
 import pytest
+from pydantic import BaseModel, field_validator
 
 from asyncapy import Client, Packet
 from asyncapy.protocol import encode_frame
@@ -245,3 +246,31 @@ async def _one_request_started(port: int) -> tuple[asyncio.StreamReader, asyncio
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(frames({"a": 1}))
     return reader, writer
+
+
+class Order(BaseModel):
+    qty: int
+
+    @field_validator("qty")
+    @classmethod
+    def buggy(cls, value: int) -> int:
+        if value == 13:
+            raise RuntimeError("a bug in the application's validator")
+        return value
+
+
+async def test_a_validator_that_raises_is_err_internal_and_the_connection_goes_on() -> None:
+    """A validator raising something pydantic does not turn into a ValidationError: the handler's failure."""
+    server = make_server()
+
+    @server.add_handler()
+    async def order(client: Client, packet: Packet[Order]) -> dict[str, int]:
+        return {"qty": packet.data.qty}
+
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(frames({"qty": 1}, {"qty": 13}, {"qty": 2}))
+        replies = [orjson.loads((await asyncio.wait_for(read_frame(reader), 5))[1]) for _ in range(3)]
+        writer.close()
+    assert replies[0] == {"qty": 1} and replies[2] == {"qty": 2}
+    assert replies[1]["error"] == "ERR_INTERNAL"
