@@ -474,12 +474,12 @@ class Connection(asyncio.Protocol):
             return
         name = self.client.encoding  # type: ignore[union-attr]
         try:
-            encode = REPLY_ENCODERS[name][kind]
-        except KeyError:
-            encode = reply_encoder(kind, name)
-        if encode is None or self.closing:
-            return
-        try:
+            try:
+                encode = REPLY_ENCODERS[name][kind]
+            except KeyError:
+                encode = reply_encoder(kind, name)  # a first reply of this type (or an unknown encoding)
+            if encode is None or self.closing:
+                return
             payload = encode(result)
         except Exception as exc:  # a reply the codec cannot carry is the handler's failure
             self._failed(exc, encoding)

@@ -274,3 +274,21 @@ async def test_a_validator_that_raises_is_err_internal_and_the_connection_goes_o
         writer.close()
     assert replies[0] == {"qty": 1} and replies[2] == {"qty": 2}
     assert replies[1]["error"] == "ERR_INTERNAL"
+
+
+async def test_a_reply_the_codec_cannot_carry_is_err_internal_and_the_connection_goes_on() -> None:
+    server = make_server()
+
+    @server.add_handler()
+    async def handler(client: Client, packet: Packet) -> dict[str, object]:
+        if packet["n"] == 1:
+            return {"n": {1, 2}}  # a set: not JSON
+        return {"n": packet["n"]}
+
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(frames({"n": 0}, {"n": 1}, {"n": 2}))
+        replies = [orjson.loads((await asyncio.wait_for(read_frame(reader), 5))[1]) for _ in range(3)]
+        writer.close()
+    assert replies[0] == {"n": 0} and replies[2] == {"n": 2}
+    assert replies[1]["error"] == "ERR_INTERNAL"
