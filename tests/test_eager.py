@@ -11,7 +11,7 @@ import orjson
 import pytest
 from pydantic import BaseModel, field_validator
 
-from asyncapy import Client, Packet
+from asyncapy import Client, Packet, Server
 from asyncapy.protocol import encode_frame
 
 from .conftest import make_server, read_frame, running
@@ -248,6 +248,16 @@ async def _one_request_started(port: int) -> tuple[asyncio.StreamReader, asyncio
     return reader, writer
 
 
+async def _pipelined(server: Server, *payloads: Mapping[str, object]) -> list[dict[str, object]]:
+    """Serve, send ``payloads`` in one write on one connection, and read one reply each."""
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(frames(*payloads))
+        replies = [orjson.loads((await asyncio.wait_for(read_frame(reader), 5))[1]) for _ in payloads]
+        writer.close()
+    return replies
+
+
 class Order(BaseModel):
     qty: int
 
@@ -267,11 +277,7 @@ async def test_a_validator_that_raises_is_err_internal_and_the_connection_goes_o
     async def order(client: Client, packet: Packet[Order]) -> dict[str, int]:
         return {"qty": packet.data.qty}
 
-    async with running(server):
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(frames({"qty": 1}, {"qty": 13}, {"qty": 2}))
-        replies = [orjson.loads((await asyncio.wait_for(read_frame(reader), 5))[1]) for _ in range(3)]
-        writer.close()
+    replies = await _pipelined(server, {"qty": 1}, {"qty": 13}, {"qty": 2})
     assert replies[0] == {"qty": 1} and replies[2] == {"qty": 2}
     assert replies[1]["error"] == "ERR_INTERNAL"
 
@@ -285,10 +291,6 @@ async def test_a_reply_the_codec_cannot_carry_is_err_internal_and_the_connection
             return {"n": {1, 2}}  # a set: not JSON
         return {"n": packet["n"]}
 
-    async with running(server):
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(frames({"n": 0}, {"n": 1}, {"n": 2}))
-        replies = [orjson.loads((await asyncio.wait_for(read_frame(reader), 5))[1]) for _ in range(3)]
-        writer.close()
+    replies = await _pipelined(server, {"n": 0}, {"n": 1}, {"n": 2})
     assert replies[0] == {"n": 0} and replies[2] == {"n": 2}
     assert replies[1]["error"] == "ERR_INTERNAL"
