@@ -1,9 +1,11 @@
 """The asyncio transport: one ``Connection`` per accepted socket.
 
 It moves bytes between the socket and the sans-IO ``FrameDecoder``, keeps the packets
-of its connection in order (one worker at a time per connection, connections run
+of its connection in order (one at a time per connection, connections run
 concurrently), applies the connection rules of DESIGN §1 and hands each decoded
-packet to the compiled plan through one ``dispatch`` call.
+packet to the compiled plan: ``plan.start`` for a simple plan (the handler's coroutine,
+stepped right in ``data_received``), else one ``plan.dispatch`` call. Handlers that wait
+go on in the connection's host task (``_eager``).
 """
 
 from __future__ import annotations
@@ -25,15 +27,14 @@ from .errors import (
     ERR_SERVER_BUSY,
     ERR_SESSION_LIMIT_REACHED,
     ERR_TIMED_OUT,
+    StopPropagation,
     error_payload,
 )
 from .packet import Packet, received_packet
 from .peer import REPLY_ENCODERS, Client, Session, reply_encoder
 from .protocol import FRAME_TAIL, PROTOCOL_VERSION, Batch, Byteorder, FrameDecoder, FrameError, RawFrame, header_packer
-from .errors import StopPropagation
 from .routing import Miss, Plan
 from .sessions import SessionRegistry
-
 
 logger = logging.getLogger("asyncapy")
 
@@ -54,7 +55,7 @@ _HOLD_QUEUE: Final = "queue"  # max_pending packets wait to be handled
 _HOLD_WRITE: Final = "write"  # the peer does not read its replies
 _HOLD_FATAL: Final = "fatal"  # a fatal frame error: the connection is closing
 
-#: Replies queued while the worker runs are flushed early past this many bytes, so a
+#: Replies queued while handlers run are flushed early past this many bytes, so a
 #: handler that sends a lot without ever waiting still hands it to the transport
 #: (whose high-water mark then makes ``drain`` wait).
 _FLUSH_AT: Final = 64 * 1024
