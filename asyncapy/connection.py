@@ -222,6 +222,8 @@ class Connection(asyncio.Protocol):
             if logger.isEnabledFor(logging.INFO):
                 logger.info("(%s) The connection was closed", self.session.id)
         self._wake_drainers()
+        if self.client is not None:
+            self.client._detach()  # freed by reference counting, not left to the cycle collector
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pydantic import BaseModel
 
@@ -28,6 +28,33 @@ class _Link(Protocol):
     def closing(self) -> bool: ...
 
     def drain(self) -> Awaitable[None]: ...
+
+
+class _Done:
+    """An awaitable that is done at once (a closed link's ``drain``)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+class _ClosedLink:
+    """What a ``Client`` writes through once its connection is gone: nothing, at once."""
+
+    closing = True
+
+    def write_payload(self, payload: bytes, encoding: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def drain(self) -> Awaitable[None]:
+        return _Done()
+
+
+_CLOSED_LINK: Final = _ClosedLink()
 
 
 class Session:
@@ -80,6 +107,10 @@ class Client:
         self.encoding = encoding
         self._link = link
         self._registry = registry
+
+    def _detach(self) -> None:
+        """The connection is gone: drop the reference to it (so that no cycle keeps it alive)."""
+        self._link = _CLOSED_LINK
 
     @property
     def closed(self) -> bool:
