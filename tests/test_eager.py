@@ -294,3 +294,36 @@ async def test_a_reply_the_codec_cannot_carry_is_err_internal_and_the_connection
     replies = await _pipelined(server, {"n": 0}, {"n": 1}, {"n": 2})
     assert replies[0] == {"n": 0} and replies[2] == {"n": 2}
     assert replies[1]["error"] == "ERR_INTERNAL"
+
+
+async def test_a_closed_connection_is_freed_without_the_cycle_collector() -> None:
+    """Reference counting alone frees a closed connection (a long-running server's RSS stays flat)."""
+    import gc
+    import weakref
+
+    server = make_server()
+
+    @server.add_handler()
+    async def echo(client: Client, packet: Packet) -> None:
+        await client.send(packet)
+
+    async with running(server):
+        gc.collect()
+        gc.disable()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(frames({"n": 1}))
+            await asyncio.wait_for(read_frame(reader), 5)
+            assert server._ctx is not None
+            (conn,) = server._ctx.connections
+            ref = weakref.ref(conn)
+            del conn
+            writer.close()
+            await writer.wait_closed()
+            for _ in range(100):  # bounded: the server sees the close
+                if ref() is None:
+                    break
+                await asyncio.sleep(0.01)
+            assert ref() is None
+        finally:
+            gc.enable()
