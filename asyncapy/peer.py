@@ -40,7 +40,7 @@ class _Done:
 
 
 class _ClosedLink:
-    """What a ``Client`` writes through once its connection is gone: nothing, at once."""
+    """What a ``Client`` writes through once its connection is gone (or had none): nothing, at once."""
 
     closing = True
 
@@ -54,7 +54,7 @@ class _ClosedLink:
         return _Done()
 
 
-_CLOSED_LINK: Final = _ClosedLink()
+CLOSED_LINK: Final = _ClosedLink()
 
 
 class Session:
@@ -110,7 +110,7 @@ class Client:
 
     def _detach(self) -> None:
         """The connection is gone: drop the reference to it (so that no cycle keeps it alive)."""
-        self._link = _CLOSED_LINK
+        self._link = CLOSED_LINK
 
     @property
     def closed(self) -> bool:

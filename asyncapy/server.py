@@ -17,7 +17,7 @@ from .config import load_config
 from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
 from .packet import Packet
-from .peer import Client, Session
+from .peer import CLOSED_LINK, Client, Session
 from .routing import Explanation, Plan, Router, compile_routes
 from .sessions import SessionRegistry
 from .workers import run_workers
@@ -194,7 +194,7 @@ class Server:
         sent. For a packet no handler accepts, ``text`` is the ERR_NO_HANDLER detail.
         """
         plan = self._plan or compile_routes(self.router.routes())
-        client = Client(address, 0, Session(address, 0), _NullLink())
+        client = Client(address, 0, Session(address, 0), CLOSED_LINK)  # explain never sends
         packet = Packet(dict(payload), sender=client)
         return await plan.explain(client, packet)
 
@@ -358,21 +358,6 @@ class Server:
     def _check_not_serving(self) -> None:
         if self._plan is not None:
             raise RuntimeError("handlers must be registered before the server starts serving")
-
-
-class _NullLink:
-    """A link for ``explain``'s stand-in client: closed, so nothing is ever sent."""
-
-    closing = True
-
-    def write_payload(self, payload: bytes, encoding: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    async def drain(self) -> None:
-        pass
 
 
 def _non_negative(name: str, value: float) -> float:
