@@ -19,7 +19,7 @@ from typing import Any
 
 from .client import Client
 from .errors import ClientError, ConnectionClosed, ErrorReply, ProtocolError
-from .server import Server, _check_uvloop, _check_workers
+from .server import Server, _check_metrics_port, _check_uvloop, _check_workers
 
 EXIT_ERROR_REPLY = 1
 EXIT_USAGE = 2
@@ -64,7 +64,10 @@ def _add_run(commands: Any) -> None:
     run.add_argument("server", metavar="MODULE:SERVER", help="where the Server is, e.g. myapp.api:server")
     run.add_argument("--host", help="address to listen on (default: the server's addr)")
     run.add_argument("--port", type=int, help="port to listen on (default: the server's port)")
-    run.add_argument("--log-level", choices=LOG_LEVELS, help="level of the asyncapy logger")
+    run.add_argument("--log-level", choices=LOG_LEVELS, help="level of the logs: asyncapy's and the application's (root)")
+    run.add_argument("--access-log", action="store_true", help="log one line per packet: peer, handlers, outcome, microseconds")
+    run.add_argument("--access-log-file", metavar="FILE", help="write the access log to FILE (implies --access-log)")
+    run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on PORT (asyncapy[prometheus])")
     run.add_argument("--workers", type=int, help="processes sharing the port (default: the server's, 1)")
     run.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install 'asyncapy[uvloop]')")
     run.set_defaults(command=cmd_run)
@@ -79,7 +82,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         server.port = args.port
     if args.log_level is not None:
         server.logging_level = getattr(logging, args.log_level.upper())
+    if args.access_log or args.access_log_file:
+        server.access_log = args.access_log_file or True
     try:
+        if args.metrics_port is not None:
+            server.metrics_port = _check_metrics_port(args.metrics_port)
         if args.workers is not None:
             server.workers = _check_workers(args.workers)
         if args.uvloop:

@@ -81,6 +81,8 @@ class ServingContext:
     debug: bool = False
     max_pending: int = DEFAULT_MAX_PENDING
     handler_timeout: float | None = None
+    #: The access log / metrics' observer (``asyncapy.observe``); None: nothing observed.
+    observer: Any = None
     # Worked out once here rather than once per connection:
     pack_header: Callable[[int, int, int], bytes] = field(init=False)
     encodings: frozenset[int] = field(init=False)

@@ -1,0 +1,188 @@
+"""Watching each packet: the access log and the metrics' counters.
+
+When neither is on, nothing here runs: ``Server`` serves plain ``Connection``s with
+the plan as compiled. When one is on (decided once, when serving starts), it serves
+``ObservedConnection``s, which time each packet and note its outcome code, and a copy
+of the plan whose handlers note their name on the connection as they start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from time import perf_counter
+from types import MappingProxyType
+from typing import Any
+
+from .connection import Connection, ServingContext
+from .metrics import NO_HANDLER, ProcessMetrics
+from .peer import Client
+from .protocol import FrameError, RawFrame
+from .routing import Plan
+from .routing.compiled import CompiledGroup, CompiledRoute
+
+#: ``on_packet(client, handlers, outcome, seconds)``: called once per packet.
+OnPacket = Callable[[Client, str, str, float], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Observer:
+    """What the connections of one serving run report to."""
+
+    on_packet: OnPacket
+    metrics: ProcessMetrics | None
+
+
+def make_observer(access_log: logging.Logger | None, metrics: ProcessMetrics | None) -> Observer | None:
+    """The observer for these outputs, or None when there is nothing to observe."""
+    if access_log is None and metrics is None:
+        return None
+    if access_log is None:
+        assert metrics is not None
+        count = metrics.packet
+
+        def on_packet(client: Client, handlers: str, outcome: str, seconds: float) -> None:
+            count(handlers, outcome, seconds)
+
+        return Observer(on_packet, metrics)
+    log = access_log.info
+    if metrics is None:
+
+        def log_packet(client: Client, handlers: str, outcome: str, seconds: float) -> None:
+            log("%s:%d %s %s %.0fus", client.address, client.port, handlers, outcome, seconds * 1e6)
+
+        return Observer(log_packet, None)
+    count = metrics.packet
+
+    def both(client: Client, handlers: str, outcome: str, seconds: float) -> None:
+        count(handlers, outcome, seconds)
+        log("%s:%d %s %s %.0fus", client.address, client.port, handlers, outcome, seconds * 1e6)
+
+    return Observer(both, metrics)
+
+
+def recording_plan(plan: Plan) -> Plan:
+    """``plan`` with each handler wrapped to note its route's name on the connection."""
+    wrapped = {id(route): _recording_route(route) for route in plan.routes}
+
+    def swap(routes: tuple[CompiledRoute, ...]) -> tuple[CompiledRoute, ...]:
+        return tuple(wrapped[id(route)] for route in routes)
+
+    groups = tuple(
+        dataclasses.replace(
+            group,
+            routes=swap(group.routes),
+            index=MappingProxyType({tag: swap(routes) for tag, routes in group.index.items()}),
+            untagged=swap(group.untagged),
+        )
+        for group in plan.groups
+    )
+    return dataclasses.replace(plan, groups=groups)
+
+
+def _recording_route(route: CompiledRoute) -> CompiledRoute:
+    handler, name = route.handler, route.name
+
+    async def recording(client: Client, *args: Any, **kwargs: Any) -> Any:
+        link = client._link
+        if type(link) is ObservedConnection:
+            ran = link.ran
+            link.ran = name if ran is None else f"{ran},{name}"
+        return await handler(client, *args, **kwargs)
+
+    recording.__name__ = getattr(handler, "__name__", name)
+    recording.__qualname__ = name
+    return dataclasses.replace(route, handler=recording)
+
+
+class ObservedConnection(Connection):
+    """A ``Connection`` that reports each packet (handlers, outcome, duration) and its bytes."""
+
+    __slots__ = ("ran", "_code", "_started", "_on_packet", "_metrics", "_header_size")
+
+    def __init__(self, ctx: ServingContext) -> None:
+        super().__init__(ctx)
+        observer: Observer = ctx.observer
+        self._on_packet = observer.on_packet
+        self._metrics = observer.metrics
+        self._header_size = ctx.header_size
+        #: The handlers that ran for the packet being handled ("a" or "a,b"; None: none yet).
+        self.ran: str | None = None
+        self._code: str | None = None
+        self._started = 0.0
+
+    # -- connections and bytes ------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        Connection.connection_made(self, transport)
+        metrics = self._metrics
+        if metrics is not None and self._registered:
+            metrics.connections += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        metrics = self._metrics
+        if metrics is not None and self._registered:
+            metrics.connections -= 1
+        Connection.connection_lost(self, exc)
+
+    def _refuse(self, code: str, detail: str) -> None:
+        if self._metrics is not None:
+            self._metrics.refuse(code)
+        Connection._refuse(self, code, detail)
+
+    def data_received(self, data: bytes) -> None:
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.bytes_received += len(data)
+        Connection.data_received(self, data)
+
+    def write_payload(self, payload: bytes, encoding: int) -> None:
+        metrics = self._metrics
+        if metrics is not None and not self.closing:
+            metrics.bytes_sent += len(payload) + self._header_size + 2
+        Connection.write_payload(self, payload, encoding)
+
+    # -- packets ----------------------------------------------------------------------
+
+    def _begin(self, frame: RawFrame) -> Coroutine[Any, Any, Any] | None:
+        self._started = perf_counter()
+        self.ran = None
+        self._code = None
+        coro = Connection._begin(self, frame)
+        if coro is None:  # answered already: malformed, no handler, a filter raised
+            self._report()
+            return None
+        return self._observed(coro, frame[0])
+
+    async def _observed(self, coro: Awaitable[Any], encoding: int) -> None:
+        """Handle the packet as the connection would, then report it (its replies are queued)."""
+        try:
+            result = await coro
+        except Exception as exc:
+            self._failed(exc, encoding)
+        except BaseException:  # cancelled (shutdown): report it, and let the cancellation go on
+            self._code = self._code or "CANCELLED"
+            self._report()
+            raise
+        else:
+            if result is not None:
+                self._finish(result, encoding)
+        self._report()
+
+    def _handle_frame_error(self, error: FrameError) -> None:
+        self._started = perf_counter()
+        self.ran = None
+        self._code = None
+        Connection._handle_frame_error(self, error)
+        self._report()
+
+    def _send_error(self, code: str, detail: Any, encoding: int | None) -> None:
+        if self._code is None:
+            self._code = code
+        Connection._send_error(self, code, detail, encoding)
+
+    def _report(self) -> None:
+        client = self.client
+        assert client is not None
+        self._on_packet(client, self.ran or NO_HANDLER, self._code or "OK", perf_counter() - self._started)
