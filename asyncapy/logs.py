@@ -91,20 +91,27 @@ def _client_of(task: asyncio.Task[Any]) -> Client | None:
     return client if isinstance(client, Client) else None
 
 
-def open_access_log(target: bool | str | os.PathLike[str]) -> logging.Logger:
-    """The access logger, at INFO; to the file ``target`` (only) when it is a path.
+class AccessLog:
+    """The access log of one serving run: the ``asyncapy.access`` logger at INFO.
 
-    With ``True`` its lines go wherever the root logger's go.
+    With ``True`` its lines go wherever the root logger's go; with a path, to that
+    file only, opened here and closed by ``close()``.
     """
-    access_logger.setLevel(logging.INFO)
-    if target is True:
-        return access_logger
-    path = os.fspath(target)  # type: ignore[arg-type]  # a str or PathLike here
-    for handler in access_logger.handlers:
-        if isinstance(handler, logging.FileHandler) and handler.baseFilename == os.path.abspath(path):
-            return access_logger
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
-    access_logger.addHandler(handler)
-    access_logger.propagate = False
-    return access_logger
+
+    def __init__(self, target: bool | str | os.PathLike[str]) -> None:
+        self.logger = access_logger
+        self._handler: logging.FileHandler | None = None
+        access_logger.setLevel(logging.INFO)
+        if target is True:
+            return
+        self._handler = logging.FileHandler(os.fspath(target), encoding="utf-8")  # type: ignore[arg-type]
+        self._handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
+        access_logger.addHandler(self._handler)
+        access_logger.propagate = False
+
+    def close(self) -> None:
+        if self._handler is not None:
+            access_logger.removeHandler(self._handler)
+            access_logger.propagate = True
+            self._handler.close()
+            self._handler = None

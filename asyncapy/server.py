@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from .codecs import get_codec
 from .config import load_config
 from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
-from .logs import configure_logging, open_access_log
+from .logs import AccessLog, configure_logging
 from .observe import ObservedConnection, make_observer, recording_plan
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
 from .packet import Packet
@@ -153,6 +153,7 @@ class Server:
         self.access_log = access_log
         self.metrics_port = _check_metrics_port(metrics_port)
         self._metrics: ServingMetrics | None = None
+        self._access: AccessLog | None = None
         self._metrics_dir: SnapshotDir | None = None  # set in the parent of workers
         self.router = Router()
         self._plan: Plan | None = None
@@ -291,23 +292,27 @@ class Server:
         try:
             self._listener = await self._listen(loop, lambda: connection(ctx))
         except BaseException:
-            self._stop_metrics()
+            self._stop_observing()
             raise
         self.port = self._listener.sockets[0].getsockname()[1]
         logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
 
     def _observer(self) -> Any:
         """What observes packets for this serving run (``asyncapy.observe``), chosen once."""
-        access = open_access_log(self.access_log) if self.access_log else None
+        self._access = AccessLog(self.access_log) if self.access_log else None
         if self.metrics_port is not None:
             from .metrics import ServingMetrics
 
             self._metrics = ServingMetrics(self.addr, self.metrics_port, self._metrics_dir)
             if self._metrics_dir is None:
                 self.metrics_port = self._metrics.port
+        access = self._access.logger if self._access is not None else None
         return make_observer(access, self._metrics.counters if self._metrics is not None else None)
 
-    def _stop_metrics(self) -> None:
+    def _stop_observing(self) -> None:
+        if self._access is not None:
+            self._access.close()
+            self._access = None
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
@@ -362,7 +367,7 @@ class Server:
             ctx.sweeper.cancel()
             ctx.sweeper = None
         await self.shutdown()
-        self._stop_metrics()
+        self._stop_observing()
         logger.info("Server stopped")
 
     async def _close_when_quiet(self, ctx: ServingContext) -> None:
