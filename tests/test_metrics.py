@@ -60,7 +60,7 @@ async def test_one_process_counts_what_was_sent() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             await reader.read()
             writer.close()
-            samples = await asyncio.to_thread(scrape, server.metrics_port)  # type: ignore[arg-type]
+            samples = await asyncio.to_thread(scrape, server.metrics_port)
             assert samples["asyncapy_connections", ()] == 2
         name = echo.__qualname__
         assert packets(samples) == {(name, "OK"): 27, (name, "ERR_INTERNAL"): 3}
