@@ -37,7 +37,9 @@ class CLIError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         result: int = args.command(args)
         return result
@@ -70,11 +72,18 @@ def _add_run(commands: Any) -> None:
     run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on PORT (asyncapy[prometheus])")
     run.add_argument("--workers", type=int, help="processes sharing the port (default: the server's, 1)")
     run.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install 'asyncapy[uvloop]')")
+    run.add_argument("--reload", action="store_true", help="restart when a .py file of the app changes (development; asyncapy[reload])")
     run.set_defaults(command=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Import MODULE, take its SERVER attribute and serve it until SIGINT or SIGTERM."""
+    if args.reload:
+        if args.workers is not None and args.workers > 1:
+            raise CLIError("--reload runs one process: drop --workers")
+        from .reload import run_reloading
+
+        return run_reloading(args.server, [arg for arg in args.argv[1:] if arg != "--reload"])
     server = load_server(args.server)
     if args.host is not None:
         server.addr = args.host
