@@ -1,4 +1,4 @@
-"""The ``asyncapy`` command: ``run``, ``schema`` and ``send``.
+"""The ``asyncapy`` command: ``run``, ``schema``, ``docs`` and ``send``.
 
 Exit codes: 0 success, 1 the server answered an error packet, 2 bad usage (argparse's
 code, also for a bad ``module:server`` spec), 3 the server could not be reached (``send``)
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_run(commands)
     _add_schema(commands)
+    _add_docs(commands)
     _add_send(commands)
     return parser
 
@@ -134,6 +135,50 @@ def cmd_schema(args: argparse.Namespace) -> int:
     else:
         with open(args.output, "w", encoding="utf-8") as out:
             out.write(text)
+    return 0
+
+
+# -- docs ---------------------------------------------------------------------------------
+
+
+def _add_docs(commands: Any) -> None:
+    docs = commands.add_parser(
+        "docs", help="write (or serve) the API documentation of MODULE:SERVER as one HTML page", description=cmd_docs.__doc__
+    )
+    docs.add_argument("server", metavar="MODULE:SERVER", help="where the Server is, e.g. myapp.api:server")
+    docs.add_argument("-o", "--output", metavar="FILE", help="write the page to FILE (default: api.html unless --serve)")
+    docs.add_argument("--serve", action="store_true", help="serve the page over HTTP until SIGINT/SIGTERM")
+    docs.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
+    docs.add_argument("--port", type=int, default=8000, help="port to serve on (default: %(default)s)")
+    docs.add_argument("--title", default="asyncapy API", help="the page's title (default: %(default)s)")
+    docs.add_argument("--api-version", default="1.0.0", help="the API version shown (default: %(default)s)")
+    docs.set_defaults(command=cmd_docs)
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    """Render SERVER's AsyncAPI document as one self-contained HTML page (it renders offline).
+
+    The page shows every operation with its group, filters, request and reply schemas
+    and an example packet of each, the models, and the error codes. With --serve it is
+    served at http://HOST:PORT/ (and the AsyncAPI document at /asyncapi.json).
+    """
+    from .docspage import render
+
+    server = load_server(args.server)
+    doc = server.asyncapi(title=args.title, version=args.api_version)
+    page = render(doc)
+    if args.output is not None or not args.serve:
+        path = args.output or "api.html"
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(page)
+        print(f"wrote {path}", file=sys.stderr)
+    if args.serve:
+        from .docserve import serve_page
+
+        try:
+            serve_page(page, json.dumps(doc, indent=2), args.host, args.port)
+        except OSError as exc:
+            raise CLIError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", EXIT_UNREACHABLE) from None
     return 0
 
 
