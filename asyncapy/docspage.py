@@ -179,9 +179,28 @@ def _schema_html(schema: Mapping[str, Any], schemas: Mapping[str, Any]) -> str:
         return f'<p class="oneof">{head}{f" (chosen by <code>{_e(key)}</code>)" if key else ""}</p>' + "".join(
             _fields_table(_resolve(v, schemas)) for v in variants
         )
+    if resolved.get("allOf"):
+        resolved = _merge_all_of(resolved, schemas)
     if resolved.get("type") == "object" or "properties" in resolved:
         return _fields_table(resolved)
     return f"<p>{_type(resolved)}</p>"
+
+
+def _merge_all_of(schema: Mapping[str, Any], schemas: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields every part of an ``allOf`` (a model and its filters' schemas) asks for, as one object."""
+    merged: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
+    for part in schema["allOf"]:
+        part = _resolve(part, schemas)
+        if part.get("allOf"):
+            part = _merge_all_of(part, schemas)
+        for name, prop in part.get("properties", {}).items():
+            merged["properties"][name] = {**merged["properties"].get(name, {}), **prop}
+        merged["required"] += [name for name in part.get("required", []) if name not in merged["required"]]
+        if part.get("additionalProperties") is False:
+            merged["additionalProperties"] = False
+        if part.get("title") and "title" not in merged:
+            merged["title"] = part["title"]
+    return merged
 
 
 def _fields_table(schema: Mapping[str, Any]) -> str:
@@ -305,7 +324,7 @@ def example(schema: Any, schemas: Mapping[str, Any], depth: int = 0) -> Any:
         return {name: example(prop, schemas, depth + 1) for name, prop in props.items()}
     if kind == "array":
         return [example(schema.get("items", {}), schemas, depth + 1)]
-    if kind == "string":
+    if kind == "string" or (kind is None and "pattern" in schema):
         return _string_example(schema)
     if kind == "integer":
         return int(schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1))
@@ -351,7 +370,7 @@ _CSS = """
 * { box-sizing: border-box; }
 body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;
        color: var(--fg); background: #fff; display: grid; grid-template-columns: 230px 1fr;
-       grid-template-areas: "nav head" "nav main"; }
+       grid-template-areas: "nav head" "nav main"; grid-template-rows: auto 1fr; }
 header { grid-area: head; padding: 24px 40px 8px; border-bottom: 1px solid var(--line); }
 header h1 { margin: 0; font-size: 26px; }
 .version { color: var(--muted); margin: 4px 0 8px; }
