@@ -28,38 +28,51 @@ OnPacket = Callable[[Client, str, str, float], None]
 
 @dataclasses.dataclass(frozen=True)
 class Observer:
-    """What the connections of one serving run report to."""
+    """What the connections of one serving run report to, and how they name handlers.
 
-    on_packet: OnPacket
+    ``names`` maps a handler's code object to its route's name: a simple plan's
+    handler coroutine is named by one lookup; other plans note names as they run
+    (``recording_plan``).
+    """
+
+    access_log: OnPacket | None
     metrics: ProcessMetrics | None
+    names: dict[Any, str]
 
 
-def make_observer(access_log: logging.Logger | None, metrics: ProcessMetrics | None) -> Observer | None:
+def make_observer(access_log: logging.Logger | None, metrics: ProcessMetrics | None, plan: Plan) -> Observer | None:
     """The observer for these outputs, or None when there is nothing to observe."""
     if access_log is None and metrics is None:
         return None
-    if access_log is None:
-        assert metrics is not None
-        count = metrics.packet
+    log_packet: OnPacket | None = None
+    if access_log is not None:
+        log_packet = _access_line(access_log)
 
-        def on_packet(client: Client, handlers: str, outcome: str, seconds: float) -> None:
-            count(handlers, outcome, seconds)
+    names = {}
+    for route in plan.routes:
+        code = getattr(route.handler, "__code__", None)
+        if code is not None:
+            names[code] = route.name
+    return Observer(log_packet, metrics, names)
 
-        return Observer(on_packet, metrics)
-    log = access_log.info
-    if metrics is None:
 
-        def log_packet(client: Client, handlers: str, outcome: str, seconds: float) -> None:
-            log("%s:%d %s %s %.0fus", client.address, client.port, handlers, outcome, seconds * 1e6)
+def _access_line(logger: logging.Logger) -> OnPacket:
+    """Log a packet's line: a record made directly (``Logger.info`` would look for its caller's frame)."""
+    enabled, make, handle, name, info = logger.isEnabledFor, logger.makeRecord, logger.handle, logger.name, logging.INFO
 
-        return Observer(log_packet, None)
-    count = metrics.packet
+    def log_packet(client: Client, handlers: str, outcome: str, seconds: float) -> None:
+        if enabled(info):
+            args = (client.address, client.port, handlers, outcome, seconds * 1e6)
+            handle(make(name, info, "asyncapy.observe", 0, "%s:%d %s %s %.0fus", args, None))
 
-    def both(client: Client, handlers: str, outcome: str, seconds: float) -> None:
-        count(handlers, outcome, seconds)
-        log("%s:%d %s %s %.0fus", client.address, client.port, handlers, outcome, seconds * 1e6)
+    return log_packet
 
-    return Observer(both, metrics)
+
+def attach(ctx: ServingContext, observer: Observer) -> None:
+    """Observe the connections of ``ctx``: a direct plan as it is, any other one recording its handlers."""
+    ctx.observer = observer
+    if not ctx.direct:
+        ctx.plan = recording_plan(ctx.plan)
 
 
 def recording_plan(plan: Plan) -> Plan:
@@ -99,13 +112,14 @@ def _recording_route(route: CompiledRoute) -> CompiledRoute:
 class ObservedConnection(Connection):
     """A ``Connection`` that reports each packet (handlers, outcome, duration) and its bytes."""
 
-    __slots__ = ("ran", "_code", "_started", "_on_packet", "_metrics", "_header_size")
+    __slots__ = ("ran", "_code", "_started", "_access_log", "_metrics", "_header_size", "_names")
 
     def __init__(self, ctx: ServingContext) -> None:
         super().__init__(ctx)
         observer: Observer = ctx.observer
-        self._on_packet = observer.on_packet
+        self._access_log = observer.access_log
         self._metrics = observer.metrics
+        self._names = observer.names if self._direct else None
         self._header_size = ctx.header_size
         #: The handlers that ran for the packet being handled ("a" or "a,b"; None: none yet).
         self.ran: str | None = None
@@ -153,6 +167,9 @@ class ObservedConnection(Connection):
         if coro is None:  # answered already: malformed, no handler, a filter raised
             self._report()
             return None
+        names = self._names
+        if names is not None:  # a simple plan: coro is the handler's own coroutine
+            self.ran = names.get(getattr(coro, "cr_code", None)) or getattr(coro, "__qualname__", None)
         return self._observed(coro, frame[0])
 
     async def _observed(self, coro: Awaitable[Any], encoding: int) -> None:
@@ -183,6 +200,12 @@ class ObservedConnection(Connection):
         Connection._send_error(self, code, detail, encoding)
 
     def _report(self) -> None:
-        client = self.client
-        assert client is not None
-        self._on_packet(client, self.ran or NO_HANDLER, self._code or "OK", perf_counter() - self._started)
+        seconds = perf_counter() - self._started
+        handlers = self.ran or NO_HANDLER
+        outcome = self._code or "OK"
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.packet(handlers, outcome, seconds)
+        log = self._access_log
+        if log is not None:
+            log(self.client, handlers, outcome, seconds)  # type: ignore[arg-type]  # set by connection_made
