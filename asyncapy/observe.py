@@ -26,34 +26,67 @@ from .routing.compiled import CompiledGroup, CompiledRoute
 OnPacket = Callable[[Client, str, str, float], None]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Observer:
     """What the connections of one serving run report to, and how they name handlers.
 
-    ``names`` maps a handler's code object to its route's name: a simple plan's
-    handler coroutine is named by one lookup; other plans note names as they run
-    (``recording_plan``).
+    ``names`` maps a handler's code object to its route's name when the connections
+    call handlers directly (a simple plan): the coroutine ``plan.start`` returns is
+    named by one lookup. Otherwise it is None and the handlers note their names as
+    they run (``recording_plan``).
     """
 
     access_log: OnPacket | None
     metrics: ProcessMetrics | None
-    names: dict[Any, str]
+    names: dict[Any, str] | None = None
 
 
-def make_observer(access_log: logging.Logger | None, metrics: ProcessMetrics | None, plan: Plan) -> Observer | None:
-    """The observer for these outputs, or None when there is nothing to observe."""
-    if access_log is None and metrics is None:
+def make_observer(access_log: logging.Logger | None, metrics: ProcessMetrics | None, always: bool = False) -> Observer | None:
+    """The observer for these outputs, or None when there is nothing to observe.
+
+    ``always``: observe even with neither (a middleware reads the handlers' names,
+    ``handlers_of``).
+    """
+    if access_log is None and metrics is None and not always:
         return None
-    log_packet: OnPacket | None = None
-    if access_log is not None:
-        log_packet = _access_line(access_log)
+    return Observer(_access_line(access_log) if access_log is not None else None, metrics)
 
-    names = {}
+
+def observed_context(
+    make_context: Callable[[Plan], ServingContext], plan: Plan, observer: Observer
+) -> ServingContext:
+    """The serving context of ``plan`` with ``observer``: the plan as compiled when its handlers
+    are called directly and can be named by their code, else ``recording_plan(plan)``.
+
+    ``make_context`` builds what wraps the plan (middleware) around the plan it gets.
+    """
+    ctx = make_context(plan)
+    names = _direct_names(plan) if ctx.direct else None
+    if names is None:
+        ctx = make_context(recording_plan(plan))
+    observer.names = names
+    ctx.observer = observer
+    return ctx
+
+
+def _direct_names(plan: Plan) -> dict[Any, str] | None:
+    """Code object -> route name, when every route's handler is what ``start`` calls, with its own code."""
+    names: dict[Any, str] = {}
     for route in plan.routes:
         code = getattr(route.handler, "__code__", None)
-        if code is not None:
-            names[code] = route.name
-    return Observer(log_packet, metrics, names)
+        if getattr(route, "call", route.handler) is not route.handler or code is None or code in names:
+            return None
+        names[code] = route.name
+    return names
+
+
+def handlers_of(client: Client) -> str | None:
+    """The handlers that ran so far for the packet ``client``'s connection is handling ("a" or "a,b").
+
+    None when none ran, or when the connection is not observed (see ``make_observer``).
+    """
+    link = client._link
+    return link.ran if type(link) is ObservedConnection else None
 
 
 def _access_line(logger: logging.Logger) -> OnPacket:
@@ -66,13 +99,6 @@ def _access_line(logger: logging.Logger) -> OnPacket:
             handle(make(name, info, "asyncapy.observe", 0, "%s:%d %s %s %.0fus", args, None))
 
     return log_packet
-
-
-def attach(ctx: ServingContext, observer: Observer) -> None:
-    """Observe the connections of ``ctx``: a direct plan as it is, any other one recording its handlers."""
-    ctx.observer = observer
-    if not ctx.direct:
-        ctx.plan = recording_plan(ctx.plan)
 
 
 def recording_plan(plan: Plan) -> Plan:
@@ -95,8 +121,18 @@ def recording_plan(plan: Plan) -> Plan:
 
 
 def _recording_route(route: CompiledRoute) -> CompiledRoute:
-    handler, name = route.handler, route.name
+    """Wrap each of the ways dispatch may call the handler (``handler``, and ``call``/``run`` where
+    dependencies or reply checks add them): whichever is called notes the name, once."""
+    fields = {field.name for field in dataclasses.fields(route)}
+    changes: dict[str, Any] = {
+        attr: _recording(getattr(route, attr), route.name)
+        for attr in ("handler", "call", "run")
+        if attr in fields and getattr(route, attr) is not None
+    }
+    return dataclasses.replace(route, **changes)
 
+
+def _recording(handler: Callable[..., Awaitable[Any]], name: str) -> Callable[..., Awaitable[Any]]:
     async def recording(client: Client, *args: Any, **kwargs: Any) -> Any:
         link = client._link
         if type(link) is ObservedConnection:
@@ -106,7 +142,7 @@ def _recording_route(route: CompiledRoute) -> CompiledRoute:
 
     recording.__name__ = getattr(handler, "__name__", name)
     recording.__qualname__ = name
-    return dataclasses.replace(route, handler=recording)
+    return recording
 
 
 class ObservedConnection(Connection):
@@ -119,7 +155,7 @@ class ObservedConnection(Connection):
         observer: Observer = ctx.observer
         self._access_log = observer.access_log
         self._metrics = observer.metrics
-        self._names = observer.names if self._direct else None
+        self._names = observer.names
         self._header_size = ctx.header_size
         #: The handlers that ran for the packet being handled ("a" or "a,b"; None: none yet).
         self.ran: str | None = None

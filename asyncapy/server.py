@@ -16,7 +16,7 @@ from .codecs import get_codec
 from .config import load_config
 from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
 from .logs import AccessLog, configure_logging
-from .observe import ObservedConnection, attach, make_observer
+from .observe import ObservedConnection, make_observer, observed_context
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
 from .packet import Packet
 from .peer import CLOSED_LINK, Client, Session
@@ -284,10 +284,11 @@ class Server:
         plan = self.compile()
         self._stop_requested = asyncio.Event()
         await self.setup()
-        observer = self._observer(plan)  # None unless the access log or metrics are on
-        self._ctx = ctx = self._serving_context(plan)
-        if observer is not None:
-            attach(ctx, observer)
+        observer = self._observer()  # None unless the access log or metrics are on
+        if observer is None:
+            self._ctx = ctx = self._serving_context(plan)
+        else:
+            self._ctx = ctx = observed_context(self._serving_context, plan, observer)
         connection = Connection if observer is None else ObservedConnection
         loop = asyncio.get_running_loop()
         try:
@@ -298,7 +299,7 @@ class Server:
         self.port = self._listener.sockets[0].getsockname()[1]
         logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
 
-    def _observer(self, plan: Plan) -> Any:
+    def _observer(self) -> Any:
         """What observes packets for this serving run (``asyncapy.observe``), chosen once."""
         self._access = AccessLog(self.access_log) if self.access_log else None
         if self.metrics_port is not None:
@@ -308,7 +309,7 @@ class Server:
             if self._metrics_dir is None:
                 self.metrics_port = self._metrics.port
         access = self._access.logger if self._access is not None else None
-        return make_observer(access, self._metrics.counters if self._metrics is not None else None, plan)
+        return make_observer(access, self._metrics.counters if self._metrics is not None else None)
 
     def _stop_observing(self) -> None:
         if self._access is not None:

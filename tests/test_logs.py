@@ -166,3 +166,22 @@ def test_server_signature() -> None:
     Server(access_log=True)
     with pytest.raises(ValueError, match="metrics_port"):
         Server(metrics_port=-1)
+
+
+@pytest.mark.parametrize("settings", [{}, {"handler_timeout": 5.0}], ids=["direct", "handler_timeout"])
+async def test_access_log_names_the_handler_on_every_path(tmp_path: Path, settings: dict[str, float]) -> None:
+    """Handlers called directly are named by their code; behind handler_timeout they note their name."""
+    path = tmp_path / "access.log"
+    server = make_server(access_log=str(path), **settings)
+
+    @server.add_handler()
+    async def hello(client: Client, packet: Packet) -> dict[str, str]:
+        if packet.get("late"):
+            await asyncio.sleep(0.001)
+        return {"hi": "there"}
+
+    async with running(server):
+        async with AsyncClient("127.0.0.1", server.port) as client:
+            assert await client.request({"late": False}) == {"hi": "there"}
+            assert await client.request({"late": True}) == {"hi": "there"}
+    assert [line.split()[-3:-1] for line in path.read_text().splitlines()] == [[hello.__qualname__, "OK"]] * 2
