@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from time import perf_counter
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 from .connection import Connection, ServingContext
 from .metrics import NO_HANDLER, ProcessMetrics
@@ -89,6 +89,42 @@ def handlers_of(client: Client) -> str | None:
     return link.ran if type(link) is ObservedConnection else None
 
 
+def when_reported(client: Client, callback: Callable[[str, str], None]) -> bool:
+    """Call ``callback(handlers, outcome)`` when the packet being handled is reported; False if it cannot be.
+
+    The report comes once the packet's replies are queued, error replies included
+    (those of ``ApiError``, exception handlers and ERR_INTERNAL too), so ``outcome`` is
+    what the peer got. False when ``client``'s connection is not observed.
+    """
+    link = client._link
+    if type(link) is not ObservedConnection:
+        return False
+    link._when_reported = callback
+    return True
+
+
+def error_code(payload: bytes) -> str | None:
+    """The ``error`` of an error reply's payload (JSON or ZiProto, as ``error_payload`` makes it), else None."""
+    if payload.startswith(_JSON_ERROR):
+        end = payload.find(b'"', len(_JSON_ERROR))
+        return payload[len(_JSON_ERROR) : end].decode("ascii", "replace") if end > 0 else None
+    if payload[1 : len(_ZIPROTO_ERROR) + 1] == _ZIPROTO_ERROR and 0x80 < payload[0] < 0x90:
+        start = len(_ZIPROTO_ERROR) + 1
+        head = payload[start : start + 1]
+        if head and 0xA0 <= head[0] <= 0xBF:
+            return payload[start + 1 : start + 1 + (head[0] & 0x1F)].decode("ascii", "replace")
+        if head == b"\xd9":
+            length = payload[start + 1]
+            return payload[start + 2 : start + 2 + length].decode("ascii", "replace")
+    return None
+
+
+_JSON_ERROR: Final = b'{"status":"failure","error":"'
+_ZIPROTO_ERROR: Final = b"\xa6status\xa7failure\xa5error"
+#: How an error reply's payload starts: JSON, or a ZiProto map of 2 to 4 entries.
+_ERRORS: Final = (_JSON_ERROR, *(bytes((0x80 + n,)) + _ZIPROTO_ERROR for n in (2, 3, 4)))
+
+
 def _access_line(logger: logging.Logger) -> OnPacket:
     """Log a packet's line: a record made directly (``Logger.info`` would look for its caller's frame)."""
     enabled, make, handle, name, info = logger.isEnabledFor, logger.makeRecord, logger.handle, logger.name, logging.INFO
@@ -148,7 +184,7 @@ def _recording(handler: Callable[..., Awaitable[Any]], name: str) -> Callable[..
 class ObservedConnection(Connection):
     """A ``Connection`` that reports each packet (handlers, outcome, duration) and its bytes."""
 
-    __slots__ = ("ran", "_code", "_started", "_access_log", "_metrics", "_header_size", "_names")
+    __slots__ = ("ran", "_code", "_started", "_access_log", "_metrics", "_header_size", "_names", "_when_reported")
 
     def __init__(self, ctx: ServingContext) -> None:
         super().__init__(ctx)
@@ -161,6 +197,7 @@ class ObservedConnection(Connection):
         self.ran: str | None = None
         self._code: str | None = None
         self._started = 0.0
+        self._when_reported: Callable[[str, str], None] | None = None
 
     # -- connections and bytes ------------------------------------------------------
 
@@ -188,9 +225,13 @@ class ObservedConnection(Connection):
         Connection.data_received(self, data)
 
     def write_payload(self, payload: bytes, encoding: int) -> None:
+        if self.closing:
+            return
         metrics = self._metrics
-        if metrics is not None and not self.closing:
+        if metrics is not None:
             metrics.bytes_sent += len(payload) + self._header_size + 2
+        if self._code is None and payload.startswith(_ERRORS):  # an error reply sent as a packet (middleware...)
+            self._code = error_code(payload)
         Connection.write_payload(self, payload, encoding)
 
     # -- packets ----------------------------------------------------------------------
@@ -245,3 +286,7 @@ class ObservedConnection(Connection):
         log = self._access_log
         if log is not None:
             log(self.client, handlers, outcome, seconds)  # type: ignore[arg-type]  # set by connection_made
+        done = self._when_reported
+        if done is not None:
+            self._when_reported = None
+            done(handlers, outcome)

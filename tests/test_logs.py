@@ -185,3 +185,18 @@ async def test_access_log_names_the_handler_on_every_path(tmp_path: Path, settin
             assert await client.request({"late": False}) == {"hi": "there"}
             assert await client.request({"late": True}) == {"hi": "there"}
     assert [line.split()[-3:-1] for line in path.read_text().splitlines()] == [[hello.__qualname__, "OK"]] * 2
+
+
+@pytest.mark.parametrize("encoding", ["json", "ziproto"])
+async def test_an_error_reply_the_handler_sends_is_the_outcome(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "access.log"
+    server = make_server(access_log=str(path))
+
+    @server.add_handler()
+    async def buy(client: Client, packet: Packet) -> None:
+        await client.send({"status": "failure", "error": "ERR_OUT_OF_STOCK", "detail": "none left"})
+
+    async with running(server):
+        async with AsyncClient("127.0.0.1", server.port, encoding=encoding) as client:
+            assert (await client.request({"item": 1}))["error"] == "ERR_OUT_OF_STOCK"
+    assert [line.split()[-3:-1] for line in path.read_text().splitlines()] == [[buy.__qualname__, "ERR_OUT_OF_STOCK"]]
