@@ -3,8 +3,8 @@
 Usage: ``python benchmarks/run_operating.py [--quick] [--duration S] [--runs N] [--only TEXT]``
 (the options of ``run.py``). Rows: the typed handler (the baseline of the others), with
 the access log on (to a file), with Prometheus metrics on, and with ``TracingMiddleware``
-on a no-op tracer provider and on the SDK's with an in-memory exporter (when
-``asyncapy.otel`` is there). Ratios are req/s against the typed row of the same run;
+on a no-op tracer provider and on the SDK's with an in-memory exporter (when the
+server has ``middleware``). Ratios are req/s against the typed row of the same run;
 ``cpu us/req`` is the steadier figure on a busy machine.
 """
 
@@ -49,7 +49,9 @@ def report(rows: list[Scenario], results: dict[str, Result]) -> None:
 def main() -> None:
     args = run.parse_args()
     run.ensure_loadgen()
-    tracing = (HERE.parent / "asyncapy" / "otel.py").exists()
+    from asyncapy import Server
+
+    tracing = hasattr(Server, "middleware") and (HERE.parent / "asyncapy" / "otel.py").exists()
     rows = run.select(scenarios(tracing), args.only)
     servers: dict[Spec, tuple[subprocess.Popen[bytes], int]] = {}
     try:
