@@ -18,7 +18,7 @@ from typing import Any, Final
 from .connection import Connection, ServingContext
 from .metrics import NO_HANDLER, ProcessMetrics
 from .peer import Client
-from .protocol import FrameError, RawFrame
+from .protocol import FRAME_TAIL, FrameError, RawFrame
 from .routing import Plan
 from .routing.compiled import CompiledGroup, CompiledRoute
 
@@ -184,7 +184,7 @@ def _recording(handler: Callable[..., Awaitable[Any]], name: str) -> Callable[..
 class ObservedConnection(Connection):
     """A ``Connection`` that reports each packet (handlers, outcome, duration) and its bytes."""
 
-    __slots__ = ("ran", "_code", "_started", "_access_log", "_metrics", "_header_size", "_names", "_when_reported")
+    __slots__ = ("ran", "_code", "_started", "_access_log", "_metrics", "_frame_overhead", "_names", "_when_reported")
 
     def __init__(self, ctx: ServingContext) -> None:
         super().__init__(ctx)
@@ -192,7 +192,7 @@ class ObservedConnection(Connection):
         self._access_log = observer.access_log
         self._metrics = observer.metrics
         self._names = observer.names
-        self._header_size = ctx.header_size
+        self._frame_overhead = ctx.header_size + FRAME_TAIL
         #: The handlers that ran for the packet being handled ("a" or "a,b"; None: none yet).
         self.ran: str | None = None
         self._code: str | None = None
@@ -225,11 +225,9 @@ class ObservedConnection(Connection):
         Connection.data_received(self, data)
 
     def write_payload(self, payload: bytes, encoding: int) -> None:
-        if self.closing:
-            return
         metrics = self._metrics
-        if metrics is not None:
-            metrics.bytes_sent += len(payload) + self._header_size + 2
+        if metrics is not None and not self.closing:
+            metrics.bytes_sent += len(payload) + self._frame_overhead
         if self._code is None and payload.startswith(_ERRORS):  # an error reply sent as a packet (middleware...)
             self._code = error_code(payload)
         Connection.write_payload(self, payload, encoding)
