@@ -95,17 +95,18 @@ class AccessLog:
     """The access log of one serving run: the ``asyncapy.access`` logger at INFO.
 
     With ``True`` its lines go wherever the root logger's go; with a path, to that
-    file only, opened here and closed by ``close()``.
+    file only (appended to; workers share it, each line with its PID), opened here
+    and closed by ``close()``.
     """
 
-    def __init__(self, target: bool | str | os.PathLike[str]) -> None:
+    def __init__(self, target: bool | str | os.PathLike[str], *, pid: bool = False) -> None:
         self.logger = access_logger
         self._handler: logging.FileHandler | None = None
         access_logger.setLevel(logging.INFO)
         if target is True:
             return
         self._handler = logging.FileHandler(os.fspath(target), encoding="utf-8")  # type: ignore[arg-type]
-        self._handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
+        self._handler.setFormatter(logging.Formatter(LOG_FORMAT_PID if pid else LOG_FORMAT, LOG_DATEFMT))
         access_logger.addHandler(self._handler)
         access_logger.propagate = False
 

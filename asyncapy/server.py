@@ -301,7 +301,7 @@ class Server:
 
     def _observer(self) -> Any:
         """What observes packets for this serving run (``asyncapy.observe``), chosen once."""
-        self._access = AccessLog(self.access_log) if self.access_log else None
+        self._access = AccessLog(self.access_log, pid=self.workers > 1) if self.access_log else None
         if self.metrics_port is not None:
             from .metrics import ServingMetrics
 
