@@ -70,15 +70,20 @@ class ProcessMetrics:
         self.bytes_sent = 0
 
     def packet(self, handler: str, outcome: str, seconds: float) -> None:
-        """Count one packet (the per-packet cost of metrics: keep it plain)."""
+        """Count one packet (``ObservedConnection._report`` does the same inline)."""
         packets = self.packets
         key = (handler, outcome)
         packets[key] = packets.get(key, 0) + 1
         row = self.durations.get(handler)
         if row is None:
-            row = self.durations[handler] = [0.0] * (_SUM + 1)
+            row = self.new_row(handler)
         row[bisect_left(BUCKETS, seconds)] += 1
         row[_SUM] += seconds
+
+    def new_row(self, handler: str) -> list[float]:
+        """The histogram row of a handler seen for the first time (its last item is the sum)."""
+        row = self.durations[handler] = [0.0] * (_SUM + 1)
+        return row
 
     def refuse(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1

@@ -9,14 +9,14 @@ of the plan whose handlers note their name on the connection as they start.
 from __future__ import annotations
 
 import dataclasses
-import logging
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Coroutine
 from time import perf_counter
 from types import MappingProxyType
 from typing import Any, Final
 
 from .connection import Connection, ServingContext
-from .metrics import NO_HANDLER, ProcessMetrics
+from .metrics import BUCKETS, NO_HANDLER, ProcessMetrics
 from .peer import Client
 from .protocol import FRAME_TAIL, FrameError, RawFrame
 from .routing import Plan
@@ -41,7 +41,7 @@ class Observer:
     names: dict[Any, str] | None = None
 
 
-def make_observer(access_log: logging.Logger | None, metrics: ProcessMetrics | None, always: bool = False) -> Observer | None:
+def make_observer(access_log: OnPacket | None, metrics: ProcessMetrics | None, always: bool = False) -> Observer | None:
     """The observer for these outputs, or None when there is nothing to observe.
 
     ``always``: observe even with neither (a middleware reads the handlers' names,
@@ -49,7 +49,7 @@ def make_observer(access_log: logging.Logger | None, metrics: ProcessMetrics | N
     """
     if access_log is None and metrics is None and not always:
         return None
-    return Observer(_access_line(access_log) if access_log is not None else None, metrics)
+    return Observer(access_log, metrics)
 
 
 def observed_context(
@@ -123,18 +123,6 @@ _JSON_ERROR: Final = b'{"status":"failure","error":"'
 _ZIPROTO_ERROR: Final = b"\xa6status\xa7failure\xa5error"
 #: How an error reply's payload starts: JSON, or a ZiProto map of 2 to 4 entries.
 _ERRORS: Final = (_JSON_ERROR, *(bytes((0x80 + n,)) + _ZIPROTO_ERROR for n in (2, 3, 4)))
-
-
-def _access_line(logger: logging.Logger) -> OnPacket:
-    """Log a packet's line: a record made directly (``Logger.info`` would look for its caller's frame)."""
-    enabled, make, handle, name, info = logger.isEnabledFor, logger.makeRecord, logger.handle, logger.name, logging.INFO
-
-    def log_packet(client: Client, handlers: str, outcome: str, seconds: float) -> None:
-        if enabled(info):
-            args = (client.address, client.port, handlers, outcome, seconds * 1e6)
-            handle(make(name, info, "asyncapy.observe", 0, "%s:%d %s %s %.0fus", args, None))
-
-    return log_packet
 
 
 def recording_plan(plan: Plan) -> Plan:
@@ -244,7 +232,10 @@ class ObservedConnection(Connection):
             return None
         names = self._names
         if names is not None:  # a simple plan: coro is the handler's own coroutine
-            self.ran = names.get(getattr(coro, "cr_code", None)) or getattr(coro, "__qualname__", None)
+            try:
+                self.ran = names[coro.cr_code]  # type: ignore[attr-defined]
+            except (KeyError, AttributeError):  # not a coroutine function's (an awaitable object's)
+                self.ran = getattr(coro, "__qualname__", None)
         return self._observed(coro, frame[0])
 
     async def _observed(self, coro: Awaitable[Any], encoding: int) -> None:
@@ -279,8 +270,15 @@ class ObservedConnection(Connection):
         handlers = self.ran or NO_HANDLER
         outcome = self._code or "OK"
         metrics = self._metrics
-        if metrics is not None:
-            metrics.packet(handlers, outcome, seconds)
+        if metrics is not None:  # ProcessMetrics.packet, inlined: this runs for every packet
+            packets = metrics.packets
+            key = (handlers, outcome)
+            packets[key] = packets.get(key, 0) + 1
+            row = metrics.durations.get(handlers)
+            if row is None:
+                row = metrics.new_row(handlers)
+            row[bisect_left(BUCKETS, seconds)] += 1
+            row[-1] += seconds
         log = self._access_log
         if log is not None:
             log(self.client, handlers, outcome, seconds)  # type: ignore[arg-type]  # set by connection_made

@@ -308,7 +308,7 @@ class Server:
             self._metrics = ServingMetrics(self.addr, self.metrics_port, self._metrics_dir)
             if self._metrics_dir is None:
                 self.metrics_port = self._metrics.port
-        access = self._access.logger if self._access is not None else None
+        access = self._access.line if self._access is not None else None
         return make_observer(access, self._metrics.counters if self._metrics is not None else None)
 
     def _stop_observing(self) -> None:
