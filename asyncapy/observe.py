@@ -85,8 +85,8 @@ def handlers_of(client: Client) -> str | None:
 
     None when none ran, or when the connection is not observed (see ``make_observer``).
     """
-    link = client._link
-    return link.ran if type(link) is ObservedConnection else None
+    link = _connection_of(client)
+    return None if link is None else link.ran
 
 
 def when_reported(client: Client, callback: Callable[[str, str], None]) -> bool:
@@ -96,11 +96,20 @@ def when_reported(client: Client, callback: Callable[[str, str], None]) -> bool:
     (those of ``ApiError``, exception handlers and ERR_INTERNAL too), so ``outcome`` is
     what the peer got. False when ``client``'s connection is not observed.
     """
-    link = client._link
-    if type(link) is not ObservedConnection:
+    link = _connection_of(client)
+    if link is None:
         return False
     link._when_reported = callback
     return True
+
+
+def _connection_of(client: Client) -> ObservedConnection | None:
+    """``client``'s observed connection, also through a link that wraps it (rule 5's counter)."""
+    link: Any = client._link
+    if type(link) is ObservedConnection:
+        return link
+    link = getattr(link, "link", None)
+    return link if type(link) is ObservedConnection else None
 
 
 def error_code(payload: bytes) -> str | None:
@@ -158,8 +167,8 @@ def _recording_route(route: CompiledRoute) -> CompiledRoute:
 
 def _recording(handler: Callable[..., Awaitable[Any]], name: str) -> Callable[..., Awaitable[Any]]:
     async def recording(client: Client, *args: Any, **kwargs: Any) -> Any:
-        link = client._link
-        if type(link) is ObservedConnection:
+        link = _connection_of(client)
+        if link is not None:
             ran = link.ran
             link.ran = name if ran is None else f"{ran},{name}"
         return await handler(client, *args, **kwargs)
@@ -260,10 +269,10 @@ class ObservedConnection(Connection):
         Connection._handle_frame_error(self, error)
         self._report()
 
-    def _send_error(self, code: str, detail: Any, encoding: int | None) -> None:
+    def _send_error(self, code: str, detail: Any, encoding: int | None, errors: Any = None) -> None:
         if self._code is None:
             self._code = code
-        Connection._send_error(self, code, detail, encoding)
+        Connection._send_error(self, code, detail, encoding, errors)
 
     def _report(self) -> None:
         seconds = perf_counter() - self._started
