@@ -27,6 +27,7 @@ from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .errors import StopPropagation
+from .middleware import CallNext
 from .observe import handlers_of, when_reported
 from .packet import Packet
 from .peer import Client
@@ -57,7 +58,7 @@ class TracingMiddleware:
 
         self._tracer = trace.get_tracer("asyncapy", __version__, tracer_provider=tracer_provider)
 
-    async def __call__(self, client: Client, packet: Packet[Any], call_next: Any) -> None:
+    async def __call__(self, client: Client, packet: Packet[Any], call_next: CallNext) -> None:
         span = self._tracer.start_span(
             PACKET_SPAN,
             kind=SpanKind.SERVER,
