@@ -49,14 +49,16 @@ class TracingMiddleware:
         server.middleware(TracingMiddleware())
     """
 
-    #: The server observes packets when a middleware says so (``asyncapy.observe``):
-    #: that is how the span learns the handlers' names and the outcome code.
-    needs_handler_names: Final = True
-
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         from . import __version__
 
         self._tracer = trace.get_tracer("asyncapy", __version__, tracer_provider=tracer_provider)
+
+    @property
+    def needs_handler_names(self) -> bool:
+        """The server observes packets when a middleware says so (``asyncapy.observe``): that is
+        how a span learns the handlers' names and the outcome code. Not for a no-op tracer."""
+        return not isinstance(self._tracer, trace.NoOpTracer)
 
     async def __call__(self, client: Client, packet: Packet[Any], call_next: CallNext) -> None:
         span = self._tracer.start_span(
@@ -68,6 +70,9 @@ class TracingMiddleware:
                 "asyncapy.encoding": packet.encoding,
             },
         )
+        if not span.get_span_context().is_valid:  # the no-op tracer's: nothing to record or propagate
+            await call_next()
+            return
         token = context.attach(trace.set_span_in_context(span))
         outcome = "OK"
         try:
@@ -81,7 +86,9 @@ class TracingMiddleware:
             raise
         finally:
             context.detach(token)
-            if not when_reported(client, lambda handlers, code: _end(span, handlers, code)):
+            if not span.is_recording():  # sampled out: it ends now, its context was propagated
+                span.end()
+            elif not when_reported(client, lambda handlers, code: _end(span, handlers, code)):
                 _end(span, handlers_of(client) or "-", outcome)  # a connection that is not observed
 
     def __repr__(self) -> str:

@@ -53,6 +53,7 @@ def rows() -> dict[str, Factory]:
         "typed + metrics (counting only)": lambda: metrics_protocol(),
     }
     if hasattr(Server, "middleware"):
+        found["typed + pass-through middleware"] = lambda: protocol(operating.operating_server("middleware", servers.typed_server))
         for kind in ("otel-noop", "otel-sdk"):
             found[f"typed + tracing ({kind[5:]})"] = lambda kind=kind: protocol(operating.operating_server(kind, servers.typed_server))  # type: ignore[misc]
     return found

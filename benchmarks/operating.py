@@ -1,7 +1,8 @@
 """The typed benchmark server with one operating feature on (``servers.py typed-FEATURE PORT``).
 
 FEATURE: ``access`` (access log to a file in the temp directory), ``metrics``
-(Prometheus counters, ``/metrics`` on a free port), ``otel-noop`` (``TracingMiddleware``
+(Prometheus counters, ``/metrics`` on a free port), ``middleware`` (one that only calls
+``call_next``: what the tracing rows pay for the middleware layer itself), ``otel-noop`` (``TracingMiddleware``
 on OpenTelemetry's default no-op tracer provider), ``otel-sdk`` (the SDK's tracer
 provider with an in-memory exporter behind a simple span processor).
 """
@@ -22,9 +23,17 @@ def operating_server(feature: str, make: Callable[..., Server], **kw: Any) -> Se
         return make(access_log=path, **kw)
     if feature == "metrics":
         return make(metrics_port=0, **kw)
+    if feature == "middleware":  # what any middleware costs (the application layer's), for reference
+        server = make(**kw)
+        server.middleware(_pass_through)  # type: ignore[attr-defined]
+        return server
     if feature.startswith("otel-"):
         return _traced(feature, make(**kw))
     raise SystemExit(f"unknown feature {feature!r}")
+
+
+async def _pass_through(client: Any, packet: Any, call_next: Any) -> None:
+    await call_next()
 
 
 def _traced(feature: str, server: Server) -> Server:

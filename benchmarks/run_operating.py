@@ -30,6 +30,7 @@ def scenarios(tracing: bool) -> list[Scenario]:
         Scenario("typed + metrics", Spec("typed-metrics"), load, base),
     ]
     if tracing:
+        rows.append(Scenario("typed + pass-through middleware", Spec("typed-middleware"), load, base))
         rows.append(Scenario("typed + tracing (no-op provider)", Spec("typed-otel-noop"), load, base))
         rows.append(Scenario("typed + tracing (SDK, in-memory)", Spec("typed-otel-sdk"), load, base))
     return rows

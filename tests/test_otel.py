@@ -120,7 +120,7 @@ def traced_name(server: Server, short: str) -> str:
     return next(route.name for route in server.compile().routes if route.name.endswith(short))
 
 
-async def test_no_op_provider_costs_nothing_visible() -> None:
+async def test_no_op_provider_is_not_observed() -> None:
     server = make_server()
     server.middleware(TracingMiddleware(tracer_provider=trace.NoOpTracerProvider()))
 
@@ -131,6 +131,7 @@ async def test_no_op_provider_costs_nothing_visible() -> None:
     async with running(server):
         async with AsyncClient("127.0.0.1", server.port) as client:
             assert await client.request({"a": 1}) == {"a": 1}
+        assert server._ctx is not None and server._ctx.observer is None  # nothing to name: not observed
 
 
 async def test_without_an_observed_connection(exporter: tuple[TracerProvider, InMemorySpanExporter]) -> None:
