@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from asyncapy.client import Client
 from asyncapy.errors import ClientError
 from asyncapy.reload import app_directory
@@ -80,3 +82,10 @@ def test_app_directory_is_the_top_level_package(tmp_path: Path) -> None:
     (tmp_path / "single.py").write_text("")
     assert app_directory("shop.api:server", str(tmp_path)) == tmp_path / "shop"
     assert app_directory("single:server", str(tmp_path)) == tmp_path
+
+
+def test_reload_refuses_workers(capsys: pytest.CaptureFixture[str]) -> None:
+    from asyncapy.cli import main
+
+    assert main(["run", "examples.typed_api:server", "--reload", "--workers", "2"]) == 2
+    assert "--reload runs one process" in capsys.readouterr().err
