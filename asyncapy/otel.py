@@ -53,14 +53,18 @@ class TracingMiddleware:
         from . import __version__
 
         self._tracer = trace.get_tracer("asyncapy", __version__, tracer_provider=tracer_provider)
+        self._noop = isinstance(self._tracer, trace.NoOpTracer)
 
     @property
     def needs_handler_names(self) -> bool:
         """The server observes packets when a middleware says so (``asyncapy.observe``): that is
         how a span learns the handlers' names and the outcome code. Not for a no-op tracer."""
-        return not isinstance(self._tracer, trace.NoOpTracer)
+        return not self._noop
 
     async def __call__(self, client: Client, packet: Packet[Any], call_next: CallNext) -> None:
+        if self._noop:  # a no-op provider was given: not even a span object
+            await call_next()
+            return
         span = self._tracer.start_span(
             PACKET_SPAN,
             kind=SpanKind.SERVER,

@@ -9,12 +9,17 @@ provider with an in-memory exporter behind a simple span processor).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
 from asyncapy import Server
+
+
+#: The in-memory exporters made here (``bench_operating.py`` clears them between runs).
+EXPORTERS: list[Any] = []
 
 
 def operating_server(feature: str, make: Callable[..., Server], **kw: Any) -> Server:
@@ -50,6 +55,21 @@ def _traced(feature: str, server: Server) -> Server:
         provider = TracerProvider()
         exporter = InMemorySpanExporter()
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-        server.bench_exporter = exporter  # type: ignore[attr-defined]  # kept alive with the server
+        setup = server.setup
+
+        async def setup_and_drain() -> None:
+            # Drop the finished spans every second, as an exporter would send them: a list of
+            # hundreds of thousands of spans would make every garbage collection slower.
+            await setup()
+            loop = asyncio.get_running_loop()
+
+            def drain() -> None:
+                exporter.clear()
+                loop.call_later(1.0, drain)
+
+            drain()
+
+        server.setup = setup_and_drain  # type: ignore[method-assign]
+        EXPORTERS.append(exporter)
     server.middleware(TracingMiddleware(tracer_provider=provider))  # type: ignore[attr-defined]
     return server
