@@ -166,12 +166,21 @@ def _recording_route(route: CompiledRoute) -> CompiledRoute:
 
 
 def _recording(handler: Callable[..., Awaitable[Any]], name: str) -> Callable[..., Awaitable[Any]]:
-    async def recording(client: Client, *args: Any, **kwargs: Any) -> Any:
-        link = _connection_of(client)
-        if link is not None:
+    """``handler`` noting ``name`` on the connection when it is called.
+
+    Not a coroutine function: it returns the handler's own awaitable, so that no
+    coroutine frame is added to the packet's chain (dispatch awaits what it returns;
+    ``plan.start`` hands it to the connection).
+    """
+
+    def recording(client: Client, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        link: Any = client._link
+        if type(link) is not ObservedConnection:
+            link = getattr(link, "link", None)  # rule 5's counting link wraps the connection
+        if type(link) is ObservedConnection:
             ran = link.ran
             link.ran = name if ran is None else f"{ran},{name}"
-        return await handler(client, *args, **kwargs)
+        return handler(client, *args, **kwargs)
 
     recording.__name__ = getattr(handler, "__name__", name)
     recording.__qualname__ = name
