@@ -56,14 +56,17 @@ def check_installed() -> None:
 
 
 class ProcessMetrics:
-    """One process's counters: plain ints and dicts, written by the event loop thread only."""
+    """One process's counters: plain ints, lists and dicts, written by the event loop thread only.
 
-    __slots__ = ("packets", "durations", "connections", "refused", "bytes_received", "bytes_sent")
+    ``rows[handler, outcome]`` is one histogram row per pair: the count of packets per
+    bucket (not cumulative; the last bucket is +Inf), then the sum of their seconds.
+    The packet counters are the rows' counts: one dict lookup per packet counts both.
+    """
+
+    __slots__ = ("rows", "connections", "refused", "bytes_received", "bytes_sent")
 
     def __init__(self) -> None:
-        self.packets: dict[tuple[str, str], int] = {}
-        #: handler -> bucket counts (not cumulative; the last is +Inf), then the sum of seconds.
-        self.durations: dict[str, list[float]] = {}
+        self.rows: dict[tuple[str, str], list[float]] = {}
         self.connections = 0
         self.refused: dict[str, int] = {}
         self.bytes_received = 0
@@ -71,18 +74,15 @@ class ProcessMetrics:
 
     def packet(self, handler: str, outcome: str, seconds: float) -> None:
         """Count one packet (``ObservedConnection._report`` does the same inline)."""
-        packets = self.packets
-        key = (handler, outcome)
-        packets[key] = packets.get(key, 0) + 1
-        row = self.durations.get(handler)
+        row = self.rows.get((handler, outcome))
         if row is None:
-            row = self.new_row(handler)
+            row = self.new_row(handler, outcome)
         row[bisect_left(BUCKETS, seconds)] += 1
         row[_SUM] += seconds
 
-    def new_row(self, handler: str) -> list[float]:
-        """The histogram row of a handler seen for the first time (its last item is the sum)."""
-        row = self.durations[handler] = [0.0] * (_SUM + 1)
+    def new_row(self, handler: str, outcome: str) -> list[float]:
+        """The row of a (handler, outcome) pair seen for the first time."""
+        row = self.rows[handler, outcome] = [0.0] * (_SUM + 1)
         return row
 
     def refuse(self, reason: str) -> None:
@@ -91,8 +91,7 @@ class ProcessMetrics:
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able copy (each copy is one C call: safe to take from another thread)."""
         return {
-            "packets": [[h, o, n] for (h, o), n in list(self.packets.items())],
-            "durations": {h: list(row) for h, row in list(self.durations.items())},
+            "rows": [[h, o, list(row)] for (h, o), row in list(self.rows.items())],
             "connections": self.connections,
             "refused": dict(self.refused),
             "bytes_received": self.bytes_received,
@@ -101,15 +100,14 @@ class ProcessMetrics:
 
 
 def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """The sum of several processes' snapshots."""
+    """The sum of several processes' snapshots: ``packets[handler, outcome]``, ``durations[handler]``..."""
     total: dict[str, Any] = {
         "packets": {}, "durations": {}, "connections": 0, "refused": {}, "bytes_received": 0, "bytes_sent": 0,
     }  # fmt: skip
     for snap in snapshots:
-        for handler, outcome, count in snap["packets"]:
+        for handler, outcome, row in snap["rows"]:
             key = (handler, outcome)
-            total["packets"][key] = total["packets"].get(key, 0) + count
-        for handler, row in snap["durations"].items():
+            total["packets"][key] = total["packets"].get(key, 0) + int(sum(row[:_SUM]))
             into = total["durations"].setdefault(handler, [0.0] * len(row))
             for i, value in enumerate(row):
                 into[i] += value

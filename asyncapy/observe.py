@@ -9,6 +9,8 @@ of the plan whose handlers note their name on the connection as they start.
 from __future__ import annotations
 
 import dataclasses
+import sys
+import types
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Coroutine
 from time import perf_counter
@@ -61,23 +63,50 @@ def observed_context(
     ``make_context`` builds what wraps the plan (middleware) around the plan it gets.
     """
     ctx = make_context(plan)
-    names = _direct_names(plan) if ctx.direct else None
-    if names is None:
+    named = _named_plan(plan) if ctx.direct else None
+    if named is None:
         ctx = make_context(recording_plan(plan))
-    observer.names = names
+        observer.names = None
+    else:
+        ctx = make_context(named[0])
+        observer.names = named[1]
     ctx.observer = observer
     return ctx
 
 
-def _direct_names(plan: Plan) -> dict[Any, str] | None:
-    """Code object -> route name, when every route's handler is what ``start`` calls, with its own code."""
+def _named_plan(plan: Plan) -> tuple[Plan, dict[Any, str]] | None:
+    """``plan`` where what ``start`` calls for each route has a code object of its own, and code -> route name.
+
+    A handler called as it is keeps its code. A function ``start`` calls around it
+    (dependencies, a reply check: closures that share one code object) is copied with
+    its code renamed after the route: same bytecode, same closure, its own identity.
+    None when a route cannot be named so (then ``recording_plan``).
+    """
     names: dict[Any, str] = {}
+    copies: dict[int, Callable[..., Awaitable[Any]]] = {}
     for route in plan.routes:
-        code = getattr(route.handler, "__code__", None)
-        if getattr(route, "call", route.handler) is not route.handler or code is None or code in names:
+        fn = getattr(route, "call", route.handler)
+        if fn is not route.handler:
+            fn = copies[id(route)] = _renamed(fn, route.name)
+        code = getattr(fn, "__code__", None)
+        if code is None or code in names:
             return None
         names[code] = route.name
-    return names
+    if not copies:
+        return plan, names
+    return _with_routes(plan, lambda route: dataclasses.replace(route, call=copies[id(route)]) if id(route) in copies else route), names
+
+
+def _renamed(fn: Any, name: str) -> Any:
+    code = fn.__code__
+    if sys.version_info >= (3, 11):
+        code = code.replace(co_name=name, co_qualname=name)
+    else:
+        code = code.replace(co_name=name)
+    copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    copy.__qualname__ = name
+    return copy
 
 
 def handlers_of(client: Client) -> str | None:
@@ -136,10 +165,15 @@ _ERRORS: Final = (_JSON_ERROR, *(bytes((0x80 + n,)) + _ZIPROTO_ERROR for n in (2
 
 def recording_plan(plan: Plan) -> Plan:
     """``plan`` with each handler wrapped to note its route's name on the connection."""
-    wrapped = {id(route): _recording_route(route) for route in plan.routes}
+    return _with_routes(plan, _recording_route)
+
+
+def _with_routes(plan: Plan, change: Callable[[CompiledRoute], CompiledRoute]) -> Plan:
+    """``plan`` with each route replaced by ``change(route)`` (indexes included)."""
+    changed = {id(route): change(route) for route in plan.routes}
 
     def swap(routes: tuple[CompiledRoute, ...]) -> tuple[CompiledRoute, ...]:
-        return tuple(wrapped[id(route)] for route in routes)
+        return tuple(changed[id(route)] for route in routes)
 
     groups = tuple(
         dataclasses.replace(
@@ -289,12 +323,9 @@ class ObservedConnection(Connection):
         outcome = self._code or "OK"
         metrics = self._metrics
         if metrics is not None:  # ProcessMetrics.packet, inlined: this runs for every packet
-            packets = metrics.packets
-            key = (handlers, outcome)
-            packets[key] = packets.get(key, 0) + 1
-            row = metrics.durations.get(handlers)
+            row = metrics.rows.get((handlers, outcome))
             if row is None:
-                row = metrics.new_row(handlers)
+                row = metrics.new_row(handlers, outcome)
             row[bisect_left(BUCKETS, seconds)] += 1
             row[-1] += seconds
         log = self._access_log
