@@ -159,7 +159,10 @@ class Connection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport; they have its methods.
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("unknown", 0)
-        host, port = str(peer[0]), int(peer[1])
+        self._open(str(peer[0]), int(peer[1]))
+
+    def _open(self, host: str, port: int) -> None:
+        """Start the session of the client at ``host:port`` (the real one behind a PROXY header)."""
         ctx = self._ctx
         self.session = session = Session(host, port)
         self.client = Client(host, port, session, self, ctx.sessions, ctx.default_encoding_name)

@@ -9,12 +9,14 @@ import os
 import signal
 import socket
 import ssl as _ssl
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 from .codecs import get_codec
 from .config import load_config
 from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
+from .proxied import connection_factory
+from .proxy import Network, check_trusted_proxies
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
 from .packet import Packet
 from .peer import CLOSED_LINK, Client, Session
@@ -67,6 +69,11 @@ class Server:
         workers: processes serving the port for ``start()`` (each with its own sessions,
             limits and ``setup()``); see ``asyncapy.workers``.
         uvloop: run ``start()`` on uvloop (``pip install asyncapy[uvloop]``).
+        proxy_protocol: every connection starts with a PROXY header (v1 or v2) from a
+            load balancer; the client's real address is what handlers, filters,
+            limits and logs see (``asyncapy.proxied``).
+        trusted_proxies: addresses or networks allowed to send that header (default:
+            this host, 127.0.0.0/8 and ::1); other connections are closed unanswered.
 
     Example:
         server = Server(port=1500)
@@ -99,6 +106,8 @@ class Server:
         handler_timeout: float | None = None,
         workers: int = 1,
         uvloop: bool = False,
+        proxy_protocol: bool = False,
+        trusted_proxies: Sequence[str] | None = None,
     ) -> None:
         settings: dict[str, Any] = dict(
             addr=addr,
@@ -114,6 +123,8 @@ class Server:
             shutdown_timeout=shutdown_timeout,
             max_pending=max_pending,
             handler_timeout=handler_timeout,
+            proxy_protocol=proxy_protocol,
+            trusted_proxies=trusted_proxies,
         )
         if config is not None:
             settings.update(load_config(config))
@@ -140,6 +151,8 @@ class Server:
         self.backlog = backlog
         self.workers = _check_workers(workers)
         self.uvloop = _check_uvloop(uvloop)
+        self.proxy_protocol = bool(settings["proxy_protocol"])
+        self.trusted_proxies: tuple[Network, ...] = check_trusted_proxies(self.proxy_protocol, settings["trusted_proxies"])
         self.router = Router()
         self._plan: Plan | None = None
         self._listener: asyncio.Server | None = None
@@ -252,7 +265,8 @@ class Server:
         await self.setup()
         self._ctx = ctx = self._serving_context(plan)
         loop = asyncio.get_running_loop()
-        self._listener = await self._listen(loop, lambda: Connection(ctx))
+        trusted = self.trusted_proxies if self.proxy_protocol else None
+        self._listener = await self._listen(loop, connection_factory(ctx, trusted))
         self.port = self._listener.sockets[0].getsockname()[1]
         logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
 

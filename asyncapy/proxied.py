@@ -1,0 +1,110 @@
+"""``Server(proxy_protocol=True)``: connections that start with a PROXY header.
+
+``ProxiedConnection`` is a ``Connection`` that first reads the PROXY header (with the
+sans-IO ``asyncapy.proxy`` decoder), then opens the session under the client's real
+address, so that ``client.address``, ``filters.Ip``, ``session_limit``, rate limits
+and the logs all see the client, not the balancer. A connection from an address
+outside ``trusted_proxies``, one whose header is invalid or does not come within
+``PROXY_HEADER_TIMEOUT``, is closed without a reply and logged. A server without
+``proxy_protocol`` uses the plain ``Connection``: it pays nothing for this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Final, cast
+
+from .connection import Connection, ServingContext
+from .protocol import NEED_DATA
+from .proxy import Network, ProxyHeader, ProxyHeaderDecoder, ProxyHeaderError, is_trusted
+
+logger = logging.getLogger("asyncapy")
+
+#: Seconds a trusted proxy has to send the header (a balancer sends it at once, with the
+#: connection), or ``timeout`` when that is shorter.
+PROXY_HEADER_TIMEOUT: Final = 5.0
+
+
+class ProxiedConnection(Connection):
+    """A ``Connection`` behind a load balancer; see the module docstring."""
+
+    __slots__ = ("_proxy", "_proxy_timer", "_proxy_peer", "_trusted")
+
+    def __init__(self, ctx: ServingContext, trusted: tuple[Network, ...]) -> None:
+        super().__init__(ctx)
+        self._trusted = trusted
+        self._proxy: ProxyHeaderDecoder | None = ProxyHeaderDecoder()
+        self._proxy_timer: asyncio.TimerHandle | None = None
+        self._proxy_peer = ("unknown", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername") or ("unknown", 0)
+        self._proxy_peer = host, port = str(peer[0]), int(peer[1])
+        if not is_trusted(host, self._trusted):
+            trusted = ", ".join(map(str, self._trusted))
+            self._drop(f"{host}:{port} is not a trusted proxy (trusted_proxies: {trusted})")
+            return
+        timeout = self._ctx.timeout
+        delay = min(timeout, PROXY_HEADER_TIMEOUT) if timeout else PROXY_HEADER_TIMEOUT
+        self._proxy_timer = self._loop.call_later(delay, self._header_timed_out, delay)
+
+    def data_received(self, data: bytes) -> None:
+        decoder = self._proxy
+        if decoder is None:
+            Connection.data_received(self, data)
+            return
+        if self.closing:
+            return
+        event = decoder.receive(data)
+        if event is NEED_DATA:
+            return
+        self._proxy = None
+        self._cancel_timer()
+        if not isinstance(event, ProxyHeader):
+            reason = event.reason if isinstance(event, ProxyHeaderError) else "?"
+            self._drop(f"invalid PROXY header from {self._proxy_peer[0]}:{self._proxy_peer[1]}: {reason}")
+            return
+        host, port = event.source or self._proxy_peer
+        self._open(host, port)
+        if decoder.rest:
+            Connection.data_received(self, decoder.rest)
+
+    def eof_received(self) -> bool | None:
+        if self._proxy is not None:
+            self._drop(f"{self._proxy_peer[0]}:{self._proxy_peer[1]} closed before a whole PROXY header")
+            return None
+        return Connection.eof_received(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        Connection.connection_lost(self, exc)
+
+    def _header_timed_out(self, delay: float) -> None:
+        self._proxy_timer = None
+        if self._proxy is not None:
+            self._proxy = None
+            self._drop(f"no whole PROXY header from {self._proxy_peer[0]}:{self._proxy_peer[1]} within {delay} s")
+
+    def _drop(self, why: str) -> None:
+        """Close without a reply: whoever this is, it is not a client speaking through our proxy."""
+        logger.warning("Closed a connection without reply: %s", why)
+        self._proxy = None
+        self._cancel_timer()
+        self.closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def _cancel_timer(self) -> None:
+        if self._proxy_timer is not None:
+            self._proxy_timer.cancel()
+            self._proxy_timer = None
+
+
+def connection_factory(ctx: ServingContext, trusted: tuple[Network, ...] | None) -> Callable[[], Connection]:
+    """What the listener makes per accepted socket: a ``ProxiedConnection`` when ``trusted`` is set."""
+    if trusted is None:
+        return lambda: Connection(ctx)
+    return lambda: ProxiedConnection(ctx, trusted)
