@@ -34,7 +34,9 @@ from .packet import Packet, received_packet
 from .peer import REPLY_ENCODERS, Client, Session, reply_encoder
 from .protocol import FRAME_TAIL, PROTOCOL_VERSION, Batch, Byteorder, FrameDecoder, FrameError, RawFrame, header_packer
 from .routing import Miss, Plan
+from .ratelimit import RateLimited
 from .sessions import SessionRegistry
+from .state import SharedSessions, SharedStateUnavailable
 
 logger = logging.getLogger("asyncapy")
 
@@ -81,6 +83,8 @@ class ServingContext:
     debug: bool = False
     max_pending: int = DEFAULT_MAX_PENDING
     handler_timeout: float | None = None
+    #: ``session_limit`` across servers (``shared_state``): admits each new session.
+    admission: SharedSessions | None = None
     # Worked out once here rather than once per connection:
     pack_header: Callable[[int, int, int], bytes] = field(init=False)
     encodings: frozenset[int] = field(init=False)
@@ -174,6 +178,8 @@ class Connection(asyncio.Protocol):
             return
         self._registered = True
         ctx.connections.add(self)
+        if ctx.admission is not None:
+            ctx.admission.admit(self)  # reading is held until the shared state counted it
         if logger.isEnabledFor(logging.INFO):  # session.id makes a UUID: only when it is logged
             logger.info("(%s) New session started from %s:%d", session.id, host, port)
         self._mark = self._clock()
@@ -222,6 +228,8 @@ class Connection(asyncio.Protocol):
             assert self.session is not None
             self._ctx.sessions.close(self.session)
             self._ctx.connections.discard(self)
+            if self._ctx.admission is not None:
+                self._ctx.admission.leave(self)
             if logger.isEnabledFor(logging.INFO):
                 logger.info("(%s) The connection was closed", self.session.id)
         self._wake_drainers()
@@ -502,6 +510,9 @@ class Connection(asyncio.Protocol):
         assert self.session is not None
         if isinstance(exc, asyncio.CancelledError):
             logger.info("(%s) A handler was cancelled", self.session.id)
+            return
+        if isinstance(exc, (SharedStateUnavailable, RateLimited)):  # a reply of their own (logged by the state)
+            self._send_error(exc.code, exc.detail, encoding)
             return
         logger.error("(%s) A handler raised while handling a packet", self.session.id, exc_info=exc)
         self._send_error(ERR_INTERNAL, "the handler failed; the error is in the server's log", encoding)

@@ -30,7 +30,7 @@ PROXY_HEADER_TIMEOUT: Final = 5.0
 class ProxiedConnection(Connection):
     """A ``Connection`` behind a load balancer; see the module docstring."""
 
-    __slots__ = ("_proxy", "_proxy_timer", "_proxy_peer", "_trusted")
+    __slots__ = ("_early", "_proxy", "_proxy_timer", "_proxy_peer", "_trusted")
 
     def __init__(self, ctx: ServingContext, trusted: tuple[Network, ...]) -> None:
         super().__init__(ctx)
@@ -38,6 +38,7 @@ class ProxiedConnection(Connection):
         self._proxy: ProxyHeaderDecoder | None = ProxyHeaderDecoder()
         self._proxy_timer: asyncio.TimerHandle | None = None
         self._proxy_peer = ("unknown", 0)
+        self._early = b""  # bytes after the header while the session waits to be admitted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -69,8 +70,17 @@ class ProxiedConnection(Connection):
             return
         host, port = event.source or self._proxy_peer
         self._open(host, port)
-        if decoder.rest:
+        if self._holds:  # a shared session_limit is admitting it: the packets wait
+            self._early = decoder.rest
+        elif decoder.rest:
             Connection.data_received(self, decoder.rest)
+
+    def _release_reading(self, reason: str) -> None:
+        Connection._release_reading(self, reason)
+        early = self._early
+        if early and not self._holds and not self.closing:
+            self._early = b""
+            Connection.data_received(self, early)
 
     def eof_received(self) -> bool | None:
         if self._proxy is not None:

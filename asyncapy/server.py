@@ -15,7 +15,10 @@ from typing import Any, Final, TypeVar
 from .codecs import get_codec
 from .config import load_config
 from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
+from .limited import limited_plan
 from .proxied import connection_factory
+from .ratelimit import RateLimit
+from .state import SharedSessions, SharedState
 from .proxy import Network, check_trusted_proxies
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
 from .packet import Packet
@@ -74,6 +77,9 @@ class Server:
             limits and logs see (``asyncapy.proxied``).
         trusted_proxies: addresses or networks allowed to send that header (default:
             this host, 127.0.0.0/8 and ::1); other connections are closed unanswered.
+        shared_state: a ``SharedState`` (``asyncapy.redis.RedisState``) that makes
+            ``session_limit`` hold across every server sharing it.
+        rate_limit: a ``RateLimit`` every packet is checked against before routing.
 
     Example:
         server = Server(port=1500)
@@ -108,6 +114,8 @@ class Server:
         uvloop: bool = False,
         proxy_protocol: bool = False,
         trusted_proxies: Sequence[str] | None = None,
+        shared_state: SharedState | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         settings: dict[str, Any] = dict(
             addr=addr,
@@ -153,6 +161,8 @@ class Server:
         self.uvloop = _check_uvloop(uvloop)
         self.proxy_protocol = bool(settings["proxy_protocol"])
         self.trusted_proxies: tuple[Network, ...] = check_trusted_proxies(self.proxy_protocol, settings["trusted_proxies"])
+        self.shared_state = shared_state
+        self.rate_limit = rate_limit
         self.router = Router()
         self._plan: Plan | None = None
         self._listener: asyncio.Server | None = None
@@ -272,8 +282,12 @@ class Server:
 
     def _serving_context(self, plan: Plan) -> ServingContext:
         """What the connections of one serving run share; ``asyncapy.testing`` builds one too."""
+        admission = None
+        if self.shared_state is not None and self.session_limit:
+            admission = SharedSessions(self.shared_state, self.session_limit)
         return ServingContext(
-            plan=plan,
+            plan=limited_plan(plan, self.rate_limit),
+            admission=admission,
             sessions=SessionRegistry(self.session_limit),
             header_size=self.header_size,
             byteorder=self.byteorder,
@@ -315,6 +329,8 @@ class Server:
         logger.info("Stopping: waiting for %d connection(s) to finish their packets", len(ctx.connections))
         await self._close_when_quiet(ctx)
         await self._flush_or_abort(ctx)
+        if ctx.admission is not None:
+            await ctx.admission.aclose()  # the closed sessions are forgotten in the shared state
         ctx.hosts.close()
         if ctx.sweeper is not None:
             ctx.sweeper.cancel()
