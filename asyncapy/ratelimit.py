@@ -19,13 +19,15 @@ import hashlib
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal, Union
 
 from .errors import ERR_RATE_LIMITED, AsyncAPYError
 from .state import SharedState
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from .packet import Packet
     from .peer import Client
 
@@ -116,7 +118,7 @@ class RateLimit:
         if per == "ip":
             return client.address
         if per == "api_key":
-            key = packet.payload.get(self.field)
+            key = _field(packet, self.field)
             if isinstance(key, str) and key:  # never the key itself in memory or in Redis
                 return "key:" + hashlib.sha256(key.encode()).hexdigest()[:32]
             return "ip:" + client.address
@@ -136,14 +138,18 @@ class RateLimit:
             return self._buckets.hit(self.identity(client, packet))
         return await self.state.hit(f"{self.name}:{self.identity(client, packet)}", self.interval, self.count)
 
-    async def __call__(self, client: Client, packet: Packet[Any]) -> None:
-        """Count ``packet``; raise ``RateLimited`` when it is over the limit (a dependency's form).
+    async def __call__(self, client: Client, packet: Packet[Any] | BaseModel | Mapping[str, Any]) -> None:
+        """Count ``packet``; raise ``RateLimited`` when it is over the limit.
+
+        The form for a handler (``await limit(client, packet)`` first thing: the reply
+        is then ERR_RATE_LIMITED) and for ``dependencies=[...]``. ``packet`` may be the
+        ``Packet``, or the model or map a handler received.
 
         Raises:
             RateLimited: over the limit.
             SharedStateUnavailable: the shared state did not answer.
         """
-        wait = await self.hit(client, packet)
+        wait = await self.hit(client, packet)  # type: ignore[arg-type]
         if wait:
             raise RateLimited(self.detail(wait), wait)
 
@@ -154,6 +160,16 @@ class RateLimit:
     def __repr__(self) -> str:
         where = "shared" if self.state is not None else "in memory"
         return f"RateLimit({self.rate!r}, per={self.per!r}, {where})"
+
+
+def _field(packet: Any, name: str) -> Any:
+    """``packet``'s field ``name``: a ``Packet``'s payload, a model's attribute or a map's key."""
+    payload = getattr(packet, "payload", None)
+    if isinstance(payload, Mapping):
+        return payload.get(name)
+    if isinstance(packet, Mapping):
+        return packet.get(name)
+    return getattr(packet, name, None)
 
 
 class _MemoryBuckets:
