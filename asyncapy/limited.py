@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Coroutine
 from typing import Any
 
 from .errors import ERR_INTERNAL, ERR_RATE_LIMITED, error_payload
@@ -17,28 +18,40 @@ from .state import SHARED_STATE_UNAVAILABLE, SharedStateUnavailable
 class LimitedPlan(Plan):
     """A ``Plan`` behind ``Server(rate_limit=...)``: the limit is checked before routing.
 
-    Never simple: every packet goes through ``dispatch``, which answers an over-limit
-    packet itself (ERR_RATE_LIMITED) or one the shared state could not count
-    (ERR_INTERNAL) and routes the rest.
+    An in-memory limit keeps a simple plan simple: ``start`` counts the packet, then
+    picks the handler as before. A shared limit awaits its backend, so every packet
+    goes through ``dispatch``. Either answers an over-limit packet itself
+    (ERR_RATE_LIMITED), or one the shared state could not count (ERR_INTERNAL).
     """
 
     limit: RateLimit = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         Plan.__post_init__(self)
-        object.__setattr__(self, "simple", False)
+        object.__setattr__(self, "simple", self.simple and self.limit.state is None)
+
+    def start(self, client: Client, packet: Packet[Any]) -> Coroutine[Any, Any, Any] | Miss:
+        wait = self.limit.hit_local(client, packet)
+        if wait:
+            return _answer(client, packet, ERR_RATE_LIMITED, self.limit.detail(wait))
+        return Plan.start(self, client, packet)
 
     async def dispatch(self, client: Client, packet: Packet[Any]) -> Miss | None:
         limit = self.limit
         try:
             wait = limit.hit_local(client, packet) if limit.state is None else await limit.hit(client, packet)
         except SharedStateUnavailable:
-            await client.send(error_payload(ERR_INTERNAL, SHARED_STATE_UNAVAILABLE), encoding=packet.encoding)
+            await _answer(client, packet, ERR_INTERNAL, SHARED_STATE_UNAVAILABLE)
             return None
         if wait:
-            await client.send(error_payload(ERR_RATE_LIMITED, limit.detail(wait)), encoding=packet.encoding)
+            await _answer(client, packet, ERR_RATE_LIMITED, limit.detail(wait))
             return None
         return await Plan.dispatch(self, client, packet)
+
+
+async def _answer(client: Client, packet: Packet[Any], code: str, detail: str) -> None:
+    """The error reply, in the encoding the packet declared; returns None (no reply to send)."""
+    await client.send(error_payload(code, detail), encoding=packet.encoding)
 
 
 def limited_plan(plan: Plan, limit: RateLimit | None) -> Plan:

@@ -8,7 +8,8 @@ Run one instance by hand (``stack.py`` starts two, a Redis and an HAProxy for yo
 Settings come from the environment: ``ASYNCAPY_REDIS_URL``, ``ASYNCAPY_NAMESPACE``,
 ``ASYNCAPY_SESSION_LIMIT`` (per client IP, across every instance), ``ASYNCAPY_RATE``
 (of ``{"kind": "limited"}``, per client IP, across every instance) and
-``ASYNCAPY_ADMIN_NETWORK`` (who may create and revoke API keys).
+``ASYNCAPY_ADMIN_NETWORK`` (who may create and revoke API keys); ``ASYNCAPY_PROXY_PROTOCOL=0``
+serves clients directly, without a balancer (the benchmark's "one instance" row).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ server = Server(
     1501,
     session_limit=int(os.environ.get("ASYNCAPY_SESSION_LIMIT", "10")),
     shared_state=STATE,
-    proxy_protocol=True,
+    proxy_protocol=os.environ.get("ASYNCAPY_PROXY_PROTOCOL", "1") == "1",  # 0: clients connect directly
 )
 
 
