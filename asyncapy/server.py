@@ -161,6 +161,10 @@ class Server:
         self.uvloop = _check_uvloop(uvloop)
         self.proxy_protocol = bool(settings["proxy_protocol"])
         self.trusted_proxies: tuple[Network, ...] = check_trusted_proxies(self.proxy_protocol, settings["trusted_proxies"])
+        if shared_state is not None and not isinstance(shared_state, SharedState):
+            raise ValueError(f"shared_state must be a SharedState such as asyncapy.redis.RedisState, not {shared_state!r}")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise ValueError(f"rate_limit must be an asyncapy.filters.RateLimit, e.g. RateLimit('100/minute'), not {rate_limit!r}")
         self.shared_state = shared_state
         self.rate_limit = rate_limit
         self.router = Router()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -217,3 +218,48 @@ def test_cli_proxy_protocol_and_trusted_proxy(tmp_path: Path, monkeypatch: pytes
                 pass
     assert proc.returncode == 0, proc.communicate()
     assert "not a trusted proxy" in proc.communicate()[1]
+
+
+#: Garbage connections against a proxied server: every class many times, still quick.
+GARBAGE_CONNECTIONS = 200
+
+
+def _garbage(rng: random.Random, port: int) -> bytes:
+    kind = rng.randrange(5)
+    if kind == 0:
+        return rng.randbytes(rng.randrange(120))
+    header = encode_v1(("203.0.113.1", 1), ("127.0.0.1", port)) if rng.random() < 0.5 else encode_v2(("203.0.113.1", 1))
+    if kind == 1:  # a valid header, garbage after it
+        return header + rng.randbytes(rng.randrange(60))
+    data = bytearray(header + _frame({"ok": 1}))
+    for _ in range(rng.randrange(1, 4)):  # a header with bytes flipped
+        data[rng.randrange(len(header))] ^= rng.randrange(1, 256)
+    if kind == 2:
+        return bytes(data)
+    if kind == 3:
+        return header[: rng.randrange(len(header))]  # cut short, then EOF
+    return b"PROXY " + rng.randbytes(rng.randrange(150))
+
+
+async def _garbage_connection(port: int, data: bytes) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    writer.write_eof()
+    try:
+        answer = await asyncio.wait_for(reader.read(), 10)
+    except ConnectionResetError:
+        answer = b""
+    while answer:  # whatever came back is whole frames of maps
+        size = int.from_bytes(answer[:4], "big")
+        assert answer[4] == 22 and isinstance(get_codec(answer[5]).decode(answer[6 : 4 + size]), dict)
+        answer = answer[4 + size :]
+    writer.close()
+
+
+async def test_proxied_server_survives_garbage(caplog: pytest.LogCaptureFixture) -> None:
+    rng = random.Random(12)
+    async with running(_whoami_server()) as server:
+        for _ in range(GARBAGE_CONNECTIONS // 25):
+            await asyncio.gather(*(_garbage_connection(server.port, _garbage(rng, server.port)) for _ in range(25)))
+        assert (await _ask(server.port, encode_v2(("203.0.113.3", 1))))["address"] == "203.0.113.3"
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
