@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from asyncapy.state import SHARED_STATE_UNAVAILABLE
-from examples.deploy.stack import MissingTool, Peer, Stack, find_tool, running_stack
+from examples.deploy.stack import MissingTool, Peer, Stack, find_tool, free_port, running_stack
+
+from .procs import server_process
+from .services import redis_process
 
 #: Packets sent on each connection while Redis is killed (bounded in count and time).
 DURING_OUTAGE = 200
@@ -146,3 +149,29 @@ def test_killing_redis_loses_no_reply_that_did_not_need_it(stack: Stack) -> None
     finally:
         for peer in peers:
             peer.close()
+
+
+def test_session_limit_across_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--workers 2``: each worker would admit one session on its own; together they admit one."""
+    with redis_process() as redis:
+        port = free_port()
+        monkeypatch.setenv("ASYNCAPY_REDIS_URL", redis.url)
+        monkeypatch.setenv("ASYNCAPY_SESSION_LIMIT", "1")
+        monkeypatch.setenv("ASYNCAPY_PROXY_PROTOCOL", "0")
+        args = ["-m", "asyncapy", "run", "examples.deploy.app:server", "--port", str(port), "--workers", "2"]
+        with server_process(args, port):
+            workers = set()
+            for _ in range(40):  # the kernel spreads connections over both workers
+                with Peer(port, local="127.0.0.1") as peer:
+                    workers.add(peer.request({"kind": "whoami"}).get("worker"))
+                if len(workers - {None}) == 2:
+                    break
+            assert len(workers - {None}) == 2
+            peers = [Peer(port, local="127.0.0.1") for _ in range(8)]
+            try:
+                replies = [peer.request({"kind": "whoami"}) for peer in peers]
+            finally:
+                for peer in peers:
+                    peer.close()
+            assert sum(1 for r in replies if r.get("kind") == "you") == 1
+            assert all(r["error"] == "ERR_SESSION_LIMIT_REACHED" for r in replies if r.get("kind") != "you")

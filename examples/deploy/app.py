@@ -48,6 +48,7 @@ class You(BaseModel):
     kind: Literal["you"] = "you"
     address: str
     instance: int  # the port of the instance that answered
+    worker: int  # its process id (several with --workers)
 
 
 class Limited(BaseModel):
@@ -68,7 +69,7 @@ class Private(BaseModel):
 @server.add_handler()
 async def whoami(client: Client, packet: WhoAmI) -> You:
     """Needs nothing shared: answers even while Redis is down."""
-    return You(address=client.address, instance=server.port)
+    return You(address=client.address, instance=server.port, worker=os.getpid())
 
 
 @server.add_handler()
