@@ -157,3 +157,27 @@ def test_store_factories_are_async_only() -> None:
     with pytest.raises(UsageError, match="aadd"):
         APIKeyFactory(["k"], store=RedisState())
     assert ApiKey(keys).cheap is False and ApiKey(APIKeyFactory()).cheap is True
+
+
+async def test_proxied_connection_waits_for_admission(redis_server: RedisProcess) -> None:  # noqa: F811
+    """Header and packets in one write: the packets wait until Redis admitted the real address."""
+    from asyncapy.proxy import encode_v2
+    from asyncapy.protocol import encode_frame
+
+    from .conftest import read_frame
+
+    state = RedisState(redis_server.url, namespace="s7")
+    server = _app(state, APIKeyFactory(), session_limit=1, shared_state=state, proxy_protocol=True)
+    async with running(server):
+        opened = []
+        for port in (1, 2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(encode_v2(("203.0.113.50", port)) + encode_frame(b'{"n": 1}', 0) + encode_frame(b'{"n": 2}', 0))
+            opened.append((reader, writer))
+        first = [await asyncio.wait_for(read_frame(opened[0][0]), 10) for _ in range(2)]
+        assert [f[1] for f in first] == [b'{"public":true,"address":"203.0.113.50"}'] * 2
+        refused = await asyncio.wait_for(read_frame(opened[1][0]), 10)
+        assert b"ERR_SESSION_LIMIT_REACHED" in refused[1] and b"203.0.113.50" in refused[1]
+        for _, writer in opened:
+            writer.close()
+    await state.aclose()
