@@ -148,7 +148,8 @@ class SharedSessions:
         try:
             admitted = await self.state.open_session(address, member, self.limit)
         except SharedStateUnavailable:
-            conn._refuse(ERR_INTERNAL, SHARED_STATE_UNAVAILABLE)
+            if not conn.closing:
+                conn._refuse(ERR_INTERNAL, SHARED_STATE_UNAVAILABLE)
             return
         if conn.closing:  # the peer left while we asked
             if admitted:
