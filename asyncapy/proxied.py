@@ -1,12 +1,13 @@
-"""``Server(proxy_protocol=True)``: connections that start with a PROXY header.
+"""Connections whose first packet waits: behind a PROXY header, or a shared admission.
 
-``ProxiedConnection`` is a ``Connection`` that first reads the PROXY header (with the
+With ``Server(proxy_protocol=True)``, ``GatedConnection`` first reads the PROXY header (with the
 sans-IO ``asyncapy.proxy`` decoder), then opens the session under the client's real
 address, so that ``client.address``, ``filters.Ip``, ``session_limit``, rate limits
 and the logs all see the client, not the balancer. A connection from an address
 outside ``trusted_proxies``, one whose header is invalid or does not come within
-``PROXY_HEADER_TIMEOUT``, is closed without a reply and logged. A server without
-``proxy_protocol`` uses the plain ``Connection``: it pays nothing for this.
+``PROXY_HEADER_TIMEOUT``, is closed without a reply and logged. With a
+``session_limit`` kept in the shared state, its packets wait until the session is
+admitted. A server with neither uses the plain ``Connection``: it pays nothing for this.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Final, cast
 from .connection import Connection, ServingContext
 from .protocol import NEED_DATA
 from .proxy import Network, ProxyHeader, ProxyHeaderDecoder, ProxyHeaderError, is_trusted
+from .state import _HOLD_ADMISSION
 
 logger = logging.getLogger("asyncapy")
 
@@ -27,20 +29,31 @@ logger = logging.getLogger("asyncapy")
 PROXY_HEADER_TIMEOUT: Final = 5.0
 
 
-class ProxiedConnection(Connection):
-    """A ``Connection`` behind a load balancer; see the module docstring."""
+class GatedConnection(Connection):
+    """A ``Connection`` whose packets wait for a gate: the PROXY header (when ``trusted``
+    is set), then the shared state's admission of its session (``SharedSessions``).
+
+    Pausing the transport is not enough to make bytes wait: Python 3.10's selector
+    transport starts reading after ``connection_made`` even when it was paused there.
+    So bytes that arrive while the session is being admitted are kept in ``_early``
+    (and reading is paused again) and handled once it is admitted.
+    """
 
     __slots__ = ("_early", "_proxy", "_proxy_timer", "_proxy_peer", "_trusted")
 
-    def __init__(self, ctx: ServingContext, trusted: tuple[Network, ...]) -> None:
+    def __init__(self, ctx: ServingContext, trusted: tuple[Network, ...] | None) -> None:
         super().__init__(ctx)
         self._trusted = trusted
-        self._proxy: ProxyHeaderDecoder | None = ProxyHeaderDecoder()
+        self._proxy: ProxyHeaderDecoder | None = ProxyHeaderDecoder() if trusted is not None else None
         self._proxy_timer: asyncio.TimerHandle | None = None
         self._proxy_peer = ("unknown", 0)
-        self._early = b""  # bytes after the header while the session waits to be admitted
+        #: Not None while the session waits to be admitted: the bytes received meanwhile.
+        self._early: bytearray | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._trusted is None:
+            Connection.connection_made(self, transport)
+            return
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("unknown", 0)
         self._proxy_peer = host, port = str(peer[0]), int(peer[1])
@@ -52,7 +65,19 @@ class ProxiedConnection(Connection):
         delay = min(timeout, PROXY_HEADER_TIMEOUT) if timeout else PROXY_HEADER_TIMEOUT
         self._proxy_timer = self._loop.call_later(delay, self._header_timed_out, delay)
 
+    def _open(self, host: str, port: int) -> None:
+        Connection._open(self, host, port)
+        if _HOLD_ADMISSION in self._holds:
+            self._early = bytearray()
+
     def data_received(self, data: bytes) -> None:
+        early = self._early
+        if early is not None:  # the session is being admitted
+            if not early and self._transport is not None:
+                self._transport.resume_reading()  # Python 3.10: paused in name only; pause for real
+                self._transport.pause_reading()
+            early += data
+            return
         decoder = self._proxy
         if decoder is None:
             Connection.data_received(self, data)
@@ -70,22 +95,28 @@ class ProxiedConnection(Connection):
             return
         host, port = event.source or self._proxy_peer
         self._open(host, port)
-        if self._holds:  # a shared session_limit is admitting it: the packets wait
-            self._early = decoder.rest
+        if self._early is not None:
+            self._early += decoder.rest
         elif decoder.rest:
             Connection.data_received(self, decoder.rest)
 
     def _release_reading(self, reason: str) -> None:
         Connection._release_reading(self, reason)
         early = self._early
-        if early and not self._holds and not self.closing:
-            self._early = b""
-            Connection.data_received(self, early)
+        if early is not None and not self._holds:
+            self._early = None
+            if early and not self.closing:
+                Connection.data_received(self, bytes(early))
+            if self._eof and not self._working:
+                self.close()  # the peer finished sending while it waited
 
     def eof_received(self) -> bool | None:
         if self._proxy is not None:
             self._drop(f"{self._proxy_peer[0]}:{self._proxy_peer[1]} closed before a whole PROXY header")
             return None
+        if self._early is not None:
+            self._eof = True
+            return True  # keep the write side open: its packets are answered once admitted
         return Connection.eof_received(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -114,7 +145,8 @@ class ProxiedConnection(Connection):
 
 
 def connection_factory(ctx: ServingContext, trusted: tuple[Network, ...] | None) -> Callable[[], Connection]:
-    """What the listener makes per accepted socket: a ``ProxiedConnection`` when ``trusted`` is set."""
-    if trusted is None:
+    """What the listener makes per accepted socket: a plain ``Connection`` unless a PROXY
+    header (``trusted`` set) or a shared admission gates it."""
+    if trusted is None and ctx.admission is None:
         return lambda: Connection(ctx)
-    return lambda: ProxiedConnection(ctx, trusted)
+    return lambda: GatedConnection(ctx, trusted)

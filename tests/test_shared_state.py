@@ -181,3 +181,22 @@ async def test_proxied_connection_waits_for_admission(redis_server: RedisProcess
         for _, writer in opened:
             writer.close()
     await state.aclose()
+
+
+async def test_packets_and_eof_sent_during_admission_are_answered(redis_server: RedisProcess) -> None:  # noqa: F811
+    """A client that sends its packets and half-closes at once, before Redis admitted it."""
+    from asyncapy.protocol import encode_frame
+
+    from .conftest import read_frame
+
+    state = RedisState(redis_server.url, namespace="s8")
+    server = _app(state, APIKeyFactory(), session_limit=3, shared_state=state)
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(encode_frame(b'{"n": 1}', 0) * 3)
+        writer.write_eof()
+        replies = [await asyncio.wait_for(read_frame(reader), 10) for _ in range(3)]
+        assert all(b'"public":true' in payload for _, payload in replies)
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+    await state.aclose()
