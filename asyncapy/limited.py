@@ -58,4 +58,4 @@ def limited_plan(plan: Plan, limit: RateLimit | None) -> Plan:
     """``plan`` with ``limit`` checked before routing (``plan`` itself when there is no limit)."""
     if limit is None:
         return plan
-    return LimitedPlan(plan.groups, limit)
+    return LimitedPlan(groups=plan.groups, app=plan.app, limit=limit)

@@ -20,18 +20,17 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal, Union
+from typing import Any, Final, Literal, Union
 
-from .errors import ERR_RATE_LIMITED, AsyncAPYError
+from .errors import ERR_RATE_LIMITED, ApiError
 from .state import SharedState
 
-if TYPE_CHECKING:
-    from pydantic import BaseModel
+from pydantic import BaseModel
 
-    from .packet import Packet
-    from .peer import Client
+from .packet import Packet
+from .peer import Client
 
-Per = Union[Literal["ip", "api_key"], Callable[["Client", "Packet[Any]"], str]]
+Per = Union[Literal["ip", "api_key"], Callable[[Client, Packet[Any]], str]]
 
 _UNITS: Final = {
     "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
@@ -62,14 +61,12 @@ def parse_rate(text: str) -> tuple[int, float]:
     return count, period
 
 
-class RateLimited(AsyncAPYError):
-    """Over a ``RateLimit``: the packet gets ERR_RATE_LIMITED; ``retry_after`` is in seconds."""
-
-    code = ERR_RATE_LIMITED
+class RateLimited(ApiError):
+    """Over a ``RateLimit``: an ``ApiError``, so the packet's reply is ERR_RATE_LIMITED
+    with ``detail`` saying when to retry; ``retry_after`` is in seconds."""
 
     def __init__(self, detail: str, retry_after: float) -> None:
-        super().__init__(detail)
-        self.detail = detail
+        super().__init__(ERR_RATE_LIMITED, detail)
         self.retry_after = retry_after
 
 
@@ -138,20 +135,24 @@ class RateLimit:
             return self._buckets.hit(self.identity(client, packet))
         return await self.state.hit(f"{self.name}:{self.identity(client, packet)}", self.interval, self.count)
 
-    async def __call__(self, client: Client, packet: Packet[Any] | BaseModel | Mapping[str, Any]) -> None:
+    async def acquire(self, client: Client, packet: Packet[Any] | BaseModel | Mapping[str, Any]) -> None:
         """Count ``packet``; raise ``RateLimited`` when it is over the limit.
 
-        The form for a handler (``await limit(client, packet)`` first thing: the reply
-        is then ERR_RATE_LIMITED) and for ``dependencies=[...]``. ``packet`` may be the
-        ``Packet``, or the model or map a handler received.
+        The form for a handler's body (``await limit.acquire(client, packet)``); the
+        reply is then ERR_RATE_LIMITED. ``packet`` may be the ``Packet``, or the model
+        or map the handler received.
 
         Raises:
-            RateLimited: over the limit.
-            SharedStateUnavailable: the shared state did not answer.
+            RateLimited: over the limit (an ``ApiError``).
+            SharedStateUnavailable: the shared state did not answer (an ``ApiError``).
         """
         wait = await self.hit(client, packet)  # type: ignore[arg-type]
         if wait:
             raise RateLimited(self.detail(wait), wait)
+
+    async def __call__(self, client: Client, packet: Packet) -> None:
+        """The dependency form: ``dependencies=[RateLimit(...)]`` on a handler or a ``Router``."""
+        await self.acquire(client, packet)
 
     def detail(self, wait: float) -> str:
         """The ERR_RATE_LIMITED detail for a packet that must wait ``wait`` seconds."""

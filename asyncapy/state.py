@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from .errors import ERR_INTERNAL, ERR_SESSION_LIMIT_REACHED, AsyncAPYError
+from .errors import ERR_INTERNAL, ERR_SESSION_LIMIT_REACHED, ApiError
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -47,14 +47,16 @@ REFRESHES_PER_TTL: Final = 3
 _HOLD_ADMISSION: Final = "admission"
 
 
-class SharedStateUnavailable(AsyncAPYError):
+class SharedStateUnavailable(ApiError):
     """The shared state (Redis) did not answer: it is down, unreachable or too slow.
 
-    What needed it gets ERR_INTERNAL with ``SHARED_STATE_UNAVAILABLE`` as detail.
+    An ``ApiError``: what needed it gets ERR_INTERNAL with ``SHARED_STATE_UNAVAILABLE``
+    as detail (``reason``, for the log, says what failed; it is never sent).
     """
 
-    code = ERR_INTERNAL
-    detail = SHARED_STATE_UNAVAILABLE
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(ERR_INTERNAL, SHARED_STATE_UNAVAILABLE)
+        self.reason = reason
 
 
 class SharedState(abc.ABC):

@@ -6,11 +6,13 @@ import time
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
-from asyncapy import Client, Packet, Session
+from asyncapy import Client, Packet, Router, Server, Session
 from asyncapy.filters import RateLimit
 from asyncapy.peer import CLOSED_LINK
 from asyncapy.ratelimit import RateLimited, parse_rate
+from asyncapy.testing import TestClient
 
 
 def _client(address: str = "192.0.2.1") -> Client:
@@ -85,3 +87,44 @@ def test_default_names_differ_per_call_site_and_are_stable() -> None:
     second = RateLimit("1/s")
     assert first.name != second.name and first.name.startswith("1/s:ip:test_ratelimit.py:")
     assert RateLimit("1/s", name="login").name == "login"
+
+
+class Search(BaseModel):
+    q: str
+
+
+class Keyed(BaseModel):
+    api_key: str
+
+
+def test_dependencies_on_a_handler_and_a_router() -> None:
+    server = Server(port=0)
+    router = Router(dependencies=[RateLimit("1/minute")])
+
+    @server.add_handler(dependencies=[RateLimit("2/minute")])
+    async def search(client: Client, packet: Packet[Search]) -> dict[str, Any]:
+        return {"found": packet.data.q}
+
+    @server.add_handler()
+    async def in_body(client: Client, packet: Search) -> dict[str, Any]:
+        return {"never": True}  # search takes every Search
+
+    @router.add_handler()
+    async def other(client: Client, packet: Packet) -> dict[str, Any]:
+        return {"other": True}
+
+    server.include_router(router)
+    with TestClient(server) as client:
+        replies = [client.request({"q": "x"}) for _ in range(3)]
+        assert replies[:2] == [{"found": "x"}] * 2
+        assert replies[2]["error"] == "ERR_RATE_LIMITED" and "2/minute" in replies[2]["detail"]
+        assert client.request({"z": 1}) == {"other": True}
+        assert client.request({"z": 1})["error"] == "ERR_RATE_LIMITED"  # the router's own bucket
+        assert client.request({"q": "y"})["error"] == "ERR_RATE_LIMITED"  # no later handler ran
+
+
+async def test_acquire_in_a_handler_body_takes_the_model() -> None:
+    limit = RateLimit("1/minute", per="api_key")
+    await limit.acquire(_client(), Keyed(api_key="k"))
+    with pytest.raises(RateLimited):
+        await limit.acquire(_client("192.0.2.99"), {"api_key": "k"})

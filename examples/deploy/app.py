@@ -72,9 +72,8 @@ async def whoami(client: Client, packet: WhoAmI) -> You:
     return You(address=client.address, instance=server.port, worker=os.getpid())
 
 
-@server.add_handler()
+@server.add_handler(dependencies=[LIMIT])  # ERR_RATE_LIMITED past the rate, counted on every instance
 async def limited(client: Client, packet: Limited) -> dict[str, object]:
-    await LIMIT(client, packet)  # ERR_RATE_LIMITED past the rate, counted on every instance
     return {"kind": "ok", "instance": server.port}
 
 

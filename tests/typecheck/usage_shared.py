@@ -31,9 +31,9 @@ server = Server(
 assert_type(server.trusted_proxies, tuple[Network, ...])
 
 
-@server.add_handler(ApiKey(keys))
+@server.add_handler(ApiKey(keys), dependencies=[per_key])
 async def search(client: Client, packet: Search) -> dict[str, list[str]]:
-    await per_key(client, packet)
+    await per_tenant.acquire(client, packet)
     return {"results": []}
 
 
