@@ -9,6 +9,8 @@
     │                          names the handler and says how to fix it (also a TypeError)
     ├── StopPropagation        control flow: ends the dispatch of one packet
     ├── ApiError               an application error reply: ``{"error": code, "detail": ...}``
+    │   ├── RateLimited        ERR_RATE_LIMITED, over a ``RateLimit`` (``asyncapy.ratelimit``)
+    │   └── SharedStateUnavailable  ERR_INTERNAL, Redis did not answer (``asyncapy.state``)
     └── ClientError            raised by ``asyncapy.client``
         ├── ConnectionClosed   the server closed the connection
         ├── ClientTimeout      no reply within the client's timeout (also a TimeoutError)

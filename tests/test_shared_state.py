@@ -19,6 +19,9 @@ from asyncapy.state import SHARED_STATE_UNAVAILABLE
 from .conftest import make_server, running
 from .services import RedisProcess, redis_server  # noqa: F401  (fixture)
 
+#: Redis calls of tests that do not test timeouts: generous, the machine may be busy.
+TIMEOUT = 3.0
+
 
 def _app(state: RedisState, keys: APIKeyFactory, **kwargs: Any) -> Server:
     server = make_server(**kwargs)
@@ -37,7 +40,7 @@ def _app(state: RedisState, keys: APIKeyFactory, **kwargs: Any) -> Server:
 @contextlib.asynccontextmanager
 async def _pair(url: str, namespace: str, **kwargs: Any) -> AsyncIterator[tuple[Server, Server, APIKeyFactory]]:
     """Two instances, each with its own RedisState object on the same Redis and namespace."""
-    states = [RedisState(url, namespace=namespace, timeout=0.3) for _ in range(2)]
+    states = [RedisState(url, namespace=namespace, timeout=TIMEOUT) for _ in range(2)]
     factories = [APIKeyFactory(store=state) for state in states]
     servers = [_app(state, keys, shared_state=state, **kwargs) for state, keys in zip(states, factories)]
     async with running(servers[0]) as first, running(servers[1]) as second:
@@ -63,9 +66,9 @@ async def test_session_limit_holds_across_instances(redis_server: RedisProcess) 
 
 
 async def test_a_dead_instances_sessions_expire_within_ttl(redis_server: RedisProcess) -> None:  # noqa: F811
-    ghost = RedisState(redis_server.url, namespace="s2", ttl=1.0)
+    ghost = RedisState(redis_server.url, namespace="s2", ttl=1.0, timeout=TIMEOUT)
     assert await ghost.open_session("127.0.0.1", "dead-instance:0", 1)  # then never refreshed
-    state = RedisState(redis_server.url, namespace="s2", ttl=1.0)
+    state = RedisState(redis_server.url, namespace="s2", ttl=1.0, timeout=TIMEOUT)
     server = _app(state, APIKeyFactory(), session_limit=1, shared_state=state)
     async with running(server):
         async with AsyncClient("127.0.0.1", server.port) as client:
@@ -88,15 +91,16 @@ async def test_key_created_on_one_instance_is_accepted_by_the_other(redis_server
             assert await keys.arevoke(key)
             assert (await client.request({"api_key": key}))["public"]  # falls through to the public handler
         assert await keys.acount() == 0
-        raw = await RedisState(redis_server.url, namespace="s3").redis.hgetall("s3:apikeys")
-        assert raw == {}
+        probe = RedisState(redis_server.url, namespace="s3", timeout=TIMEOUT)
+        assert await probe.redis.hgetall("s3:apikeys") == {}
         await keys.aadd(key)
-        stored = await RedisState(redis_server.url, namespace="s3").redis.hkeys("s3:apikeys")
+        stored = await probe.redis.hkeys("s3:apikeys")
         assert stored == [hashlib.sha256(key.encode()).hexdigest().encode()]  # the digest, never the key
+        await probe.aclose()
 
 
 async def test_server_wide_rate_limit_across_instances(redis_server: RedisProcess) -> None:  # noqa: F811
-    state = RedisState(redis_server.url, namespace="s4")
+    state = RedisState(redis_server.url, namespace="s4", timeout=TIMEOUT)
     limit = RateLimit("3/minute", state=state)
     servers = [_app(state, APIKeyFactory(), rate_limit=limit) for _ in range(2)]
     async with running(servers[0]) as first, running(servers[1]) as second:
@@ -166,7 +170,7 @@ async def test_proxied_connection_waits_for_admission(redis_server: RedisProcess
 
     from .conftest import read_frame
 
-    state = RedisState(redis_server.url, namespace="s7")
+    state = RedisState(redis_server.url, namespace="s7", timeout=TIMEOUT)
     server = _app(state, APIKeyFactory(), session_limit=1, shared_state=state, proxy_protocol=True)
     async with running(server):
         opened = []
@@ -189,7 +193,7 @@ async def test_packets_and_eof_sent_during_admission_are_answered(redis_server: 
 
     from .conftest import read_frame
 
-    state = RedisState(redis_server.url, namespace="s8")
+    state = RedisState(redis_server.url, namespace="s8", timeout=TIMEOUT)
     server = _app(state, APIKeyFactory(), session_limit=3, shared_state=state)
     async with running(server):
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)

@@ -6,7 +6,7 @@ Run one instance by hand (``stack.py`` starts two, a Redis and an HAProxy for yo
         asyncapy run examples.deploy.app:server --port 1501 --proxy-protocol --trusted-proxy 127.0.0.1
 
 Settings come from the environment: ``ASYNCAPY_REDIS_URL``, ``ASYNCAPY_NAMESPACE``,
-``ASYNCAPY_SESSION_LIMIT`` (per client IP, across every instance), ``ASYNCAPY_RATE``
+``ASYNCAPY_REDIS_TIMEOUT`` (seconds), ``ASYNCAPY_SESSION_LIMIT`` (per client IP, across every instance), ``ASYNCAPY_RATE``
 (of ``{"kind": "limited"}``, per client IP, across every instance) and
 ``ASYNCAPY_ADMIN_NETWORK`` (who may create and revoke API keys); ``ASYNCAPY_PROXY_PROTOCOL=0``
 serves clients directly, without a balancer (the benchmark's "one instance" row).
@@ -26,6 +26,7 @@ from asyncapy.redis import RedisState
 STATE = RedisState(
     os.environ.get("ASYNCAPY_REDIS_URL", "redis://127.0.0.1:6379/0"),
     namespace=os.environ.get("ASYNCAPY_NAMESPACE", "deploy-demo"),
+    timeout=float(os.environ.get("ASYNCAPY_REDIS_TIMEOUT", "0.5")),
 )
 KEYS = APIKeyFactory(store=STATE)
 LIMIT = RateLimit(os.environ.get("ASYNCAPY_RATE", "5/minute"), state=STATE, name="limited")

@@ -60,6 +60,8 @@ class Stack:
     session_limit: int = 10
     rate: str = "5/minute"
     namespace: str = "deploy-demo"
+    #: Generous: the demo and the tests may run on a busy machine (a dead Redis fails at once anyway).
+    redis_timeout: float = 2.0
     redis_port: int = field(default_factory=free_port)
     app_ports: tuple[int, int] = field(default_factory=lambda: (free_port(), free_port()))
     front_port: int = field(default_factory=free_port)
@@ -77,6 +79,7 @@ class Stack:
             ASYNCAPY_NAMESPACE=self.namespace,
             ASYNCAPY_SESSION_LIMIT=str(self.session_limit),
             ASYNCAPY_RATE=self.rate,
+            ASYNCAPY_REDIS_TIMEOUT=str(self.redis_timeout),
             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         )
         for n, port in enumerate(self.app_ports, 1):
