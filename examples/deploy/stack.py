@@ -1,7 +1,7 @@
 """Start the whole deployment on loopback ports: one Redis, two asyncapy instances, one HAProxy.
 
-    python -m examples.deploy.stack          # start it, show what it does, stop it
-    python -m examples.deploy.stack --keep   # ... and keep it running until Ctrl-C
+    .venv/bin/python -m examples.deploy.stack          # start it, show what it does, stop it
+    .venv/bin/python -m examples.deploy.stack --keep   # ... and keep it running until Ctrl-C
 
 Needs ``redis-server`` and ``haproxy`` (``apt-get install -y redis-server haproxy``).
 Every process gets a free port and is ended on exit; the tests use this same module.
