@@ -83,7 +83,7 @@ class ServingContext:
     debug: bool = False
     max_pending: int = DEFAULT_MAX_PENDING
     handler_timeout: float | None = None
-    #: ``session_limit`` across servers (``shared_state``): admits each new session.
+    #: ``session_limit`` across servers (``shared_state``): admits each new session (``asyncapy.proxied``).
     admission: SharedSessions | None = None
     # Worked out once here rather than once per connection:
     pack_header: Callable[[int, int, int], bytes] = field(init=False)
@@ -163,10 +163,7 @@ class Connection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport; they have its methods.
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("unknown", 0)
-        self._open(str(peer[0]), int(peer[1]))
-
-    def _open(self, host: str, port: int) -> None:
-        """Start the session of the client at ``host:port`` (the real one behind a PROXY header)."""
+        host, port = str(peer[0]), int(peer[1])
         ctx = self._ctx
         self.session = session = Session(host, port)
         self.client = Client(host, port, session, self, ctx.sessions, ctx.default_encoding_name)
@@ -178,8 +175,6 @@ class Connection(asyncio.Protocol):
             return
         self._registered = True
         ctx.connections.add(self)
-        if ctx.admission is not None:
-            ctx.admission.admit(self)  # reading is held until the shared state counted it
         if logger.isEnabledFor(logging.INFO):  # session.id makes a UUID: only when it is logged
             logger.info("(%s) New session started from %s:%d", session.id, host, port)
         self._mark = self._clock()
@@ -228,8 +223,6 @@ class Connection(asyncio.Protocol):
             assert self.session is not None
             self._ctx.sessions.close(self.session)
             self._ctx.connections.discard(self)
-            if self._ctx.admission is not None:
-                self._ctx.admission.leave(self)
             if logger.isEnabledFor(logging.INFO):
                 logger.info("(%s) The connection was closed", self.session.id)
         self._wake_drainers()

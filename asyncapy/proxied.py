@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Any, Final, cast
 
 from .connection import Connection, ServingContext
 from .protocol import NEED_DATA
 from .proxy import Network, ProxyHeader, ProxyHeaderDecoder, ProxyHeaderError, is_trusted
-from .state import _HOLD_ADMISSION
+
 
 logger = logging.getLogger("asyncapy")
 
@@ -53,6 +53,7 @@ class GatedConnection(Connection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._trusted is None:
             Connection.connection_made(self, transport)
+            self._admit()
             return
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("unknown", 0)
@@ -65,10 +66,18 @@ class GatedConnection(Connection):
         delay = min(timeout, PROXY_HEADER_TIMEOUT) if timeout else PROXY_HEADER_TIMEOUT
         self._proxy_timer = self._loop.call_later(delay, self._header_timed_out, delay)
 
-    def _open(self, host: str, port: int) -> None:
-        Connection._open(self, host, port)
-        if _HOLD_ADMISSION in self._holds:
+    def _open(self, transport: asyncio.Transport, host: str, port: int) -> None:
+        """Start the session of the client at ``host:port``, the one the PROXY header named."""
+        Connection.connection_made(self, cast(asyncio.Transport, _RealPeer(transport, (host, port))))
+        self._transport = transport
+        self._admit()
+
+    def _admit(self) -> None:
+        """With a shared ``session_limit``: hold the packets until the shared state counted the session."""
+        admission = self._ctx.admission
+        if admission is not None and self._registered:
             self._early = bytearray()
+            admission.admit(self)
 
     def data_received(self, data: bytes) -> None:
         early = self._early
@@ -94,7 +103,8 @@ class GatedConnection(Connection):
             self._drop(f"invalid PROXY header from {self._proxy_peer[0]}:{self._proxy_peer[1]}: {reason}")
             return
         host, port = event.source or self._proxy_peer
-        self._open(host, port)
+        assert self._transport is not None
+        self._open(self._transport, host, port)
         if self._early is not None:
             self._early += decoder.rest
         elif decoder.rest:
@@ -121,6 +131,8 @@ class GatedConnection(Connection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._registered and self._ctx.admission is not None:
+            self._ctx.admission.leave(self)
         Connection.connection_lost(self, exc)
 
     def _header_timed_out(self, delay: float) -> None:
@@ -142,6 +154,25 @@ class GatedConnection(Connection):
         if self._proxy_timer is not None:
             self._proxy_timer.cancel()
             self._proxy_timer = None
+
+
+class _RealPeer:
+    """The transport as ``Connection.connection_made`` sees it behind a PROXY header: its
+    ``peername`` is the client's address; everything else is the transport's."""
+
+    __slots__ = ("_transport", "_peer")
+
+    def __init__(self, transport: asyncio.Transport, peer: tuple[str, int]) -> None:
+        self._transport = transport
+        self._peer = peer
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self._peer
+        return self._transport.get_extra_info(name, default)
+
+    def __getattr__(self, name: str) -> Any:  # write, close, pause_reading... while the session opens
+        return getattr(self._transport, name)
 
 
 def connection_factory(ctx: ServingContext, trusted: tuple[Network, ...] | None) -> Callable[[], Connection]:

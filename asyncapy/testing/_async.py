@@ -10,6 +10,7 @@ from typing import Any
 
 from ..client import ClientCore, Sendable, check_reply
 from ..connection import Connection, ServingContext
+from ..proxied import connection_factory
 from ..errors import ClientTimeout
 from ..protocol import Frame
 from ..server import Server
@@ -25,7 +26,7 @@ class _Link:
     def __init__(self, ctx: ServingContext, peer: tuple[str, int], sockname: tuple[str, int], core: ClientCore) -> None:
         self.core = core
         self.arrived = asyncio.Event()
-        self.connection = Connection(ctx)
+        self.connection = connection_factory(ctx, None)()  # a Connection, gated by a shared session_limit
         extra = {"peername": peer, "sockname": sockname}
         self.transport = MemoryTransport(self.connection, extra, self._on_write, self._on_close)
         self.connection.connection_made(self.transport)
