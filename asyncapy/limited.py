@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .errors import ERR_INTERNAL, ERR_RATE_LIMITED, error_payload
@@ -25,13 +25,15 @@ class LimitedPlan(Plan):
     """
 
     limit: RateLimit = field(default=None)  # type: ignore[assignment]
+    _count: Callable[[Client, Packet[Any]], float] = field(init=False)
 
     def __post_init__(self) -> None:
         Plan.__post_init__(self)
         object.__setattr__(self, "simple", self.simple and self.limit.state is None)
+        object.__setattr__(self, "_count", self.limit.local_counter())
 
     def start(self, client: Client, packet: Packet[Any]) -> Coroutine[Any, Any, Any] | Miss:
-        wait = self.limit.hit_local(client, packet)
+        wait = self._count(client, packet)
         if wait:
             return _answer(client, packet, ERR_RATE_LIMITED, self.limit.detail(wait))
         return Plan.start(self, client, packet)
@@ -39,7 +41,7 @@ class LimitedPlan(Plan):
     async def dispatch(self, client: Client, packet: Packet[Any]) -> Miss | None:
         limit = self.limit
         try:
-            wait = limit.hit_local(client, packet) if limit.state is None else await limit.hit(client, packet)
+            wait = self._count(client, packet) if limit.state is None else await limit.hit(client, packet)
         except SharedStateUnavailable:
             await _answer(client, packet, ERR_INTERNAL, SHARED_STATE_UNAVAILABLE)
             return None

@@ -40,7 +40,7 @@ import servers  # noqa: E402
 from bench_connection import SinkTransport, frame  # noqa: E402
 
 from asyncapy import APIKeyFactory, Server  # noqa: E402
-from asyncapy.connection import Connection  # noqa: E402
+from asyncapy.proxied import connection_factory  # noqa: E402
 from asyncapy.filters import RateLimit  # noqa: E402
 from asyncapy.redis import RedisState  # noqa: E402
 from examples.deploy.stack import find_tool, free_port, running_stack  # noqa: E402
@@ -138,7 +138,7 @@ async def _until(transport: WaitingTransport, ready: Callable[[], bool]) -> None
 
 async def per_packet(server: Server, packets: int) -> float:
     ctx = server._serving_context(server.compile())
-    conn = Connection(ctx)
+    conn = connection_factory(ctx, None)()
     transport = WaitingTransport()
     conn.connection_made(transport)
     await _until(transport, transport.is_reading)
@@ -157,7 +157,7 @@ async def per_connection(server: Server, connections: int) -> float:
     data = frame(PERSON)
     start = time.perf_counter()
     for _ in range(connections):
-        conn = Connection(ctx)
+        conn = connection_factory(ctx, None)()  # gated by the shared admission when there is one
         transport = WaitingTransport()
         conn.connection_made(transport)
         await _until(transport, transport.is_reading)
