@@ -66,11 +66,16 @@ class GatedConnection(Connection):
         delay = min(timeout, PROXY_HEADER_TIMEOUT) if timeout else PROXY_HEADER_TIMEOUT
         self._proxy_timer = self._loop.call_later(delay, self._header_timed_out, delay)
 
-    def _open(self, transport: asyncio.Transport, host: str, port: int) -> None:
-        """Start the session of the client at ``host:port``, the one the PROXY header named."""
+    def _open(self, transport: asyncio.Transport, host: str, port: int, client: bool) -> None:
+        """Start the session of the client at ``host:port``, the one the PROXY header named.
+
+        ``client`` is False for the proxy's own connections (a LOCAL or UNKNOWN header:
+        health checks): they are not counted against the shared ``session_limit``.
+        """
         Connection.connection_made(self, cast(asyncio.Transport, _RealPeer(transport, (host, port))))
         self._transport = transport
-        self._admit()
+        if client:
+            self._admit()
 
     def _admit(self) -> None:
         """With a shared ``session_limit``: hold the packets until the shared state counted the session."""
@@ -104,7 +109,7 @@ class GatedConnection(Connection):
             return
         host, port = event.source or self._proxy_peer
         assert self._transport is not None
-        self._open(self._transport, host, port)
+        self._open(self._transport, host, port, event.source is not None)
         if self._early is not None:
             self._early += decoder.rest
         elif decoder.rest:

@@ -204,3 +204,25 @@ async def test_packets_and_eof_sent_during_admission_are_answered(redis_server: 
         assert await asyncio.wait_for(reader.read(), 10) == b""
         writer.close()
     await state.aclose()
+
+
+async def test_the_proxys_own_health_checks_skip_the_shared_admission(redis_server: RedisProcess) -> None:  # noqa: F811
+    """A LOCAL header (HAProxy's health check) is served even while Redis is down."""
+    from asyncapy.proxy import encode_v2
+    from asyncapy.protocol import encode_frame
+
+    from .conftest import read_frame
+
+    state = RedisState(redis_server.url, namespace="s9", timeout=TIMEOUT)
+    server = _app(state, APIKeyFactory(), session_limit=5, shared_state=state, proxy_protocol=True)
+    async with running(server):
+        redis_server.kill()
+        replies = []
+        for header in (encode_v2(None), encode_v2(("203.0.113.60", 1))):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(header + encode_frame(b"{}", 0))
+            replies.append((await asyncio.wait_for(read_frame(reader), 10))[1])
+            writer.close()
+        assert b'"public":true' in replies[0]  # the proxy's own connection: not counted
+        assert b"the shared state is unavailable" in replies[1]  # a client's: needs Redis
+    await state.aclose()
