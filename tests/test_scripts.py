@@ -47,13 +47,10 @@ def test_scripts_run_sets_itself_up_in_a_fresh_clone(tmp_path: Path) -> None:
 
 
 def test_scripts_test_exits_non_zero_when_tests_fail(tmp_path: Path) -> None:
-    failing = ROOT / "tests" / f"test_zz_failing_{os.getpid()}.py"
+    failing = tmp_path / "test_failing.py"
     failing.write_text("def test_fails() -> None:\n    assert False\n")
-    try:
-        env = dict(os.environ, ASYNCAPY_NO_APT="1")
-        out = subprocess.run(["scripts/test", str(failing), "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    finally:
-        failing.unlink()
+    env = dict(os.environ, ASYNCAPY_NO_APT="1")
+    out = subprocess.run(["scripts/test", str(failing), "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "1 failed" in out.stdout, out.stdout + out.stderr
 
 
