@@ -70,12 +70,12 @@ SHELL = [b for b in blocks(ROOT / "README.md") if b.lang in ("sh", "bash", "shel
 
 
 def shell_units() -> list[tuple[Block, Block | None]]:
-    """Each shell block alone, or a server block with the block that runs against it."""
+    """Each shell block alone, or a server block with the block that runs against it (if any)."""
     units: list[tuple[Block, Block | None]] = []
     i = 0
     while i < len(SHELL):
-        if SHELL[i].is_server and i + 1 < len(SHELL):
-            units.append((SHELL[i], SHELL[i + 1]))
+        if SHELL[i].is_server:
+            units.append((SHELL[i], SHELL[i + 1] if i + 1 < len(SHELL) else None))
             i += 2
         else:
             units.append((SHELL[i], None))
@@ -141,7 +141,7 @@ def test_shell_block_runs(unit: tuple[Block, Block | None]) -> None:
         pytest.fail("the README's commands use .venv: run scripts/test (or scripts/run) once to create it")
     first, then = unit
     port = free_port()
-    if then is None:
+    if not first.is_server:
         run_shell(first, port)
         return
     server = subprocess.Popen(
@@ -150,7 +150,8 @@ def test_shell_block_runs(unit: tuple[Block, Block | None]) -> None:
     )
     try:
         wait_listening(port, server, first)
-        run_shell(then, port)
+        if then is not None:
+            run_shell(then, port)
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGINT)
