@@ -9,13 +9,15 @@
   the next ```sh block runs against it, then it gets SIGINT and must exit 0.
   Two commands are shortened, since the test checks the command, not the duration:
   ``scripts/test`` runs one test file (the whole suite would run itself), and
-  ``benchmarks/run.py`` runs 1 s rows once.
+  ``benchmarks/run.py`` runs 1 s rows once. A comment ``# prints {...}`` (or ``# {...}``)
+  is checked: the block must print that JSON value on a line of its own.
 - Every relative link resolves to a file (and its ``#anchor`` to a heading), and every
   repository path in backticks exists.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -112,11 +114,24 @@ def shell_env(port: int) -> dict[str, str]:
     return dict(os.environ, PORT=str(port), PYTHONUNBUFFERED="1", ASYNCAPY_NO_APT="1")
 
 
+def promised_json(code: str) -> list[object]:
+    """The JSON values the block's comments say it prints (``# prints {...}`` or ``# {...}``)."""
+    return [json.loads(m) for m in re.findall(r"#\s*(?:prints\s+)?(\{.*\})\s*$", code, flags=re.M)]
+
+
 def run_shell(block: Block, port: int) -> None:
     out = subprocess.run(
         ["bash", "-c", rewrite(block.code, port)], cwd=ROOT, env=shell_env(port), capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, f"{block.id} failed (exit {out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    printed = []
+    for line in out.stdout.splitlines():
+        try:
+            printed.append(json.loads(line))
+        except ValueError:
+            pass
+    for value in promised_json(block.code):
+        assert value in printed, f"{block.id}: the README says it prints {value}, it printed:\n{out.stdout[-2000:]}"
 
 
 def wait_listening(port: int, proc: subprocess.Popen[str], block: Block) -> None:
