@@ -25,6 +25,8 @@ from pathlib import Path
 
 import msgpack
 
+import peers  # beside this script, so on sys.path when it runs
+
 HERE = Path(__file__).resolve().parent
 LOADGEN = HERE / "loadgen"
 LOADGEN_SRC = HERE / "loadgen.c"
@@ -179,9 +181,6 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30
 
 def check_peer(spec: Spec, port: int) -> None:
     """One request with the peer's own client: the drivers count HTTP statuses only."""
-    sys.path.insert(0, str(HERE))
-    import peers
-
     if spec.kind == "grpc":
         answer = peers.grpc_check(port)
     else:
@@ -245,9 +244,6 @@ def percentile(values: list[float], p: float) -> float:
 
 def drive_h2load(port: int, args: argparse.Namespace, amount: list[str], tmp: Path) -> Stats:
     """h2load: 50 HTTP/2 connections, one stream in flight each (``-m 1``), one thread."""
-    sys.path.insert(0, str(HERE))
-    import peers
-
     body, log = tmp / "grpc.body", tmp / "h2load.log"
     body.write_bytes(peers.GRPC_BODY)
     log.unlink(missing_ok=True)
