@@ -4,7 +4,9 @@
   (as a module named ``readme_block``, so ``if __name__ == "__main__":`` stays shut), from
   an empty directory with the repository on ``sys.path``.
 - Each ```sh block runs in bash (``set -eo pipefail``) from the repository's root, with
-  port 1500 rewritten to a free port (and ``PORT`` set to it). A block whose only command
+  ``.venv/bin`` first on ``PATH`` (as after ``source .venv/bin/activate``), and each port
+  it names (``127.0.0.1:N``, ``localhost:N``, ``--port N``; 1500 always) rewritten to a
+  free port; ``PORT`` is set to the one for 1500. A block whose only command
   is a server, marked by a comment containing ``Ctrl-C``, is started in the background;
   the next ```sh block runs against it, then it gets SIGINT and must exit 0.
   Two commands are shortened, since the test checks the command, not the duration:
@@ -34,6 +36,7 @@ from .procs import ROOT, free_port
 
 DOCS = [ROOT / "README.md", ROOT / "docs" / "routing.md"]
 README_PORT = "1500"
+PORT_USE = re.compile(r"(?:127\.0\.0\.1:|localhost:|--port[ =])(\d{4,5})\b")
 SERVER_MARK = "Ctrl-C"
 REWRITES = [  # (pattern on a command line without its comment, replacement)
     (re.compile(r"^scripts/test\s*$"), "scripts/test tests/test_protocol.py -q"),
@@ -99,9 +102,16 @@ def test_python_block_runs_alone(block: Block, tmp_path: Path) -> None:
     assert out.returncode == 0, f"{block.id} failed when run alone:\n{out.stderr[-3000:]}"
 
 
-def rewrite(code: str, port: int) -> str:
+def free_ports(*codes: str) -> dict[str, str]:
+    """A free port for each port the blocks name (and for 1500, which ``PORT`` stands for)."""
+    named = {README_PORT, *(m for code in codes for m in PORT_USE.findall(code))}
+    return {port: str(free_port()) for port in named}
+
+
+def rewrite(code: str, ports: dict[str, str]) -> str:
+    code = re.sub(r"\b\d{4,5}\b", lambda m: ports.get(m.group(0), m.group(0)), code)
     lines = []
-    for line in code.replace(README_PORT, str(port)).splitlines():
+    for line in code.splitlines():
         command, comment = re.match(r"^(.*?)(\s+#\s.*)?$", line).groups(default="")  # type: ignore[union-attr]
         for pattern, replacement in REWRITES:
             command = pattern.sub(replacement, command)
@@ -109,9 +119,10 @@ def rewrite(code: str, port: int) -> str:
     return "set -eo pipefail\n" + "\n".join(lines) + "\n"
 
 
-def shell_env(port: int) -> dict[str, str]:
+def shell_env(ports: dict[str, str]) -> dict[str, str]:
     # scripts/test inside a test only reports missing Debian packages, never installs them.
-    return dict(os.environ, PORT=str(port), PYTHONUNBUFFERED="1", ASYNCAPY_NO_APT="1")
+    path = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+    return dict(os.environ, PATH=path, PORT=ports[README_PORT], PYTHONUNBUFFERED="1", ASYNCAPY_NO_APT="1")
 
 
 def promised_json(code: str) -> list[object]:
@@ -119,9 +130,9 @@ def promised_json(code: str) -> list[object]:
     return [json.loads(m) for m in re.findall(r"#\s*(?:prints\s+)?(\{.*\})\s*$", code, flags=re.M)]
 
 
-def run_shell(block: Block, port: int) -> None:
+def run_shell(block: Block, ports: dict[str, str]) -> None:
     out = subprocess.run(
-        ["bash", "-c", rewrite(block.code, port)], cwd=ROOT, env=shell_env(port), capture_output=True, text=True, timeout=300
+        ["bash", "-c", rewrite(block.code, ports)], cwd=ROOT, env=shell_env(ports), capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, f"{block.id} failed (exit {out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
     printed = []
@@ -155,18 +166,20 @@ def test_shell_block_runs(unit: tuple[Block, Block | None]) -> None:
     if not (ROOT / ".venv" / "bin" / "python").exists():
         pytest.fail("the README's commands use .venv: run scripts/test (or scripts/run) once to create it")
     first, then = unit
-    port = free_port()
+    ports = free_ports(first.code, then.code if then else "")
     if not first.is_server:
-        run_shell(first, port)
+        run_shell(first, ports)
         return
+    listens = PORT_USE.findall(first.code)
+    port = int(ports[listens[0] if listens else README_PORT])
     server = subprocess.Popen(
-        ["bash", "-c", "exec " + rewrite(first.code, port).splitlines()[1]],
-        cwd=ROOT, env=shell_env(port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        ["bash", "-c", "exec " + rewrite(first.code, ports).splitlines()[1]],
+        cwd=ROOT, env=shell_env(ports), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
         wait_listening(port, server, first)
         if then is not None:
-            run_shell(then, port)
+            run_shell(then, ports)
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGINT)
