@@ -82,12 +82,12 @@ static void *xrealloc(void *p, size_t n) {
     return p;
 }
 
-static void usage(void) {
-    fprintf(stderr,
+static void usage(int status) {
+    fprintf(status ? stderr : stdout,
             "usage: loadgen --port P (--duration S | --requests N) [--host 127.0.0.1] [--conns 50]\n"
             "               [--depth 1] [--payload JSON | --payload-file F] [--enc 0|1] [--reconnect]\n"
             "               [--header-size 4] [--expect TEXT] [--timeout S] [-v]\n");
-    exit(2);
+    exit(status);
 }
 
 static void build_frame(const unsigned char *payload, size_t n, int enc) {
@@ -301,12 +301,13 @@ static void parse_args(int argc, char **argv) {
         case 'x': opt.expect = optarg; break;
         case 't': opt.timeout = atof(optarg); break;
         case 'v': opt.verbose = 1; break;
-        default: usage();
+        case 'h': usage(0); break;
+        default: usage(2);
         }
     }
     if (port <= 0 || port > 65535 || opt.conns < 1 || opt.depth < 1 || opt.header_size < 1 || opt.header_size > 8 ||
         (enc != 0 && enc != 1) || (opt.duration <= 0) == (opt.requests <= 0))
-        usage();
+        usage(2);
     if (opt.reconnect) opt.depth = 1;
     opt.addr.sin_family = AF_INET;
     opt.addr.sin_port = htons((uint16_t)port);
