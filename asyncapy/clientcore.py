@@ -1,0 +1,186 @@
+"""The client side of AsyncAProto without I/O, shared by every client.
+
+``ClientCore`` turns objects into frames and received bytes into replies, and knows
+whether its connection is still in step; ``read_reply`` turns a reply map into what
+``request`` returns. The blocking ``Client``, the ``AsyncClient`` and the test
+clients only move bytes between a socket (or memory) and this module.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from .codecs import CODECS, DecodeError, get_codec
+from .errors import (
+    ConnectionClosed,
+    ErrorReply,
+    HeaderInvalid,
+    PayloadTooLarge,
+    ProtocolError,
+    ReplyValidationError,
+    RequestMalformed,
+)
+from .packet import Packet
+from .peer import encode_payload
+from .protocol import (
+    CLIENT_MAX_PACKET_SIZE,
+    NEED_DATA,
+    Byteorder,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    check_byteorder,
+    check_header_size,
+    encode_frame,
+)
+
+Sendable = Packet[Any] | Mapping[str, Any] | BaseModel
+T = TypeVar("T")
+
+_ERRORS: dict[str, type[ProtocolError]] = {
+    "ERR_HEADER_INVALID": HeaderInvalid,
+    "ERR_PAYLOAD_TOO_LARGE": PayloadTooLarge,
+}
+
+
+class ClientCore:
+    """One connection's protocol state: framing, the receive buffer, end of stream.
+
+    Args:
+        encoding: the default encoding of sent packets.
+        header_size, byteorder: the Content-Length field, as the server has it.
+        max_packet_size: the largest reply accepted.
+        address: "host:port", for error messages.
+    """
+
+    def __init__(
+        self,
+        encoding: str = "json",
+        header_size: int = 4,
+        byteorder: str = "big",
+        max_packet_size: int = CLIENT_MAX_PACKET_SIZE,
+        address: str = "",
+    ) -> None:
+        self.encoding = get_codec(encoding).name
+        self.header_size = check_header_size(header_size)
+        self.byteorder: Byteorder = check_byteorder(byteorder)
+        self.max_packet_size = max_packet_size
+        self.address = address
+        self._decoder = FrameDecoder(self.header_size, self.byteorder, max_packet_size, frozenset(CODECS))
+        self.eof = False
+
+    def fresh(self) -> ClientCore:
+        """A core with the same settings and nothing received, for a new connection."""
+        return ClientCore(self.encoding, self.header_size, self.byteorder, self.max_packet_size, self.address)
+
+    def frame(self, obj: Sendable, encoding: str | None = None) -> bytes:
+        """The bytes that send ``obj`` (a dict, a model or a ``Packet``)."""
+        codec = get_codec(encoding or self.encoding)
+        return encode_frame(encode_payload(obj, codec.name), codec.id, self.header_size, self.byteorder)
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes read from the server; ``b""`` means it closed the connection."""
+        if data:
+            self._decoder.feed(data)
+        else:
+            self.eof = True
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing unasked-for was received: a new request may use the connection.
+
+        Bytes waiting before a request was sent, or the end of the stream, mean the
+        connection is out of step with its requests (or gone): it must not be reused.
+        """
+        return not self.eof and self._decoder.buffered == 0 and not self._decoder.in_frame
+
+    def next_frame(self) -> Frame | None:
+        """The next whole frame, or None until more data arrives.
+
+        Raises:
+            ConnectionClosed: the server closed the connection mid-frame or between frames.
+            ProtocolError: the server's bytes are not valid frames.
+        """
+        event = self._decoder.next_event()
+        if isinstance(event, Frame):
+            return event
+        if isinstance(event, FrameError):
+            raise _ERRORS.get(event.code, HeaderInvalid)(f"the server sent a bad frame: {event.detail}")
+        assert event is NEED_DATA
+        if self.eof:
+            raise self.closed_error(" in the middle of a packet" if self._decoder.in_frame else "")
+        return None
+
+    def closed_error(self, how: str = "") -> ConnectionClosed:
+        return ConnectionClosed(f"the server {self.address} closed the connection{how}".replace("  ", " "))
+
+    def raw(self, frame: Frame) -> bytes:
+        """The frame exactly as it was on the wire."""
+        return encode_frame(frame.payload, frame.encoding, self.header_size, self.byteorder)
+
+    def decode(self, frame: Frame) -> dict[str, Any]:
+        """The reply map carried by ``frame``."""
+        try:
+            value = CODECS[frame.encoding].decode(frame.payload)
+        except DecodeError as exc:
+            raise RequestMalformed(f"the server sent an undecodable payload: {exc}") from None
+        if not isinstance(value, dict):
+            raise RequestMalformed(f"the server sent a {type(value).__name__}, not a map")
+        return value
+
+
+def check_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """Return ``reply``, or raise ``ErrorReply`` when it is an error packet."""
+    if reply.get("status") == "failure" and "error" in reply:
+        raise ErrorReply(reply)
+    return reply
+
+
+def read_reply(reply: dict[str, Any], model: Any, raise_errors: bool) -> Any:
+    """What ``request`` returns for ``reply``: the map, or (``model`` given) a validated ``model``.
+
+    Raises:
+        ErrorReply: the reply is an error packet (always, when ``model`` is given).
+        ReplyValidationError: the reply does not validate against ``model``.
+    """
+    if model is None:
+        return check_reply(reply) if raise_errors else reply
+    check_reply(reply)
+    try:
+        return validator(model)(reply)
+    except ValidationError as exc:
+        raise ReplyValidationError(reply, model, exc) from exc
+
+
+def validator(model: type[T]) -> Callable[[Any], T]:
+    """How to validate a reply map into ``model``: made once per type (a model's own
+    validator, else one ``TypeAdapter``)."""
+    validate = _VALIDATORS.get(model)
+    if validate is None:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            validate = model.model_validate
+        else:
+            validate = TypeAdapter(model).validate_python
+        _VALIDATORS[model] = validate
+    return validate
+
+
+#: Reply type -> its validator; the types are classes of the application, a bounded set.
+_VALIDATORS: dict[Any, Callable[[Any], Any]] = {}
+
+
+def connect_error(exc: OSError, address: str) -> OSError:
+    """``exc``, a failure to connect, again with ``address`` in its message."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    text = f"cannot connect to {address}: {reason}"
+    if exc.errno is None:
+        return ConnectionClosed(text) if isinstance(exc, ConnectionError) else OSError(text)
+    try:
+        again = type(exc)(exc.errno, text)
+    except TypeError:
+        again = OSError(exc.errno, text)
+    return again if isinstance(again, OSError) else OSError(exc.errno or errno.EIO, text)
