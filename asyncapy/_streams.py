@@ -31,7 +31,13 @@ READ_SIZE = 64 * 1024
 
 
 class AsyncByteStream(Protocol):
-    """What the asyncio client needs of a connection (a socket, or memory in tests)."""
+    """What the asyncio client needs of a connection (a socket, or memory in tests).
+
+    ``reset`` becomes true when the server's end refused data it never read (TCP said
+    so with a reset): a request written into such a connection was not received.
+    """
+
+    reset: bool
 
     async def write(self, data: bytes, timeout: float | None) -> None:
         """Send ``data``; ``ConnectionClosed`` when the connection is gone."""
@@ -52,6 +58,8 @@ class AsyncByteStream(Protocol):
 class ByteStream(Protocol):
     """What the blocking client needs of a connection: ``AsyncByteStream``, not awaited."""
 
+    reset: bool
+
     def write(self, data: bytes, timeout: float | None) -> None: ...
 
     def read(self, timeout: float | None) -> bytes | None: ...
@@ -68,6 +76,7 @@ class AsyncStream(asyncio.Protocol):
 
     def __init__(self, address: str = "") -> None:
         self.address = address
+        self.reset = False
         self._transport: asyncio.Transport | None = None
         self._chunks: list[bytes] = []
         self._eof = False
@@ -101,10 +110,13 @@ class AsyncStream(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
+        self.reset = self.reset or _socket_error(self._transport) != 0
         self._wake()
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            self.reset = True
         self._eof = True
         self._wake()
         self.resume_writing()
@@ -180,6 +192,17 @@ class AsyncStream(asyncio.Protocol):
             waiter.set_result(True)
 
 
+def _socket_error(transport: asyncio.BaseTransport | None) -> int:
+    """The pending error of the socket under ``transport`` (EPIPE/ECONNRESET after a reset)."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return 0
+    try:
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    except OSError:
+        return 0
+
+
 def _expire(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False)
@@ -191,6 +214,7 @@ class SyncStream:
     def __init__(self, sock: socket.socket, address: str) -> None:
         self._sock = sock
         self.address = address
+        self.reset = False
 
     @classmethod
     def open(cls, host: str, port: int, ssl: _ssl.SSLContext | None, timeout: float | None) -> SyncStream:
@@ -218,16 +242,24 @@ class SyncStream:
         except socket.timeout:
             raise ClientTimeout(f"sending to {self.address} timed out") from None
         except (BrokenPipeError, ConnectionResetError) as exc:
+            self.reset = True
             raise ConnectionClosed(f"the server {self.address} closed the connection: {exc}") from None
 
     def read(self, timeout: float | None) -> bytes | None:
-        self._sock.settimeout(None if timeout is None else max(timeout, 1e-6))
+        sock = self._sock
+        sock.settimeout(None if timeout is None else max(timeout, 1e-6))
         try:
-            return self._sock.recv(READ_SIZE)
+            data = sock.recv(READ_SIZE)
         except socket.timeout:
             return None
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):
+            self.reset = True
             return b""
+        except _ssl.SSLEOFError:
+            return b""
+        if not data:
+            self.reset = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+        return data
 
     def poll(self) -> bytes | None:
         """What arrived already: bytes, ``b""`` once closed, else ``None``."""
@@ -240,7 +272,7 @@ class SyncStream:
             return sock.recv(READ_SIZE)
         except (BlockingIOError, _ssl.SSLWantReadError):
             return None  # a TLS record with no data in it (a session ticket)
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError, _ssl.SSLEOFError):
             return b""
 
     def abort(self) -> None:

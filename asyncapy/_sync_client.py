@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from ._streams import ByteStream, Lock, Semaphore, SyncStream
-from .clientcore import ClientCore, Sendable, read_reply
+from .clientcore import ClientCore, Sendable, read_reply, unread
 from .errors import ClientTimeout, ConnectionClosed
 from .protocol import Frame
 
@@ -130,15 +130,25 @@ class Client:
         self._slots.release()
 
     def _exchange(self, channel: Channel, data: bytes) -> Frame:
-        """Send ``data`` and read one frame, holding the connection's turn throughout."""
+        """Send ``data`` and read one frame, holding the connection's turn throughout.
+
+        A request written into a connection the server had already closed (its close
+        was still on the way) is sent again once on a new connection, when TCP proves
+        the server never read it (``clientcore.unread``).
+        """
         with channel.lock:
-            stream = self._ready(channel, for_request=True)
-            try:
-                stream.write(data, self.timeout)
-                return self._next_frame(channel, stream)
-            except BaseException as exc:  # cancelled too: the reply may still come, so drop it
-                self._drop(channel, stream, f"a request on it ended with {type(exc).__name__}")
-                raise
+            while True:
+                stream = self._ready(channel, for_request=True)
+                try:
+                    stream.write(data, self.timeout)
+                    frame = self._next_frame(channel, stream)
+                except BaseException as exc:  # cancelled too: the reply may still come, so drop it
+                    self._drop(channel, stream, f"a request on it ended with {type(exc).__name__}")
+                    if self.reconnect and unread(channel.core, exc, stream.reset):
+                        continue
+                    raise
+                channel.core.answered += 1
+                return frame
 
     # -- packet-level calls ---------------------------------------------------------------
 

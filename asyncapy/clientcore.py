@@ -72,6 +72,8 @@ class ClientCore:
         self.address = address
         self._decoder = FrameDecoder(self.header_size, self.byteorder, max_packet_size, frozenset(CODECS))
         self.eof = False
+        #: Requests answered on this connection.
+        self.answered = 0
 
     def fresh(self) -> ClientCore:
         """A core with the same settings and nothing received, for a new connection."""
@@ -97,6 +99,11 @@ class ClientCore:
         connection is out of step with its requests (or gone): it must not be reused.
         """
         return not self.eof and self._decoder.buffered == 0 and not self._decoder.in_frame
+
+    @property
+    def in_frame(self) -> bool:
+        """True when part of a reply has arrived."""
+        return self._decoder.in_frame
 
     def next_frame(self) -> Frame | None:
         """The next whole frame, or None until more data arrives.
@@ -131,6 +138,17 @@ class ClientCore:
         if not isinstance(value, dict):
             raise RequestMalformed(f"the server sent a {type(value).__name__}, not a map")
         return value
+
+
+def unread(core: ClientCore, closed: BaseException, reset: bool) -> bool:
+    """True when a request that ended with ``closed`` certainly did not reach the server.
+
+    That is when the connection had been used before (so the server may have closed it
+    in between), no byte of a reply arrived, and TCP reported a reset: the server's end
+    refused data it never read. A request the server read and then closed on (a handler
+    closing without a reply) ends with a plain close, and is not sent twice.
+    """
+    return isinstance(closed, ConnectionClosed) and reset and core.answered > 0 and not core.in_frame
 
 
 def check_reply(reply: dict[str, Any]) -> dict[str, Any]:

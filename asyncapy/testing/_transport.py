@@ -97,6 +97,7 @@ class MemoryStream:
 
     def __init__(self, connection: asyncio.Protocol, extra: dict[str, Any]) -> None:
         self.connection = connection
+        self.reset = False  # a closed in-memory connection is seen at once: no request goes into it
         self.transport = MemoryTransport(connection, extra, self._on_write, self._on_close)
         self._chunks: list[bytes] = []
         self._eof = False
