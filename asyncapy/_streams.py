@@ -77,6 +77,7 @@ class AsyncStream(asyncio.Protocol):
     def __init__(self, address: str = "") -> None:
         self.address = address
         self.reset = False
+        self._fd = -1
         self._transport: asyncio.Transport | None = None
         self._chunks: list[bytes] = []
         self._eof = False
@@ -103,6 +104,8 @@ class AsyncStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
 
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -167,10 +170,17 @@ class AsyncStream(asyncio.Protocol):
     async def poll(self) -> bytes | None:
         """What arrived already: bytes, ``b""`` once closed, else ``None``.
 
-        Yields to the loop once first, so that a close already on its way (a handler
-        that closes right after replying) is seen before a request is sent into it.
+        Bytes or a close that reached the socket but not yet the loop count: the loop
+        gets a turn to read them (one ``select`` tells, so an idle connection costs no
+        turn). A close still on the wire when a request is written into the connection
+        makes the server refuse it with a TCP reset, and the client sends it again
+        (``clientcore.unread``).
         """
-        await asyncio.sleep(0)
+        if not (self._chunks or self._eof) and self._fd >= 0 and select.select([self._fd], [], [], 0)[0]:
+            for _ in range(2):  # the loop reads it on its next turn, or the one after
+                await asyncio.sleep(0)
+                if self._chunks or self._eof:
+                    break
         if self._chunks or self._eof:
             return await self.read(0)
         return None
