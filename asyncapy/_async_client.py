@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from ._streams import AsyncByteStream, AsyncLock, AsyncSemaphore, AsyncStream
-from .clientcore import ClientCore, Sendable, read_reply, unread
+from .clientcore import ClientCore, Sendable, maybe_unread, read_reply
 from .errors import ClientTimeout, ConnectionClosed
 from .protocol import Frame
 
@@ -134,7 +134,7 @@ class AsyncClient:
 
         A request written into a connection the server had already closed (its close
         was still on the way) is sent again once on a new connection, when TCP proves
-        the server never read it (``clientcore.unread``).
+        the server never read it (``clientcore.maybe_unread``).
         """
         async with channel.lock:
             while True:
@@ -143,11 +143,13 @@ class AsyncClient:
                     await stream.write(data, self.timeout)
                     frame = await self._next_frame(channel, stream)
                 except BaseException as exc:  # cancelled too: the reply may still come, so drop it
-                    self._drop(channel, stream, f"a request on it ended with {type(exc).__name__}")
-                    if self.reconnect and unread(channel.core, exc, stream.reset):
+                    try:
+                        again = self.reconnect and maybe_unread(channel.core, exc) and await stream.refused()
+                    finally:
+                        self._drop(channel, stream, f"a request on it ended with {type(exc).__name__}")
+                    if again:
                         continue
                     raise
-                channel.core.answered += 1
                 return frame
 
     # -- packet-level calls ---------------------------------------------------------------

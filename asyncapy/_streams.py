@@ -16,6 +16,7 @@ import select
 import socket
 import ssl as _ssl
 import threading
+import time
 from typing import Protocol
 
 from .clientcore import connect_error
@@ -28,6 +29,11 @@ Semaphore = threading.Semaphore
 
 #: Bytes asked of the socket per read: a whole burst of pipelined replies in one call.
 READ_SIZE = 64 * 1024
+#: Seconds to wait, after a close, for the reset proving a request was never read. A
+#: loopback reset comes within microseconds, a LAN one within a round trip; only a request
+#: on a closed connection waits this long, and only before it raises ``ConnectionClosed``.
+REFUSAL_WAIT = 0.1
+_REFUSAL_STEP = 0.001
 
 
 class AsyncByteStream(Protocol):
@@ -48,6 +54,10 @@ class AsyncByteStream(Protocol):
     async def poll(self) -> bytes | None:
         """What arrived already, without waiting: bytes, ``b""`` once closed, else ``None``."""
 
+    async def refused(self) -> bool:
+        """After the server closed: whether it refused data it never read (a TCP reset),
+        waiting up to ``REFUSAL_WAIT`` for the reset to come."""
+
     def abort(self) -> None:
         """Drop the connection now."""
 
@@ -65,6 +75,8 @@ class ByteStream(Protocol):
     def read(self, timeout: float | None) -> bytes | None: ...
 
     def poll(self) -> bytes | None: ...
+
+    def refused(self) -> bool: ...
 
     def abort(self) -> None: ...
 
@@ -113,9 +125,10 @@ class AsyncStream(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
-        self.reset = self.reset or _socket_error(self._transport) != 0
         self._wake()
-        return False  # close the transport
+        # Keep the socket (the client drops it) so that ``refused`` can still ask it; TLS
+        # transports close on EOF whatever is returned.
+        return self._transport is not None and self._transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
@@ -174,7 +187,7 @@ class AsyncStream(asyncio.Protocol):
         gets a turn to read them (one ``select`` tells, so an idle connection costs no
         turn). A close still on the wire when a request is written into the connection
         makes the server refuse it with a TCP reset, and the client sends it again
-        (``clientcore.unread``).
+        (``clientcore.maybe_unread``).
         """
         if not (self._chunks or self._eof) and self._fd >= 0 and select.select([self._fd], [], [], 0)[0]:
             for _ in range(2):  # the loop reads it on its next turn, or the one after
@@ -184,6 +197,18 @@ class AsyncStream(asyncio.Protocol):
         if self._chunks or self._eof:
             return await self.read(0)
         return None
+
+    async def refused(self) -> bool:
+        waited = 0.0
+        while not self.reset:
+            if _socket_error(self._transport) != 0:
+                self.reset = True
+            elif waited >= REFUSAL_WAIT:
+                break
+            else:
+                await asyncio.sleep(_REFUSAL_STEP)
+                waited += _REFUSAL_STEP
+        return self.reset
 
     def abort(self) -> None:
         """Drop the connection now (a request on it was abandoned)."""
@@ -267,8 +292,6 @@ class SyncStream:
             return b""
         except _ssl.SSLEOFError:
             return b""
-        if not data:
-            self.reset = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
         return data
 
     def poll(self) -> bytes | None:
@@ -284,6 +307,22 @@ class SyncStream:
             return None  # a TLS record with no data in it (a session ticket)
         except (ConnectionResetError, BrokenPipeError, _ssl.SSLEOFError):
             return b""
+
+    def refused(self) -> bool:
+        waited = 0.0
+        while not self.reset:
+            try:
+                error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            except OSError:
+                break
+            if error:
+                self.reset = True
+            elif waited >= REFUSAL_WAIT:
+                break
+            else:
+                time.sleep(_REFUSAL_STEP)
+                waited += _REFUSAL_STEP
+        return self.reset
 
     def abort(self) -> None:
         self._sock.close()

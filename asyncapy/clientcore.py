@@ -72,8 +72,8 @@ class ClientCore:
         self.address = address
         self._decoder = FrameDecoder(self.header_size, self.byteorder, max_packet_size, frozenset(CODECS))
         self.eof = False
-        #: Requests answered on this connection.
-        self.answered = 0
+        #: Frames received on this connection.
+        self.received = 0
 
     def fresh(self) -> ClientCore:
         """A core with the same settings and nothing received, for a new connection."""
@@ -114,6 +114,7 @@ class ClientCore:
         """
         event = self._decoder.next_event()
         if isinstance(event, Frame):
+            self.received += 1
             return event
         if isinstance(event, FrameError):
             raise _ERRORS.get(event.code, HeaderInvalid)(f"the server sent a bad frame: {event.detail}")
@@ -140,15 +141,16 @@ class ClientCore:
         return value
 
 
-def unread(core: ClientCore, closed: BaseException, reset: bool) -> bool:
-    """True when a request that ended with ``closed`` certainly did not reach the server.
+def maybe_unread(core: ClientCore, closed: BaseException) -> bool:
+    """True when a request that ended with ``closed`` may not have reached the server.
 
-    That is when the connection had been used before (so the server may have closed it
-    in between), no byte of a reply arrived, and TCP reported a reset: the server's end
-    refused data it never read. A request the server read and then closed on (a handler
-    closing without a reply) ends with a plain close, and is not sent twice.
+    That is when the server closed a connection on which it had answered before (it may
+    have closed it between two requests) and no byte of a reply arrived. The client then asks the
+    stream whether TCP reported a reset (the server's end refused data it never read):
+    only then is the request sent again. A request the server read and then closed on
+    (a handler closing without a reply) ends with a plain close, and is not sent twice.
     """
-    return isinstance(closed, ConnectionClosed) and reset and core.answered > 0 and not core.in_frame
+    return isinstance(closed, ConnectionClosed) and core.received > 0 and not core.in_frame
 
 
 def check_reply(reply: dict[str, Any]) -> dict[str, Any]:

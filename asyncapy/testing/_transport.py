@@ -131,6 +131,9 @@ class MemoryStream:
             return await self.read(0)
         return None
 
+    async def refused(self) -> bool:
+        return False  # the server's close is seen before a request is sent into it
+
     def abort(self) -> None:
         self.transport.close()
 
