@@ -10,6 +10,7 @@ from .errors import (
     ConnectionClosed,
     ErrorReply,
     ProtocolError,
+    ReplyValidationError,
     StopPropagation,
     UsageError,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "ErrorReply",
     "Packet",
     "ProtocolError",
+    "ReplyValidationError",
     "Router",
     "Server",
     "Session",

@@ -405,3 +405,18 @@ def test_the_blocking_client_is_generated_from_the_async_one() -> None:
         [sys.executable, str(ROOT / "scripts" / "unasync.py"), "--check"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+async def test_a_request_cancelled_while_waiting_its_turn_leaves_the_connection(served: tuple[Server, set[str]]) -> None:
+    server, sessions = served
+    async with AsyncClient("127.0.0.1", server.port, timeout=5) as client:
+        first = asyncio.create_task(client.request({"n": 1, "sleep": 0.1}, reply=Answer))
+        await asyncio.sleep(0.02)
+        waiting = asyncio.create_task(client.request({"n": 2}, reply=Answer))
+        await asyncio.sleep(0.02)
+        waiting.cancel()  # never sent: nothing to fall out of step with
+        assert (await first).n == 1
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        third = await client.request({"n": 3}, reply=Answer)
+    assert third.n == 3 and third.session == (await first).session and len(sessions) == 1
