@@ -248,7 +248,6 @@ class AsyncClient:
             data = await stream.read(None if deadline is None else deadline - time.monotonic())
             if data is None:
                 raise ClientTimeout(f"no reply from {core.address} within {self.timeout} seconds")
-            core.receive_data(data)
-            frame = core.next_frame()
+            frame = core.receive_frame(data)
             if frame is not None:
                 return frame

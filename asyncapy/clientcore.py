@@ -28,7 +28,7 @@ from .packet import Packet
 from .peer import encode_payload
 from .protocol import (
     CLIENT_MAX_PACKET_SIZE,
-    NEED_DATA,
+    Batch,
     Byteorder,
     Frame,
     FrameDecoder,
@@ -112,13 +112,26 @@ class ClientCore:
             ConnectionClosed: the server closed the connection mid-frame or between frames.
             ProtocolError: the server's bytes are not valid frames.
         """
-        event = self._decoder.next_event()
-        if isinstance(event, Frame):
-            self.received += 1
-            return event
-        if isinstance(event, FrameError):
+        if not self._decoder.in_frame and not self.eof:
+            return None  # nothing buffered: the usual state before a reply
+        return self._frame(self._decoder.pull(1))
+
+    def receive_frame(self, data: bytes) -> Frame | None:
+        """``receive_data(data)`` then ``next_frame()``; a read holding exactly one frame
+        (the usual reply) is sliced out without copying it into the buffer."""
+        if not data:
+            self.eof = True
+            return self.next_frame()
+        return self._frame(self._decoder.receive(data, 1))
+
+    def _frame(self, events: Batch) -> Frame | None:
+        if events:
+            event = events[0]
+            if type(event) is tuple:
+                self.received += 1
+                return Frame(*event)
+            assert isinstance(event, FrameError)
             raise _ERRORS.get(event.code, HeaderInvalid)(f"the server sent a bad frame: {event.detail}")
-        assert event is NEED_DATA
         if self.eof:
             raise self.closed_error(" in the middle of a packet" if self._decoder.in_frame else "")
         return None

@@ -7,9 +7,10 @@ model out) in its own process. In this process, for each row, 10,000 requests wi
 50 in flight (50 tasks sharing one client):
 
 - ``AsyncClient pool=1`` / ``pool=8``: ``await client.request(person, reply=Reply)``;
-- ``raw asyncio, N conn``: the baseline, a minimal ``asyncio.Protocol`` client doing what
-  the ``AsyncClient`` does on the wire (one request in flight per connection, orjson
-  in and out, no validation), over 1 and 8 connections;
+- ``raw asyncio, N conn(s), taking turns``: the baseline, a minimal ``asyncio.Protocol``
+  client doing what the ``AsyncClient`` does on the wire (one request in flight per
+  connection, the 50 tasks taking turns with an ``asyncio.Lock``; orjson in and out, no
+  validation), over 1 and 8 connections;
 - ``raw asyncio, 1 conn, depth 50``: the same minimal client pipelining 50 requests on
   one connection (what the protocol allows when every handler answers exactly once);
 - ``C loadgen ...``: the epoll load generator (``benchmarks/loadgen``, built from
@@ -126,28 +127,33 @@ class RawClient(asyncio.Protocol):
         return waiter
 
 
-def raw_row(conns: int, depth: int) -> Row:
-    """``conns`` connections, each with ``depth`` requests in flight, 50 in flight at most."""
+def raw_row(conns: int, pipelined: bool) -> Row:
+    """50 tasks over ``conns`` connections: taking turns (an ``asyncio.Lock`` per connection,
+    as the ``AsyncClient`` does) or all pipelined at once."""
 
     async def run(port: int, requests: int) -> int:
         loop = asyncio.get_running_loop()
         clients = [(await loop.create_connection(RawClient, "127.0.0.1", port))[1] for _ in range(conns)]
+        locks = [asyncio.Lock() for _ in clients]
         obj = orjson.loads(PERSON_JSON)
         left = [requests]
 
-        async def worker(client: RawClient) -> int:
+        async def worker(i: int) -> int:
+            client, lock = clients[i % conns], locks[i % conns]
             done = 0
             while left[0] > 0:
                 left[0] -= 1
-                reply = await client.request(obj)
+                if pipelined:
+                    reply = await client.request(obj)
+                else:
+                    async with lock:
+                        reply = await client.request(obj)
                 assert reply["age"] == 36
                 done += 1
             return done
 
-        per_conn = max(1, min(depth, IN_FLIGHT // conns))
-        workers = [worker(c) for c in clients for _ in range(per_conn)]
         try:
-            return sum(await asyncio.gather(*workers))
+            return sum(await asyncio.gather(*(worker(i) for i in range(IN_FLIGHT))))
         finally:
             for client in clients:
                 assert client.transport is not None
@@ -235,10 +241,10 @@ def main() -> None:
 
     python_rows: dict[str, Row] = {
         "AsyncClient pool=1, 50 in flight": asyncapy_row(1),
-        "raw asyncio, 1 conn, 1 in flight": raw_row(1, 1),
+        "raw asyncio, 1 conn, taking turns": raw_row(1, False),
         "AsyncClient pool=8, 50 in flight": asyncapy_row(8),
-        "raw asyncio, 8 conns, 1 in flight each": raw_row(8, 1),
-        "raw asyncio, 1 conn, depth 50": raw_row(1, IN_FLIGHT),
+        "raw asyncio, 8 conns, taking turns": raw_row(8, False),
+        "raw asyncio, 1 conn, depth 50": raw_row(1, True),
     }
     c_rows = {
         "C loadgen, 1 conn, depth 1": (1, 1),
