@@ -39,7 +39,8 @@ class AsyncClient:
     are needed. A request that fails or is cancelled after it started closes its
     connection, so a late reply never answers the next request. When the server
     closed a connection, the next request opens a new one (unless ``reconnect=False``:
-    then it raises ``ConnectionClosed`` until ``connect()`` is called).
+    then a lost connection, closed by the server or dropped after a failed request,
+    makes requests raise ``ConnectionClosed`` until ``connect()`` is called).
 
     ``send``, ``receive`` and ``receive_all`` are the packet-level calls; they use the
     first connection. Do not leave replies of ``send()`` unread before a ``request()``
@@ -155,10 +156,14 @@ class AsyncClient:
     # -- packet-level calls ---------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the first connection now (``send`` and ``request`` do it when needed)."""
+        """Open the first connection now (``send`` and ``request`` do it when needed).
+
+        With ``reconnect=False``, it is also what lets lost connections be replaced again.
+        """
+        for channel in self._channels:
+            channel.lost = None
         channel = self._channels[0]
         async with channel.lock:
-            channel.lost = None
             await self._ready(channel, for_request=False)
 
     async def send(self, obj: Sendable, encoding: str | None = None) -> None:
