@@ -265,9 +265,12 @@ class SyncStream:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if ssl is not None:
                 sock = ssl.wrap_socket(sock, server_hostname=host)
-        except BaseException:
+        except socket.timeout:
             sock.close()
-            raise
+            raise ClientTimeout(f"the TLS handshake with {address} timed out") from None
+        except OSError as exc:
+            sock.close()
+            raise connect_error(exc, address) from None
         return cls(sock, address)
 
     def write(self, data: bytes, timeout: float | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+import trustme
 from pydantic import BaseModel
 
 import asyncapy
@@ -420,3 +422,39 @@ async def test_a_request_cancelled_while_waiting_its_turn_leaves_the_connection(
             await waiting
         third = await client.request({"n": 3}, reply=Answer)
     assert third.n == 3 and third.session == (await first).session and len(sessions) == 1
+
+
+async def test_over_tls_too() -> None:
+    """Typed concurrent requests, pools and reconnects over TLS, with both clients."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    server, sessions = answering_server()
+    server.ssl = server_ctx
+    async with running(server):
+        async with AsyncClient("127.0.0.1", server.port, ssl_context=client_ctx, timeout=5, pool_size=3) as client:
+            answers = await gather_answers(client, 30)
+            assert [a.n for a in answers] == list(range(30))
+            for n in range(5):
+                assert (await client.request({"n": n, "close": True}, reply=Answer)).n == n
+
+        def talk() -> list[int]:
+            # A pause after each close: over TLS the server's end keeps reading until the
+            # client's close_notify, so a request racing the close gets no TCP reset to
+            # prove it unread (see the README); the asyncio client sees the close first.
+            with SyncClient("127.0.0.1", server.port, ssl_context=client_ctx, timeout=5) as sync:
+                answers = []
+                for n in range(8):
+                    answers.append(sync.request({"n": n, "close": n % 2 == 0}, reply=Answer).n)
+                    time.sleep(0.05 if n % 2 == 0 else 0)
+                return answers
+
+        assert await asyncio.to_thread(talk) == list(range(8))
+
+        def stranger() -> None:
+            SyncClient("127.0.0.1", server.port, ssl_context=ssl.create_default_context(), timeout=5).connect()
+
+        with pytest.raises(ssl.SSLCertVerificationError, match=f"127.0.0.1:{server.port}"):
+            await asyncio.to_thread(stranger)
