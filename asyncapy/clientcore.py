@@ -8,7 +8,6 @@ clients only move bytes between a socket (or memory) and this module.
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -137,7 +136,8 @@ class ClientCore:
         return None
 
     def closed_error(self, how: str = "") -> ConnectionClosed:
-        return ConnectionClosed(f"the server {self.address} closed the connection{how}".replace("  ", " "))
+        server = f"the server {self.address}" if self.address else "the server"
+        return ConnectionClosed(f"{server} closed the connection{how}")
 
     def raw(self, frame: Frame) -> bytes:
         """The frame exactly as it was on the wire."""
@@ -207,13 +207,9 @@ _VALIDATORS: dict[Any, Callable[[Any], Any]] = {}
 
 
 def connect_error(exc: OSError, address: str) -> OSError:
-    """``exc``, a failure to connect, again with ``address`` in its message."""
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    text = f"cannot connect to {address}: {reason}"
-    if exc.errno is None:
-        return ConnectionClosed(text) if isinstance(exc, ConnectionError) else OSError(text)
+    """``exc``, a failure to connect, as the same kind of ``OSError`` naming ``address``."""
+    text = f"cannot connect to {address}: {exc.strerror or exc}"
     try:
-        again = type(exc)(exc.errno, text)
-    except TypeError:
-        again = OSError(exc.errno, text)
-    return again if isinstance(again, OSError) else OSError(exc.errno or errno.EIO, text)
+        return type(exc)(exc.errno, text) if exc.errno is not None else type(exc)(text)
+    except TypeError:  # an OSError subclass with a constructor of its own
+        return OSError(exc.errno, text)
