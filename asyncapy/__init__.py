@@ -3,7 +3,9 @@
 from . import filters
 from .apikeys import APIKeyFactory
 from .client import AsyncClient
+from .depends import Depends
 from .errors import (
+    ApiError,
     AsyncAPYError,
     ClientError,
     ClientTimeout,
@@ -14,6 +16,7 @@ from .errors import (
     StopPropagation,
     UsageError,
 )
+from .middleware import CallNext
 from .packet import Packet
 from .peer import Client, Session
 from .routing import Router
@@ -23,12 +26,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "APIKeyFactory",
+    "ApiError",
     "AsyncAPYError",
     "AsyncClient",
+    "CallNext",
     "Client",
     "ClientError",
     "ClientTimeout",
     "ConnectionClosed",
+    "Depends",
     "ErrorReply",
     "Packet",
     "ProtocolError",

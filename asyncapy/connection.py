@@ -27,6 +27,7 @@ from .errors import (
     ERR_SERVER_BUSY,
     ERR_SESSION_LIMIT_REACHED,
     ERR_TIMED_OUT,
+    ApiError,
     StopPropagation,
     error_payload,
 )
@@ -459,7 +460,7 @@ class Connection(asyncio.Protocol):
                 self._failed(exc, encoding)
                 return None
             if type(started) is Miss:
-                self._send_error(ERR_NO_HANDLER, started.detail, encoding)
+                self._send_error(ERR_NO_HANDLER, started.detail, encoding, started.errors)
                 return None
             return started  # type: ignore[return-value]
         ctx = self._ctx
@@ -473,7 +474,7 @@ class Connection(asyncio.Protocol):
         """A handler returned ``result``: send it if it is a reply; report a dispatch's miss."""
         kind = type(result)
         if kind is Miss:
-            self._send_error(ERR_NO_HANDLER, result.detail, encoding)
+            self._send_error(ERR_NO_HANDLER, result.detail, encoding, result.errors)
             return
         name = self.client.encoding  # type: ignore[union-attr]
         try:
@@ -492,6 +493,9 @@ class Connection(asyncio.Protocol):
     def _failed(self, exc: BaseException, encoding: int) -> None:
         """A handler raised ``exc``: StopPropagation is no error; anything else is ERR_INTERNAL."""
         if isinstance(exc, StopPropagation):
+            return
+        if isinstance(exc, ApiError):  # the application's own error reply
+            self._send_error(exc.code, exc.detail, encoding)
             return
         if isinstance(exc, _HandlerTimedOut):
             self._handler_timed_out(encoding)
@@ -530,14 +534,14 @@ class Connection(asyncio.Protocol):
         if error.fatal:
             self.close()
 
-    def _send_error(self, code: str, detail: Any, encoding: int | None) -> None:
+    def _send_error(self, code: str, detail: Any, encoding: int | None, errors: Any = None) -> None:
         if encoding is None:
             encoding = self._encoding_id if self._encoding_id is not None else self._ctx.default_encoding
         codec = CODECS[encoding]
         if self._ctx.debug:
             assert self.session is not None
             logger.debug("(%s) Replying %s: %s", self.session.id, code, detail)
-        self.write_payload(codec.encode(error_payload(code, detail)), encoding)
+        self.write_payload(codec.encode(error_payload(code, detail, errors)), encoding)
 
     # -- helpers --------------------------------------------------------------
 
