@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 import subprocess
 import sys
@@ -458,3 +459,62 @@ async def test_over_tls_too() -> None:
 
         with pytest.raises(ssl.SSLCertVerificationError, match=f"127.0.0.1:{server.port}"):
             await asyncio.to_thread(stranger)
+
+
+@pytest.mark.parametrize("pool_size", [1, 3])
+async def test_no_answer_ever_goes_to_the_wrong_request(served: tuple[Server, set[str]], pool_size: int) -> None:
+    """Concurrent requests, some timing out and some cancelled at random moments: every
+    request that returns has its own answer (a bounded random soak, seeded)."""
+    server, _ = served
+    rng = random.Random(11)
+    outcomes = {"answered": 0, "abandoned": 0}
+
+    async def one(client: AsyncClient, n: int) -> None:
+        ask = Ask(n=n, sleep=rng.choice([0, 0, 0.005, 0.02]))
+        try:
+            answer = await asyncio.wait_for(client.request(ask, reply=Answer), rng.choice([0.01, 0.03, 1.0, 1.0]))
+        except (asyncio.TimeoutError, ClientTimeout):
+            outcomes["abandoned"] += 1
+            return
+        assert answer.n == n
+        outcomes["answered"] += 1
+
+    async with AsyncClient("127.0.0.1", server.port, timeout=rng.choice([0.015, 5]), pool_size=pool_size) as client:
+        for start in range(0, 300, 30):
+            await asyncio.gather(*(one(client, n) for n in range(start, start + 30)))
+    assert outcomes["answered"] >= 10 and outcomes["abandoned"] >= 1, outcomes
+
+
+async def test_no_answer_ever_goes_to_the_wrong_thread(served: tuple[Server, set[str]]) -> None:
+    """The blocking client shared by threads, with requests that time out: the same."""
+    server, _ = served
+    counts = {"answered": 0, "abandoned": 0}
+    wrong: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def hammer(client: SyncClient, seed: int) -> None:
+        rng = random.Random(seed)
+        for n in range(seed * 1000, seed * 1000 + 30):
+            try:
+                answer = client.request(Ask(n=n, sleep=rng.choice([0, 0, 0.002, 0.04])), reply=Answer)
+            except ClientTimeout:
+                with lock:
+                    counts["abandoned"] += 1
+                continue
+            with lock:
+                counts["answered"] += 1
+                if answer.n != n:
+                    wrong.append((n, answer.n))
+
+    def run() -> None:
+        with SyncClient("127.0.0.1", server.port, timeout=0.02, pool_size=2) as client:
+            threads = [threading.Thread(target=hammer, args=(client, seed)) for seed in range(1, 6)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+
+    await asyncio.to_thread(run)
+    assert wrong == []
+    assert counts["answered"] + counts["abandoned"] == 150
+    assert counts["answered"] >= 10 and counts["abandoned"] >= 1, counts
