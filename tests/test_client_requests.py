@@ -236,6 +236,7 @@ async def test_a_late_reply_is_not_the_next_answer_async(served: tuple[Server, s
     async with AsyncClient("127.0.0.1", server.port, timeout=0.1) as client:
         with pytest.raises(ClientTimeout):
             await client.request({"n": 1, "sleep": 0.3})
+        client.timeout = 10  # the rest must not time out on a busy machine
         await asyncio.sleep(0.4)  # the late reply has arrived by now
         assert (await client.request({"n": 2}, reply=Answer)).n == 2
         task = asyncio.create_task(client.request({"n": 3, "sleep": 0.2}))
@@ -257,6 +258,7 @@ async def test_a_late_reply_is_not_the_next_answer_sync(served: tuple[Server, se
         with SyncClient("127.0.0.1", server.port, timeout=0.1) as client:
             with pytest.raises(ClientTimeout):
                 client.request({"n": 1, "sleep": 0.3})
+            client.timeout = 10
             time.sleep(0.4)  # the late reply has arrived by now
             return [client.request({"n": 2}, reply=Answer).n, client.request({"n": 3}, reply=Answer).n]
 
@@ -268,14 +270,15 @@ async def test_a_late_reply_is_not_the_next_answer_in_the_test_client() -> None:
     async with AsyncTestClient(server, timeout=0.05) as client:
         with pytest.raises(ClientTimeout):
             await client.request({"n": 1, "sleep": 0.2})
+        client.timeout = 10
         await asyncio.sleep(0.3)
         assert (await client.request({"n": 2}, reply=Answer)).n == 2
 
 
 async def test_the_others_in_the_queue_are_answered_after_a_timeout(served: tuple[Server, set[str]]) -> None:
     server, _ = served
-    async with AsyncClient("127.0.0.1", server.port, timeout=0.2) as client:
-        slow = client.request({"n": 0, "sleep": 0.5})
+    async with AsyncClient("127.0.0.1", server.port, timeout=0.5) as client:
+        slow = client.request({"n": 0, "sleep": 1.2})
         fast = [client.request({"n": n}, reply=Answer) for n in range(1, 6)]
         results = await asyncio.gather(slow, *fast, return_exceptions=True)
     assert isinstance(results[0], ClientTimeout)

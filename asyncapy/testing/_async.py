@@ -67,10 +67,20 @@ class AsyncTestClient:
         self.server = server
         self.address = address
         self.encoding = encoding
-        self.timeout = timeout
         self._log = CallLog()
         self._ctx: ServingContext | None = None
         self._client = _MemoryClient(self, encoding, timeout)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a reply is waited for (settable)."""
+        timeout = self._client.timeout
+        assert timeout is not None
+        return timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        self._client.timeout = seconds
 
     # -- lifecycle ------------------------------------------------------------------
 
