@@ -194,6 +194,9 @@ class AsyncStream(asyncio.Protocol):
                 await asyncio.sleep(0)
                 if self._chunks or self._eof:
                     break
+        transport = self._transport
+        if transport is not None and (transport.is_closing() or not transport.is_reading()):
+            self._eof = True  # the client never pauses reading: a TLS close_notify did (Python 3.10)
         if self._chunks or self._eof:
             return await self.read(0)
         return None
