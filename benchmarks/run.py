@@ -25,11 +25,10 @@ from pathlib import Path
 
 import msgpack
 
-import peers  # beside this script, so on sys.path when it runs
+import peers  # modules beside this script, so on sys.path when it runs
+from loadgen_build import LOADGEN, LOADGEN_SRC, build_loadgen
 
 HERE = Path(__file__).resolve().parent
-LOADGEN = HERE / "loadgen"
-LOADGEN_SRC = HERE / "loadgen.c"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 PERSON = '{"name": "Ada Lovelace", "age": 36, "email": "ada@example.org", "score": 9.5, "active": true}'
@@ -126,18 +125,10 @@ def unavailable(sc: Scenario) -> str | None:
 
 
 def ensure_loadgen() -> Path:
-    """Build ``benchmarks/loadgen`` from ``loadgen.c`` when it is missing or older than its source."""
-    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
-        return LOADGEN
-    cc = os.environ.get("CC", "cc")
-    if shutil.which(cc) is None:
-        sys.exit(f"no C compiler ({cc}) to build {LOADGEN} from {LOADGEN_SRC}: apt-get install gcc, or set CC")
-    with tempfile.TemporaryDirectory(dir=HERE) as tmp:  # built aside, then renamed: runs in parallel never see half a file
-        out = Path(tmp) / "loadgen"
-        subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(LOADGEN_SRC)], check=True)
-        out.replace(LOADGEN)
-    print(f"built {LOADGEN}", file=sys.stderr)
-    return LOADGEN
+    loadgen = build_loadgen()
+    if loadgen is None:
+        sys.exit(f"no C compiler ({os.environ.get('CC', 'cc')}) to build {LOADGEN} from {LOADGEN_SRC}: apt-get install gcc, or set CC")
+    return loadgen
 
 
 def free_port() -> int:
