@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import servers  # noqa: E402
 from bench_connection import SinkTransport, frame  # noqa: E402
+from loadgen_build import build_loadgen  # noqa: E402
 
 from asyncapy import APIKeyFactory, Server  # noqa: E402
 from asyncapy.proxied import connection_factory  # noqa: E402
@@ -203,8 +204,8 @@ def loadgen(port: int, duration: float, payload: str) -> dict[str, str]:
 
 
 def bench_haproxy(duration: float) -> None:
-    if not (HERE / "loadgen").exists():
-        sys.exit("build benchmarks/loadgen first: python benchmarks/run.py --quick --only 'asyncapy echo'")
+    if build_loadgen() is None:
+        sys.exit("cannot build benchmarks/loadgen (no C compiler: apt-get install -y gcc)")
     payload = '{"kind": "whoami"}'
     with tempfile.TemporaryDirectory() as tmp, running_stack(Path(tmp), session_limit=10_000) as stack:
         direct_port = free_port()
