@@ -40,6 +40,10 @@ logger = logging.getLogger("asyncapy")
 #: Seconds a call to Redis may take (connecting included) before it counts as down.
 #: A local or same-datacenter Redis answers in well under a millisecond.
 DEFAULT_TIMEOUT: Final = 0.5
+#: Connections to Redis per process and event loop. A check holds one for one round
+#: trip, so a few dozen serve thousands of packets a second; a burst beyond them waits
+#: (within ``timeout``) instead of opening one connection per waiting packet.
+DEFAULT_MAX_CONNECTIONS: Final = 32
 #: "Shared state unavailable" is logged at most this often (a flood of failing packets
 #: would otherwise write one warning each).
 _LOG_EVERY: Final = 5.0
@@ -94,7 +98,9 @@ class RedisState(SharedState):
         url: where Redis is, e.g. ``"redis://127.0.0.1:6379/0"`` (``rediss://`` for TLS).
         namespace: prefix of every key; servers of one API share it.
         ttl: seconds after which the sessions of an instance that stopped are forgotten.
-        timeout: seconds a Redis call may take before it fails (``SharedStateUnavailable``).
+        timeout: seconds a Redis call may take before it fails (``SharedStateUnavailable``),
+            waiting for a free connection included.
+        max_connections: connections to Redis per process (and event loop).
         client: a ``redis.asyncio.Redis`` to use instead of one made from ``url``
             (then its own timeouts and retries apply).
 
@@ -109,6 +115,7 @@ class RedisState(SharedState):
         namespace: str = "asyncapy",
         ttl: float = DEFAULT_TTL,
         timeout: float = DEFAULT_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         client: aioredis.Redis | None = None,
     ) -> None:
         if ttl <= 0 or timeout <= 0:
@@ -117,6 +124,7 @@ class RedisState(SharedState):
         self.namespace = namespace
         self.ttl = float(ttl)
         self.timeout = float(timeout)
+        self.max_connections = max_connections
         self._given = client
         self._client: aioredis.Redis | None = None
         self._owner: tuple[int, asyncio.AbstractEventLoop] | None = None
@@ -132,11 +140,15 @@ class RedisState(SharedState):
         owner = (os.getpid(), asyncio.get_running_loop())
         if self._client is None or self._owner != owner:
             self._owner = owner
-            self._client = self._given or aioredis.Redis.from_url(
-                self.url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                retry=Retry(NoBackoff(), 0),  # fail fast: the caller answers ERR_INTERNAL now
+            self._client = self._given or aioredis.Redis(
+                connection_pool=aioredis.BlockingConnectionPool.from_url(
+                    self.url,
+                    max_connections=self.max_connections,
+                    timeout=self.timeout,  # waiting for a free connection
+                    socket_timeout=self.timeout,
+                    socket_connect_timeout=self.timeout,
+                    retry=Retry(NoBackoff(), 0),  # fail fast: the caller answers ERR_INTERNAL now
+                )
             )
             self._scripts = {}
         return self._client
@@ -209,7 +221,7 @@ class RedisState(SharedState):
     async def aclose(self) -> None:
         """Close this process's connections to Redis (they reopen on the next call)."""
         if self._client is not None and self._given is None:
-            await self._client.aclose()
+            await self._client.aclose(close_connection_pool=True)
         self._client = None
 
     def __repr__(self) -> str:
