@@ -263,3 +263,12 @@ async def test_proxied_server_survives_garbage(caplog: pytest.LogCaptureFixture)
             await asyncio.gather(*(_garbage_connection(server.port, _garbage(rng, server.port)) for _ in range(25)))
         assert (await _ask(server.port, encode_v2(("203.0.113.3", 1))))["address"] == "203.0.113.3"
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_cli_bad_proxy_settings_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    from asyncapy.cli import main
+
+    assert main(["run", "examples.typed_api:server", "--trusted-proxy", "10.0.0.0/8"]) == 2
+    assert "needs proxy_protocol" in capsys.readouterr().err
+    assert main(["run", "examples.typed_api:server", "--proxy-protocol", "--trusted-proxy", "nonsense"]) == 2
+    assert "not an IP address" in capsys.readouterr().err
