@@ -226,3 +226,34 @@ async def test_the_proxys_own_health_checks_skip_the_shared_admission(redis_serv
         assert b'"public":true' in replies[0]  # the proxy's own connection: not counted
         assert b"the shared state is unavailable" in replies[1]  # a client's: needs Redis
     await state.aclose()
+
+
+async def test_a_slow_redis_bounds_a_shared_rate_limit_dependency(redis_server: RedisProcess) -> None:  # noqa: F811
+    """Redis stops answering (SIGSTOP): the limited route answers ERR_INTERNAL within the timeout, the rest serves."""
+    import time
+
+    state = RedisState(redis_server.url, namespace="s10", timeout=0.3)
+    server = make_server()
+
+    @server.add_handler(dependencies=[RateLimit("100/minute", state=state)])
+    async def limited(client: Client, packet: Packet) -> dict[str, Any]:
+        return {"limited": True}
+
+    @server.add_handler(group=-1)
+    async def ping(client: Client, packet: Packet) -> None:
+        if "ping" in packet:
+            await client.send({"pong": True})
+            packet.stop_propagation()
+
+    async with running(server), AsyncClient("127.0.0.1", server.port, timeout=10) as client:
+        assert await client.request({}) == {"limited": True}
+        redis_server.pause()
+        try:
+            started = time.monotonic()
+            assert await client.request({}) == {"status": "failure", "error": "ERR_INTERNAL", "detail": SHARED_STATE_UNAVAILABLE}
+            assert time.monotonic() - started < 3
+            assert await client.request({"ping": 1}) == {"pong": True}
+        finally:
+            redis_server.resume()
+        assert await client.request({}) == {"limited": True}
+    await state.aclose()
