@@ -13,17 +13,25 @@ import atheris
 
 with atheris.instrument_imports():
     from asyncapy.protocol import NEED_DATA
-    from asyncapy.proxy import V1_MAX_LENGTH, V2_FIXED_LENGTH, V2_MAX_BODY, ProxyHeader, ProxyHeaderDecoder, ProxyHeaderError
+    from asyncapy.proxy import (
+        V1_MAX_LENGTH, V2_FIXED_LENGTH, V2_MAX_BODY, V2_SIGNATURE, ProxyHeader, ProxyHeaderDecoder, ProxyHeaderError,
+    )  # fmt: skip
 
 #: The most the decoder may hold: the longest header it accepts, plus one chunk.
 BOUND = max(V1_MAX_LENGTH, V2_FIXED_LENGTH + V2_MAX_BODY) + 64
 
 
+#: Starts the fuzzer may give a stream, so that it need not guess the signatures first.
+PREFIXES = (b"", b"PROXY ", b"PROXY TCP4 ", b"PROXY TCP6 ", b"PROXY UNKNOWN", V2_SIGNATURE, V2_SIGNATURE + b"\x21\x11")
+
+
 def test_one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     decoder = ProxyHeaderDecoder()
+    pending = PREFIXES[fdp.ConsumeIntInRange(0, len(PREFIXES) - 1)]
     while fdp.remaining_bytes():
-        event = decoder.receive(fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 64)))
+        event = decoder.receive(pending + fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 64)))
+        pending = b""
         if event is NEED_DATA:
             assert decoder.buffered <= BOUND
             continue
