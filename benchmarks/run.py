@@ -78,6 +78,11 @@ def scenarios(zip_file: Path, typed_router: bool, uvloop: bool) -> list[Scenario
     if typed_router:
         rows.append(Scenario("asyncapy 1 tagged handler", Spec("tagged1"), ("--payload", '{"kind": "m0", "value": 7}'), "raw echo"))
         rows.append(Scenario("asyncapy 1000 tagged handlers", Spec("tagged1000"), ("--payload", tagged_last), "asyncapy 1 tagged handler"))
+    if (REPO / "asyncapy" / "depends.py").exists():  # the application layer (issue 10)
+        person = ("--payload", PERSON)
+        rows.append(Scenario("asyncapy typed + dependency", Spec("typed+dep"), person, "raw echo, 5-field payload"))
+        rows.append(Scenario("asyncapy typed + middleware", Spec("typed+mw"), person, "raw echo, 5-field payload"))
+        rows.append(Scenario("asyncapy typed + dep + middleware", Spec("typed+dep+mw"), person, "raw echo, 5-field payload"))
     return rows
 
 
