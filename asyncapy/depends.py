@@ -12,7 +12,8 @@ and a router or a registration adds dependencies whose values nobody takes
 At registration the graph (providers, the providers they take, cycles, what each
 parameter is) is read into ``Steps``, a flat tuple in call order. Per packet,
 ``resolve`` walks that tuple: no signature is inspected, nothing is looked up by name.
-A provider is a sync or async function, or a sync or async generator (its code after
+For the connection's fast path the steps become one generated function
+(``routing.callplan``). A provider is a sync or async function, or a sync or async generator (its code after
 ``yield`` is the teardown, run once the handler finished and its reply was written,
 also when something raised: the exception is thrown in at the ``yield``, so
 ``async with db.transaction(): yield tx`` rolls back).
@@ -43,7 +44,6 @@ __all__ = [
     "close_exits_sync",
     "dependency_params",
     "resolve",
-    "resolve_sync",
 ]
 
 
@@ -107,17 +107,13 @@ class Steps:
 
     steps: tuple[Step, ...]
     params: tuple[tuple[str, int], ...]
-    #: No provider awaits: ``resolve_sync`` does the work without a coroutine.
-    sync: bool = field(init=False)
     #: Only sync generators (or none) need a teardown: ``close_exits_sync`` closes them.
     sync_exits: bool = field(init=False)
     #: ``(provider, kind, args, key)`` per step, unpacked in the loop (faster than attributes).
     plan: tuple[tuple[Callable[..., Any], int, tuple[tuple[str, int], ...], Any], ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        kinds = {step.kind for step in self.steps}
-        object.__setattr__(self, "sync", kinds <= {SYNC, GEN})
-        object.__setattr__(self, "sync_exits", ASYNC_GEN not in kinds)
+        object.__setattr__(self, "sync_exits", all(step.kind != ASYNC_GEN for step in self.steps))
         object.__setattr__(self, "plan", tuple((s.provider, s.kind, s.args, s.key) for s in self.steps))
 
 
@@ -183,39 +179,6 @@ async def close_exits(exits: list[Any], error: BaseException | None = None) -> N
                 failure = exc
     if failure is not None:
         raise failure
-
-
-def resolve_sync(
-    steps: Steps, client: Client, packet: Packet[Any], exits: list[Any], cache: dict[Any, Any] | None
-) -> dict[str, Any]:
-    """``resolve`` for steps that never await (``steps.sync``): a plain function, no coroutine."""
-    values: list[Any] = []
-    for provider, kind, args, key in steps.plan:
-        if cache is not None and key is not None and key in cache:
-            values.append(cache[key])
-            continue
-        if args:
-            kwargs = {}
-            for name, source in args:
-                if source >= 0:
-                    kwargs[name] = values[source]
-                elif source == CLIENT:
-                    kwargs[name] = client
-                elif source == PACKET:
-                    kwargs[name] = packet
-                else:
-                    kwargs[name] = packet.data
-            value = provider(**kwargs)
-        else:
-            value = provider()
-        if kind == GEN:
-            gen = value
-            value = next(gen)
-            exits.append(gen)
-        values.append(value)
-        if cache is not None and key is not None:
-            cache[key] = value
-    return {name: values[index] for name, index in steps.params}
 
 
 async def resolve(

@@ -493,3 +493,87 @@ def test_no_handler_errors_in_the_test_client() -> None:
     assert reply["error"] == "ERR_NO_HANDLER"
     assert [(e["handler"], e["reason"]) for e in reply["errors"]] == [(never.__qualname__, "filter"), (order.__qualname__, "validation")]
     assert reply["errors"][1]["loc"] == ["item"]
+
+
+# -- the generated call plan: unwinding and teardown failures ------------------------------------
+
+
+async def test_teardowns_unwind_in_reverse_when_a_later_provider_fails(caplog: pytest.LogCaptureFixture) -> None:
+    server = make_server()
+    log: list[str] = []
+
+    async def first() -> AsyncIterator[str]:
+        log.append("open first")
+        try:
+            yield "first"
+        except ApiError:
+            log.append("first saw ApiError")
+            raise
+        finally:
+            log.append("close first")
+
+    def second() -> Iterator[str]:
+        log.append("open second")
+        yield "second"
+        log.append("close second")
+
+    def refuse(packet: Packet) -> None:
+        if packet.get("refuse"):
+            raise ApiError("ERR_REFUSED")
+
+    def broken_teardown() -> Iterator[None]:
+        yield
+        raise OSError("disk full")
+
+    def twice() -> Iterator[int]:
+        yield 1
+        yield 2
+
+    @server.add_handler(dependencies=[first, second, refuse])
+    async def h(client: Client, packet: Packet) -> dict[str, Any]:
+        log.append("handler")
+        return {"ok": True}
+
+    @server.add_handler(group=0, dependencies=[broken_teardown])
+    async def unreachable(client: Client, packet: Packet) -> None: ...
+
+    assert await both(server, {"refuse": True}) == [{"status": "failure", "error": "ERR_REFUSED"}]
+    assert log[:4] == ["open first", "open second", "first saw ApiError", "close first"]
+    log.clear()
+    assert await over_socket(server, {}) == [{"ok": True}]
+    assert log == ["open first", "open second", "handler", "close second", "close first"]
+
+    server2 = make_server()
+
+    @server2.add_handler(dependencies=[broken_teardown])
+    async def h2(client: Client, packet: Packet) -> dict[str, Any]:
+        return {"sent": True}
+
+    server3 = make_server()
+
+    @server3.add_handler()
+    async def h3(client: Client, packet: Packet, n: Annotated[int, Depends(twice)]) -> dict[str, Any]:
+        return {"n": n}
+
+    with caplog.at_level(logging.ERROR, logger="asyncapy"):
+        assert await over_socket(server2, {}, {}) == [{"sent": True}, {"sent": True}]  # logged, no second reply
+        assert await over_socket(server3, {}) == [{"n": 1}]
+    assert "teardown of handler" in caplog.text and "disk full" in caplog.text
+    assert "yielded more than once" in caplog.text
+
+
+async def test_async_provider_and_class_provider() -> None:
+    server = make_server()
+
+    class Settings:
+        def __init__(self, client: Client) -> None:
+            self.address = client.address
+
+    async def greeting(settings: Annotated[Settings, Depends(Settings)]) -> str:
+        return f"hello {settings.address}"
+
+    @server.add_handler()
+    async def h(client: Client, packet: Packet, text: Annotated[str, Depends(greeting)]) -> dict[str, Any]:
+        return {"text": text}
+
+    assert await both(server, {}) == [{"text": "hello 127.0.0.1"}]

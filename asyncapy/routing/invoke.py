@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..codecs import CODEC_IDS
-from ..depends import Scope, Steps, close_exits, close_exits_sync, resolve, resolve_sync
+from ..depends import Scope, Steps, resolve
 from ..packet import Packet
 from ..peer import REPLY_ENCODERS, Client, reply_encoder
 from ..replies import Checker
@@ -53,7 +53,9 @@ def invocation(
         assert check is not None
         call = _checked(handler, check) if model is None else _checked_model(handler, check, model)
         return Invocation(call, pass_data, _run_checked(handler, pass_data, check))
-    call = _with_scope(name, handler, pass_data, steps, check, model)
+    from .callplan import generated_call  # it uses write_reply, below
+
+    call = generated_call(name, handler, pass_data, steps, check, model)
     return Invocation(call, False, _run(handler, pass_data, steps, check))
 
 
@@ -88,49 +90,6 @@ def _run(handler: Call, pass_data: bool, steps: Steps, check: Checker | None) ->
         return reply if check is None else check(reply)
 
     return run
-
-
-def _with_scope(
-    name: str, handler: Call, pass_data: bool, steps: Steps, check: Checker | None, model: type | None
-) -> Call:
-    """A simple plan's call: resolve, call, check; with teardowns, write the reply before them.
-
-    One handler runs per packet here, so no cache is needed beyond the one the call
-    plan already has (a provider used twice is one step).
-    """
-    sync, sync_exits = steps.sync, steps.sync_exits
-
-    async def call(client: Client, packet: Packet[Any]) -> Any:
-        exits: list[Any] = []
-        try:
-            if sync:
-                kwargs = resolve_sync(steps, client, packet, exits, None)
-            else:
-                kwargs = await resolve(steps, client, packet, exits, None)
-            reply = await handler(client, packet.data if pass_data else packet, **kwargs)
-            if check is not None and type(reply) is not model:
-                reply = check(reply)
-            if not exits:
-                return reply
-            if reply is not None:
-                write_reply(client, reply)  # the reply is written before the teardowns run
-        except BaseException as exc:
-            if exits:
-                if sync_exits:
-                    close_exits_sync(exits, exc)
-                else:
-                    await close_exits(exits, exc)
-            raise
-        try:
-            if sync_exits:
-                close_exits_sync(exits)
-            else:
-                await close_exits(exits)
-        except Exception:
-            logger.exception("A dependency teardown of handler %s failed after its reply was sent", name)
-        return None
-
-    return call
 
 
 def write_reply(client: Client, reply: Any) -> None:
