@@ -4,6 +4,7 @@ checked replies and rule 5's structured misses, over real sockets and in the Tes
 # No `from __future__ import annotations`: the providers below are local to their tests,
 # and their names must resolve when the handlers are registered.
 
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any, Literal
@@ -577,3 +578,29 @@ async def test_async_provider_and_class_provider() -> None:
         return {"text": text}
 
     assert await both(server, {}) == [{"text": "hello 127.0.0.1"}]
+
+
+# -- schema ------------------------------------------------------------------------------------
+
+
+def test_schema_lists_declared_errors_and_no_dependencies() -> None:
+    server = make_server()
+
+    def token(packet: Packet) -> str:
+        return str(packet.get("token"))
+
+    @server.add_handler(errors=["ERR_NOT_FOUND", "ERR_UNAUTHORIZED"], dependencies=[token])
+    async def find(client: Client, packet: Packet[Order], user: Annotated[str, Depends(token)]) -> Placed:
+        raise ApiError("ERR_NOT_FOUND")
+
+    route = server.schema()["routes"][0]
+    assert route["errors"] == ["ERR_NOT_FOUND", "ERR_UNAUTHORIZED"]
+    assert "user" not in json.dumps(route) and "token" not in json.dumps(route)  # dependencies never leak
+    assert route["accepts"] == {"$ref": "#/$defs/Order"}
+    doc = server.asyncapi()
+    (operation,) = doc["operations"].values()
+    assert operation["x-asyncapy-errors"] == ["ERR_NOT_FOUND", "ERR_UNAUTHORIZED"]
+    codes = doc["components"]["messages"]["error"]["payload"]["properties"]["error"]["enum"]
+    assert {"ERR_NOT_FOUND", "ERR_UNAUTHORIZED", "ERR_NO_HANDLER"} <= set(codes)
+    with pytest.raises(UsageError, match="error codes"):
+        Router().add_handler(errors=["not found"])(find)
