@@ -604,3 +604,54 @@ def test_schema_lists_declared_errors_and_no_dependencies() -> None:
     assert {"ERR_NOT_FOUND", "ERR_UNAUTHORIZED", "ERR_NO_HANDLER"} <= set(codes)
     with pytest.raises(UsageError, match="error codes"):
         Router().add_handler(errors=["not found"])(find)
+
+
+# -- the general dispatch path: several groups, middleware, handler_timeout --------------------
+
+
+async def test_middleware_over_several_groups_with_dependencies_and_rule_5() -> None:
+    server = make_server(handler_timeout=5)
+    log: list[str] = []
+
+    def resource() -> Iterator[str]:
+        log.append("open")
+        try:
+            yield "r"
+        finally:
+            log.append("close")
+
+    @server.middleware
+    async def mw(client: Client, packet: Packet, call_next: CallNext) -> None:
+        log.append("mw")
+        await call_next()
+
+    @server.add_handler(group=-1)
+    async def audit(client: Client, packet: Packet, r: Annotated[str, Depends(resource)]) -> None:
+        log.append(f"audit {r}")
+        if packet.get("fail"):
+            raise KeyError("gone")
+
+    @server.add_handler()
+    async def place(client: Client, packet: Packet[Order], r: Annotated[str, Depends(resource)]) -> Placed:
+        log.append(f"place {r}")
+        return Placed(item=packet.data.item, qty=packet.data.qty)
+
+    @server.exception_handler(KeyError)
+    async def gone(client: Client, packet: Packet, exc: KeyError) -> dict[str, Any]:
+        return {"status": "failure", "error": "ERR_GONE"}
+
+    replies = await over_socket(
+        server,
+        {"kind": "order", "item": "tea", "qty": 1},
+        {"kind": "order", "item": "tea"},
+        {"fail": True},
+    )
+    assert replies[0] == {"item": "tea", "qty": 1}
+    assert replies[1]["error"] == "ERR_NO_HANDLER" and replies[1]["errors"][0]["loc"] == ["qty"]
+    assert replies[2] == {"status": "failure", "error": "ERR_GONE"}
+    # one value per provider per packet, closed once after the packet's last reply
+    assert log == [
+        "mw", "open", "audit r", "place r", "close",
+        "mw", "open", "audit r", "close",
+        "mw", "open", "audit r", "close",
+    ]  # fmt: skip

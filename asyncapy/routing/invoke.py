@@ -4,8 +4,9 @@ Chosen once per route at compile time. A handler with no dependencies and no rep
 type to check is called as it is (``call`` is the handler itself: nothing added on the
 hot path). Otherwise:
 
-- ``call(client, arg)`` is what a simple plan's ``start`` returns the coroutine of (the
-  connection sends what it returns);
+- ``call(client, arg)`` is what a simple plan's ``start`` returns the coroutine of: it
+  returns the reply for the connection to send, or (with generator dependencies, whose
+  teardowns must follow the reply) writes the reply itself and returns None;
 - ``run(client, packet, scope)`` is what ``Plan.dispatch`` awaits, with one ``Scope``
   for the whole packet (one value per provider per packet, teardowns after every
   group's reply).
