@@ -13,6 +13,7 @@ from .errors import (
     ErrorReply,
     LifespanError,
     ProtocolError,
+    ReplyValidationError,
     StopPropagation,
     UsageError,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "LifespanError",
     "Packet",
     "ProtocolError",
+    "ReplyValidationError",
     "Router",
     "Server",
     "Session",
