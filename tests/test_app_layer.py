@@ -655,3 +655,37 @@ async def test_middleware_over_several_groups_with_dependencies_and_rule_5() -> 
         "mw", "open", "audit r", "close",
         "mw", "open", "audit r", "close",
     ]  # fmt: skip
+
+
+async def test_api_error_from_a_middleware_and_mapped_middleware_errors() -> None:
+    server = make_server()
+
+    @server.middleware
+    async def guard(client: Client, packet: Packet, call_next: CallNext) -> None:
+        if "token" not in packet:
+            raise ApiError("ERR_UNAUTHORIZED", "no token")
+        if packet["token"] == "bad":
+            raise PermissionError("bad token")
+        await call_next()
+
+    @server.exception_handler(PermissionError)
+    async def denied(client: Client, packet: Packet, exc: PermissionError) -> dict[str, Any]:
+        return {"status": "failure", "error": "ERR_FORBIDDEN", "detail": str(exc)}
+
+    @server.add_handler()
+    async def ok(client: Client, packet: Packet) -> dict[str, Any]:
+        return {"ok": True}
+
+    replies = await both(server, {}, {"token": "bad"}, {"token": "good"})
+    assert replies == [
+        {"status": "failure", "error": "ERR_UNAUTHORIZED", "detail": "no token"},
+        {"status": "failure", "error": "ERR_FORBIDDEN", "detail": "bad token"},
+        {"ok": True},
+    ]
+
+
+def test_public_names() -> None:
+    import asyncapy
+
+    for name in ("ApiError", "CallNext", "Depends", "LifespanError"):
+        assert name in asyncapy.__all__ and hasattr(asyncapy, name)
