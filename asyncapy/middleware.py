@@ -12,8 +12,8 @@
     async def not_found(client: Client, packet: Packet, exc: KeyError) -> dict:
         return {"status": "failure", "error": "ERR_NOT_FOUND", "detail": str(exc)}
 
-The chain is built once when the server compiles; per packet, each middleware costs a
-coroutine and a ``functools.partial`` for its ``call_next``. A server with neither
+The chain is built once, with the serving context; per packet, each middleware costs its
+own coroutine and a ``functools.partial`` for its ``call_next``. A server with neither
 middleware nor exception handlers has no ``App``: the connection runs the plan as before.
 
 Order of events for one packet: the outermost middleware (registered first) runs, its
@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .errors import ERR_NO_HANDLER, UsageError, error_payload
 from .packet import Packet
 from .peer import Client
-
 from .routing.dispatch import Miss
 from .routing.invoke import write_reply
 
