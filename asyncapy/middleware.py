@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import ERR_NO_HANDLER, UsageError, error_payload
+from .errors import ERR_NO_HANDLER, StopPropagation, UsageError, error_payload
 from .packet import Packet
 from .peer import Client
 from .routing.dispatch import Miss
@@ -132,7 +132,10 @@ def _simple_route(plan: Plan) -> Route:
         if type(started) is Miss:
             send_miss(client, packet, started)
             return
-        reply = await started  # type: ignore[misc]
+        try:
+            reply = await started  # type: ignore[misc]
+        except StopPropagation:  # control flow, not an error: middleware never see it
+            return
         if reply is not None:
             write_reply(client, reply)
 

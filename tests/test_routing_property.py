@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from dataclasses import replace
 from collections.abc import Callable
 from typing import Any, Literal, Union
 
@@ -12,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from asyncapy import Packet, Router, StopPropagation
+from asyncapy import CallNext, Client, Packet, Router, StopPropagation
+from asyncapy.middleware import App
 from asyncapy.filters import Fields, Filter, Ip, as_filter
 from asyncapy.routing import Miss, Plan, compile_routes
 from asyncapy.routing.discriminator import literal_fields
@@ -242,12 +244,29 @@ def _normalized(entry: Entry) -> Entry:
 payloads = st.lists(st.dictionaries(st.sampled_from(["kind", "x", "y"]), st.sampled_from(VALUES), max_size=3), min_size=1, max_size=4)
 
 
+async def through_middleware(entries: list[Entry], address: str, payload: dict[str, Any]) -> tuple[list[int], bool]:
+    """The plan behind a pass-through middleware (``App``): the same handlers, the same misses."""
+    log: list[int] = []
+    plan = _plan(entries, log)
+
+    async def passthrough(client: Client, packet: Packet, call_next: CallNext) -> None:
+        await call_next()
+
+    client, link = fake_client(address)
+    app = App.build(plan, (passthrough,), {})
+    await replace(plan, app=app).dispatch(client, Packet._received(payload, "json", client, b""))
+    missed = any(b'"ERR_NO_HANDLER"' in sent for sent in link.sent)
+    assert not missed or link.sent[-1].count(b"ERR_NO_HANDLER") == 1
+    return log, not missed
+
+
 def _check(entries: list[Entry], packets: list[dict[str, Any]], address: str) -> None:
     client, _ = fake_client(address)
     logging.getLogger("asyncapy").setLevel(logging.ERROR)  # dead-route warnings are expected here
     for payload in packets:
         expected = asyncio.run(naive(entries, client, payload))
         assert asyncio.run(compiled(entries, client, payload)) == expected, payload
+        assert asyncio.run(through_middleware(entries, address, payload)) == expected, payload
         fast = asyncio.run(started(entries, client, payload))
         if fast is not None:
             assert fast[:2] == expected, payload
