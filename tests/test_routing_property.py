@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 from dataclasses import replace
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, Union
 
 from hypothesis import given, settings
@@ -173,13 +173,42 @@ async def naive(entries: list[Entry], client: Any, payload: dict[str, Any]) -> t
     return called, bool(called) and (not some_group_missed or sent)
 
 
-def _plan(entries: list[Entry], log: list[int]) -> Plan:
+def _plan(entries: list[Entry], log: list[int], dependencies: list[Any] | None = None) -> Plan:
     """The compiled plan of ``entries``; its handlers append their index to ``log``."""
-    router = Router()
+    router = Router(dependencies=dependencies)
     for i, (accepts, filter_ids, group, style, behaviour) in enumerate(entries):
         handler = _handler(i, style, accepts, behaviour, log)
         router.register_handler(handler, *(FILTERS[f] for f in filter_ids), group=group)
     return compile_routes(router.routes())
+
+
+async def with_dependency(entries: list[Entry], client: Any, payload: dict[str, Any]) -> tuple[list[int], bool]:
+    """Every handler behind a generator dependency: same handlers, same misses; it opens
+    once per packet that some handler accepted, and closes as often as it opens."""
+    log: list[int] = []
+    opened: list[int] = []
+    closed: list[int] = []
+
+    def tracked() -> Iterator[None]:
+        opened.append(1)
+        try:
+            yield
+        finally:
+            closed.append(1)
+
+    plan = _plan(entries, log, [tracked])
+    if plan.simple:
+        started = plan.start(client, Packet._received(payload, "json", client, b""))
+        miss = started if isinstance(started, Miss) else None
+        if miss is None:
+            try:
+                await started  # type: ignore[misc]
+            except StopPropagation:
+                pass
+    else:
+        miss = await plan.dispatch(client, Packet._received(payload, "json", client, b""))
+    assert len(opened) == len(closed) == (1 if log else 0)
+    return log, miss is None
 
 
 async def compiled(entries: list[Entry], client: Any, payload: dict[str, Any]) -> tuple[list[int], bool]:
@@ -267,6 +296,7 @@ def _check(entries: list[Entry], packets: list[dict[str, Any]], address: str) ->
         expected = asyncio.run(naive(entries, client, payload))
         assert asyncio.run(compiled(entries, client, payload)) == expected, payload
         assert asyncio.run(through_middleware(entries, address, payload)) == expected, payload
+        assert asyncio.run(with_dependency(entries, client, payload)) == expected, payload
         fast = asyncio.run(started(entries, client, payload))
         if fast is not None:
             assert fast[:2] == expected, payload
