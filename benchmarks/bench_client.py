@@ -14,7 +14,7 @@ model out) in its own process. In this process, for each row, 10,000 requests wi
 - ``raw asyncio, 1 conn, depth 50``: the same minimal client pipelining 50 requests on
   one connection (what the protocol allows when every handler answers exactly once);
 - ``C loadgen ...``: the epoll load generator (``benchmarks/loadgen``, built from
-  ``../shared/bench/loadgen.c`` when missing) on the same server, same shapes.
+  ``benchmarks/loadgen.c`` when missing) on the same server, same shapes.
 
 Columns: requests/s, and the client's own CPU per request in microseconds
 (``time.process_time`` of this process, or ``RUSAGE_CHILDREN`` for the load generator;
@@ -46,9 +46,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from asyncapy.client import AsyncClient  # noqa: E402
+from loadgen_build import LOADGEN, build_loadgen  # noqa: E402  (beside this script)
 
-LOADGEN = HERE / "loadgen"
-LOADGEN_SRC = REPO.parent / "shared" / "bench" / "loadgen.c"
 IN_FLIGHT = 50
 
 
@@ -190,14 +189,8 @@ def measure_loadgen(port: int, requests: int, conns: int, depth: int, pin: bool)
 
 
 def find_loadgen() -> Path | None:
-    """The C load generator, built from ../shared/bench/loadgen.c when missing (None: no compiler)."""
-    if LOADGEN.exists():
-        return LOADGEN
-    compiler = os.environ.get("CC", "cc")
-    if not LOADGEN_SRC.exists() or shutil.which(compiler) is None:
-        return None
-    subprocess.run([compiler, "-O2", "-o", str(LOADGEN), str(LOADGEN_SRC)], check=True)
-    return LOADGEN
+    """The C load generator, built from benchmarks/loadgen.c when missing (None: no compiler)."""
+    return build_loadgen()
 
 
 def pinned(cmd: list[str], cores: str, pin: bool) -> list[str]:
@@ -273,7 +266,7 @@ def main() -> None:
         cpu = statistics.median(v[1] for v in values)
         print(f"{name:44} {rps:9.0f} {cpu:18.1f}")
     if loadgen is None:
-        print("(no C load generator: cc or ../shared/bench/loadgen.c missing)")
+        print("(no C load generator: no C compiler (cc) to build benchmarks/loadgen.c)")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,10 @@ class Person(BaseModel):
     active: bool
 
 
+class Test(BaseModel):
+    test: int
+
+
 class Reply(BaseModel):
     status: Literal["ok"] = "ok"
     name: str
@@ -141,6 +145,17 @@ def app_server(dependency: bool, middleware: bool, **kw: Any) -> Server:
     return server
 
 
+def typed_test_server(**kw: Any) -> Server:
+    """``{"test": 1}`` in, the same model out: the work the peers in ``peers.py`` do."""
+    server = Server("127.0.0.1", logging_level=logging.WARNING, **kw)
+
+    @server.add_handler()
+    async def test(client: Client, packet: Packet[Test]) -> Test:
+        return Test(test=packet.data.test)
+
+    return server
+
+
 def tagged_server(count: int, **kw: Any) -> Server:
     """``count`` handlers in one group, each for one value of a ``kind`` tag (the packet aims at the last)."""
     server = Server("127.0.0.1", logging_level=logging.WARNING, **kw)
@@ -171,6 +186,8 @@ def build(kind: str, port: int, workers: int, uvloop: bool) -> Server:
         return typed_server(**kw)
     if kind in ("typed+dep", "typed+mw", "typed+dep+mw"):
         return app_server("dep" in kind, "mw" in kind, **kw)
+    if kind == "typed-test":
+        return typed_test_server(**kw)
     if kind.startswith("tagged"):
         return tagged_server(int(kind[len("tagged") :]), **kw)
     raise SystemExit(f"unknown server kind {kind!r}")
