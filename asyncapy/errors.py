@@ -11,6 +11,7 @@
     ├── ApiError               an application error reply: ``{"error": code, "detail": ...}``
     │   ├── RateLimited        ERR_RATE_LIMITED, over a ``RateLimit`` (``asyncapy.ratelimit``)
     │   └── SharedStateUnavailable  ERR_INTERNAL, Redis did not answer (``asyncapy.state``)
+    ├── LifespanError          the server's lifespan raised before serving (nothing is served)
     └── ClientError            raised by ``asyncapy.client``
         ├── ConnectionClosed   the server closed the connection
         ├── ClientTimeout      no reply within the client's timeout (also a TimeoutError)
@@ -120,6 +121,10 @@ class ApiError(AsyncAPYError):
     def payload(self) -> dict[str, Any]:
         """The error reply's map."""
         return error_payload(self.code, self.detail)
+
+
+class LifespanError(AsyncAPYError):
+    """The server's lifespan raised on the way in; the server did not serve (the cause is chained)."""
 
 
 class ClientError(AsyncAPYError):

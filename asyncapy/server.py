@@ -22,12 +22,14 @@ from .ratelimit import RateLimit
 from .state import SharedSessions, SharedState
 from .proxy import Network, check_trusted_proxies
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
+from .errors import LifespanError
+from .lifespan import Lifespan, LifespanRun, State
 from .middleware import App, ExceptionHandler, Middleware, check_exception_handler, check_middleware
 from .packet import Packet
 from .peer import CLOSED_LINK, Client, Session
 from .routing import Explanation, Plan, Router, compile_routes
 from .sessions import SessionRegistry
-from .workers import run_workers
+from .workers import STARTUP_FAILED, run_workers
 
 logger = logging.getLogger("asyncapy")
 
@@ -84,6 +86,9 @@ class Server:
         shared_state: a ``SharedState`` (``asyncapy.redis.RedisState``) that makes
             ``session_limit`` hold across every server sharing it.
         rate_limit: a ``RateLimit`` every packet is checked against before routing.
+        lifespan: ``lifespan(server)``, an async context manager entered before serving
+            (in each worker, and in the TestClients) and exited after; see ``asyncapy.lifespan``.
+            ``server.state`` is a namespace for what it opens.
 
     Example:
         server = Server(port=1500)
@@ -120,6 +125,7 @@ class Server:
         trusted_proxies: Sequence[str] | None = None,
         shared_state: SharedState | None = None,
         rate_limit: RateLimit | None = None,
+        lifespan: Lifespan | None = None,
     ) -> None:
         settings: dict[str, Any] = dict(
             addr=addr,
@@ -171,6 +177,10 @@ class Server:
             raise ValueError(f"rate_limit must be an asyncapy.filters.RateLimit, e.g. RateLimit('100/minute'), not {rate_limit!r}")
         self.shared_state = shared_state
         self.rate_limit = rate_limit
+        self.lifespan = lifespan
+        #: A plain namespace for the application's resources (set them in the lifespan).
+        self.state = State()
+        self._lifespan_run = LifespanRun(None)
         self.router = Router()
         self._middleware: list[Middleware] = []
         self._exception_handlers: dict[type[BaseException], ExceptionHandler[Any]] = {}
@@ -276,6 +286,23 @@ class Server:
 
     # -- hooks ---------------------------------------------------------------------
 
+    async def _begin_lifespan(self) -> None:
+        """The lifespan up to its ``yield``, then ``setup()`` (``LifespanError`` if the lifespan fails)."""
+        run = self._lifespan_run = LifespanRun(self.lifespan)
+        await run.enter(self)
+        try:
+            await self.setup()
+        except BaseException:
+            await run.exit()
+            raise
+
+    async def _end_lifespan(self) -> None:
+        """``shutdown()``, then the rest of the lifespan."""
+        try:
+            await self.shutdown()
+        finally:
+            await self._lifespan_run.exit()
+
     async def setup(self) -> None:
         """Runs once before the server accepts connections; override it."""
 
@@ -301,13 +328,15 @@ class Server:
     def _serve_in_worker(self, sock: socket.socket | None) -> None:
         """A worker's life: its own loop, listening on ``sock`` or on a SO_REUSEPORT socket."""
         self._sock, self._reuse_port = sock, sock is None
-        self._run_until_signal()
+        self._run_until_signal(exit_status=STARTUP_FAILED)
 
-    def _run_until_signal(self) -> None:
+    def _run_until_signal(self, exit_status: int = 1) -> None:
         try:
             _run(self._serve_until_signal(), self.uvloop)
         except KeyboardInterrupt:  # a second Ctrl-C, or a platform without signal handlers
             pass
+        except LifespanError:  # logged where it happened; nothing was served
+            raise SystemExit(exit_status) from None
 
     async def serve(self) -> None:
         """Serve until ``request_stop()`` is called (or the task is cancelled), then stop."""
@@ -325,7 +354,7 @@ class Server:
         logger.setLevel(self.logging_level)
         plan = self.compile()
         self._stop_requested = asyncio.Event()
-        await self.setup()
+        await self._begin_lifespan()
         self._ctx = ctx = self._serving_context(plan)
         loop = asyncio.get_running_loop()
         trusted = self.trusted_proxies if self.proxy_protocol else None
@@ -391,7 +420,7 @@ class Server:
         if ctx.sweeper is not None:
             ctx.sweeper.cancel()
             ctx.sweeper = None
-        await self.shutdown()
+        await self._end_lifespan()
         logger.info("Server stopped")
 
     async def _close_when_quiet(self, ctx: ServingContext) -> None:
