@@ -27,6 +27,20 @@ def _encoding(text: str) -> str:
     return name
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise ValueError(f"expected true or false, not {text!r}")
+
+
+def _list(text: str) -> list[str]:
+    """Comma- or whitespace-separated values: ``10.0.0.0/8, 192.168.1.10``."""
+    return text.replace(",", " ").split()
+
+
 #: Each key AsyncAPY's config file had, plus the newer limits, with its parser.
 _KEYS: dict[str, Callable[[str], Any]] = {
     "addr": str.strip,
@@ -42,6 +56,8 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "shutdown_timeout": float,
     "max_pending": int,
     "handler_timeout": float,  # 0: no limit
+    "proxy_protocol": _boolean,
+    "trusted_proxies": _list,
     # AsyncAPY's read size; asyncio picks its own, so the value is read and ignored.
     "buf": int,
 }

@@ -9,16 +9,26 @@
     │                          names the handler and says how to fix it (also a TypeError)
     ├── StopPropagation        control flow: ends the dispatch of one packet
     ├── ApiError               an application error reply: ``{"error": code, "detail": ...}``
+    │   ├── RateLimited        ERR_RATE_LIMITED, over a ``RateLimit`` (``asyncapy.ratelimit``)
+    │   └── SharedStateUnavailable  ERR_INTERNAL, Redis did not answer (``asyncapy.state``)
+    ├── LifespanError          the server's lifespan raised before serving (nothing is served)
     └── ClientError            raised by ``asyncapy.client``
         ├── ConnectionClosed   the server closed the connection
         ├── ClientTimeout      no reply within the client's timeout (also a TimeoutError)
-        └── ErrorReply         the server answered ``{"status": "failure", ...}``
+        ├── ErrorReply         the server answered ``{"status": "failure", ...}``
+        └── ReplyValidationError  the reply is not the model ``request(..., reply=Model)`` asked for
+
+Connecting to a server that is not there raises the ``OSError`` the system gave
+(``ConnectionRefusedError``, ``socket.gaierror``...), its message naming the address.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 ERR_HEADER_INVALID = "ERR_HEADER_INVALID"
 ERR_REQUEST_MALFORMED = "ERR_REQUEST_MALFORMED"
@@ -28,6 +38,7 @@ ERR_SESSION_LIMIT_REACHED = "ERR_SESSION_LIMIT_REACHED"
 ERR_SERVER_BUSY = "ERR_SERVER_BUSY"
 ERR_NO_HANDLER = "ERR_NO_HANDLER"
 ERR_INTERNAL = "ERR_INTERNAL"
+ERR_RATE_LIMITED = "ERR_RATE_LIMITED"
 
 ERROR_CODES = frozenset(
     {
@@ -39,6 +50,7 @@ ERROR_CODES = frozenset(
         ERR_SERVER_BUSY,
         ERR_NO_HANDLER,
         ERR_INTERNAL,
+        ERR_RATE_LIMITED,
     }
 )
 
@@ -111,6 +123,10 @@ class ApiError(AsyncAPYError):
         return error_payload(self.code, self.detail)
 
 
+class LifespanError(AsyncAPYError):
+    """The server's lifespan raised on the way in; the server did not serve (the cause is chained)."""
+
+
 class ClientError(AsyncAPYError):
     """Base of the errors a client raises."""
 
@@ -132,3 +148,20 @@ class ErrorReply(ClientError):
         self.detail = payload.get("detail")
         text = self.code if self.detail is None else f"{self.code}: {self.detail}"
         super().__init__(text)
+
+
+class ReplyValidationError(ClientError):
+    """The reply does not validate against the ``reply=`` type of ``request``.
+
+    Attributes:
+        reply: the reply map as it arrived.
+        model: the type it was validated against.
+        validation_error: pydantic's ``ValidationError`` (also the ``__cause__``).
+    """
+
+    def __init__(self, reply: dict[str, Any], model: Any, validation_error: ValidationError) -> None:
+        self.reply = reply
+        self.model = model
+        self.validation_error = validation_error
+        name = getattr(model, "__name__", repr(model))
+        super().__init__(f"the reply is not a valid {name}: {validation_error}")

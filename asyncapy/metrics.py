@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 logger = logging.getLogger("asyncapy")
@@ -63,11 +63,12 @@ class ProcessMetrics:
     The packet counters are the rows' counts: one dict lookup per packet counts both.
     """
 
-    __slots__ = ("rows", "connections", "refused", "bytes_received", "bytes_sent")
+    __slots__ = ("rows", "open_connections", "refused", "bytes_received", "bytes_sent")
 
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str], list[float]] = {}
-        self.connections = 0
+        #: How many connections are open: ``len`` of the serving context's set, read when scraped.
+        self.open_connections: Callable[[], int] = _none_open
         self.refused: dict[str, int] = {}
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -92,11 +93,15 @@ class ProcessMetrics:
         """A JSON-able copy (each copy is one C call: safe to take from another thread)."""
         return {
             "rows": [[h, o, list(row)] for (h, o), row in list(self.rows.items())],
-            "connections": self.connections,
+            "connections": self.open_connections(),
             "refused": dict(self.refused),
             "bytes_received": self.bytes_received,
             "bytes_sent": self.bytes_sent,
         }
+
+
+def _none_open() -> int:
+    return 0
 
 
 def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -71,6 +71,8 @@ def observed_context(
         ctx = make_context(named[0])
         observer.names = named[1]
     ctx.observer = observer
+    if observer.metrics is not None:
+        observer.metrics.open_connections = ctx.connections.__len__
     return ctx
 
 
@@ -132,13 +134,13 @@ def when_reported(client: Client, callback: Callable[[str, str], None]) -> bool:
     return True
 
 
-def _connection_of(client: Client) -> ObservedConnection | None:
-    """``client``'s observed connection, also through a link that wraps it (rule 5's counter)."""
+def _connection_of(client: Client) -> Any:
+    """``client``'s observed connection, also through a link that wraps it (rule 5's counter); or None."""
     link: Any = client._link
-    if type(link) is ObservedConnection:
+    if type(link) in _OBSERVED:
         return link
     link = getattr(link, "link", None)
-    return link if type(link) is ObservedConnection else None
+    return link if type(link) in _OBSERVED else None
 
 
 def error_code(payload: bytes) -> str | None:
@@ -209,9 +211,9 @@ def _recording(handler: Callable[..., Awaitable[Any]], name: str) -> Callable[..
 
     def recording(client: Client, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         link: Any = client._link
-        if type(link) is not ObservedConnection:
+        if type(link) not in _OBSERVED:
             link = getattr(link, "link", None)  # rule 5's counting link wraps the connection
-        if type(link) is ObservedConnection:
+        if type(link) in _OBSERVED:
             ran = link.ran
             link.ran = name if ran is None else f"{ran},{name}"
         return handler(client, *args, **kwargs)
@@ -226,8 +228,17 @@ class ObservedConnection(Connection):
 
     __slots__ = ("ran", "_code", "_started", "_access_log", "_metrics", "_frame_overhead", "_names", "_when_reported")
 
-    def __init__(self, ctx: ServingContext) -> None:
-        super().__init__(ctx)
+    # What the methods below extend, as ``self._base_x(...)`` (see ``observed_class``).
+    _base_init = Connection.__init__
+    _base_refuse = Connection._refuse
+    _base_data_received = Connection.data_received
+    _base_write_payload = Connection.write_payload
+    _base_begin = Connection._begin
+    _base_handle_frame_error = Connection._handle_frame_error
+    _base_send_error = Connection._send_error
+
+    def __init__(self, ctx: ServingContext, *args: Any) -> None:
+        self._base_init(ctx, *args)
         observer: Observer = ctx.observer
         self._access_log = observer.access_log
         self._metrics = observer.metrics
@@ -239,30 +250,18 @@ class ObservedConnection(Connection):
         self._started = 0.0
         self._when_reported: Callable[[str, str], None] | None = None
 
-    # -- connections and bytes ------------------------------------------------------
-
-    def connection_made(self, transport: Any) -> None:
-        Connection.connection_made(self, transport)
-        metrics = self._metrics
-        if metrics is not None and self._registered:
-            metrics.connections += 1
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        metrics = self._metrics
-        if metrics is not None and self._registered:
-            metrics.connections -= 1
-        Connection.connection_lost(self, exc)
+    # -- connections and bytes (open connections: ``len(ctx.connections)`` when scraped) --
 
     def _refuse(self, code: str, detail: str) -> None:
         if self._metrics is not None:
             self._metrics.refuse(code)
-        Connection._refuse(self, code, detail)
+        self._base_refuse(code, detail)
 
     def data_received(self, data: bytes) -> None:
         metrics = self._metrics
         if metrics is not None:
             metrics.bytes_received += len(data)
-        Connection.data_received(self, data)
+        self._base_data_received(data)
 
     def write_payload(self, payload: bytes, encoding: int) -> None:
         metrics = self._metrics
@@ -270,7 +269,7 @@ class ObservedConnection(Connection):
             metrics.bytes_sent += len(payload) + self._frame_overhead
         if self._code is None and payload.startswith(_ERRORS):  # an error reply sent as a packet (middleware...)
             self._code = error_code(payload)
-        Connection.write_payload(self, payload, encoding)
+        self._base_write_payload(payload, encoding)
 
     # -- packets ----------------------------------------------------------------------
 
@@ -278,7 +277,7 @@ class ObservedConnection(Connection):
         self._started = perf_counter()
         self.ran = None
         self._code = None
-        coro = Connection._begin(self, frame)
+        coro = self._base_begin(frame)
         if coro is None:  # answered already: malformed, no handler, a filter raised
             self._report()
             return None
@@ -309,13 +308,13 @@ class ObservedConnection(Connection):
         self._started = perf_counter()
         self.ran = None
         self._code = None
-        Connection._handle_frame_error(self, error)
+        self._base_handle_frame_error(error)
         self._report()
 
     def _send_error(self, code: str, detail: Any, encoding: int | None, errors: Any = None) -> None:
         if self._code is None:
             self._code = code
-        Connection._send_error(self, code, detail, encoding, errors)
+        self._base_send_error(code, detail, encoding, errors)
 
     def _report(self) -> None:
         seconds = perf_counter() - self._started
@@ -335,3 +334,37 @@ class ObservedConnection(Connection):
         if done is not None:
             self._when_reported = None
             done(handlers, outcome)
+
+
+#: The observed connection classes (``ObservedConnection`` and those of ``observed_class``).
+_OBSERVED: set[type[Connection]] = {ObservedConnection}
+
+
+def observed_class(base: type[Connection]) -> type[Connection]:
+    """``ObservedConnection``'s methods on top of ``base`` (a subclass of ``Connection``, such as
+    ``GatedConnection``), extending ``base``'s own. Made once per base."""
+    for made in _OBSERVED:
+        if made.__mro__[1] is base:
+            return made
+    namespace = {
+        name: value
+        for name, value in vars(ObservedConnection).items()
+        if name not in ("__dict__", "__weakref__") and not isinstance(value, types.MemberDescriptorType)
+    }
+    for name, value in vars(ObservedConnection).items():
+        if name.startswith("_base_"):
+            namespace[name] = getattr(base, value.__name__)
+    made = type(f"Observed{base.__name__}", (base,), namespace)
+    _OBSERVED.add(made)
+    return made
+
+
+def observed_factory(ctx: ServingContext, trusted: Any) -> Callable[[], Connection]:
+    """What the listener makes per socket when packets are observed: ``ObservedConnection``, or
+    the observed form of the gated connection a PROXY header or a shared admission needs."""
+    if trusted is None and getattr(ctx, "admission", None) is None:
+        return lambda: ObservedConnection(ctx)
+    from .proxied import GatedConnection
+
+    gated: Any = observed_class(GatedConnection)
+    return lambda: gated(ctx, trusted)

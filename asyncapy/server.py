@@ -16,15 +16,22 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from .codecs import get_codec
 from .config import load_config
 from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
+from .limited import limited_plan
+from .proxied import connection_factory
+from .ratelimit import RateLimit
+from .state import SharedSessions, SharedState
+from .proxy import Network, check_trusted_proxies
 from .logs import AccessLog, configure_logging
-from .observe import ObservedConnection, make_observer, observed_context
+from .observe import make_observer, observed_context, observed_factory
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
+from .errors import LifespanError
+from .lifespan import Lifespan, LifespanRun, State
 from .middleware import App, ExceptionHandler, Middleware, check_exception_handler, check_middleware
 from .packet import Packet
 from .peer import CLOSED_LINK, Client, Session
 from .routing import Explanation, Plan, Router, compile_routes
 from .sessions import SessionRegistry
-from .workers import run_workers
+from .workers import STARTUP_FAILED, run_workers
 
 if TYPE_CHECKING:
     from .metrics import ServingMetrics, SnapshotDir
@@ -79,6 +86,17 @@ class Server:
         workers: processes serving the port for ``start()`` (each with its own sessions,
             limits and ``setup()``); see ``asyncapy.workers``.
         uvloop: run ``start()`` on uvloop (``pip install asyncapy[uvloop]``).
+        proxy_protocol: every connection starts with a PROXY header (v1 or v2) from a
+            load balancer; the client's real address is what handlers, filters,
+            limits and logs see (``asyncapy.proxied``).
+        trusted_proxies: addresses or networks allowed to send that header (default:
+            this host, 127.0.0.0/8 and ::1); other connections are closed unanswered.
+        shared_state: a ``SharedState`` (``asyncapy.redis.RedisState``) that makes
+            ``session_limit`` hold across every server sharing it.
+        rate_limit: a ``RateLimit`` every packet is checked against before routing.
+        lifespan: ``lifespan(server)``, an async context manager entered before serving
+            (in each worker, and in the TestClients) and exited after; see ``asyncapy.lifespan``.
+            ``server.state`` is a namespace for what it opens.
 
     Example:
         server = Server(port=1500)
@@ -111,6 +129,11 @@ class Server:
         handler_timeout: float | None = None,
         workers: int = 1,
         uvloop: bool = False,
+        proxy_protocol: bool = False,
+        trusted_proxies: Sequence[str] | None = None,
+        shared_state: SharedState | None = None,
+        rate_limit: RateLimit | None = None,
+        lifespan: Lifespan | None = None,
         access_log: bool | str | os.PathLike[str] = False,
         metrics_port: int | None = None,
     ) -> None:
@@ -128,6 +151,8 @@ class Server:
             shutdown_timeout=shutdown_timeout,
             max_pending=max_pending,
             handler_timeout=handler_timeout,
+            proxy_protocol=proxy_protocol,
+            trusted_proxies=trusted_proxies,
         )
         if config is not None:
             settings.update(load_config(config))
@@ -154,6 +179,18 @@ class Server:
         self.backlog = backlog
         self.workers = _check_workers(workers)
         self.uvloop = _check_uvloop(uvloop)
+        self.proxy_protocol = bool(settings["proxy_protocol"])
+        self.trusted_proxies: tuple[Network, ...] = check_trusted_proxies(self.proxy_protocol, settings["trusted_proxies"])
+        if shared_state is not None and not isinstance(shared_state, SharedState):
+            raise ValueError(f"shared_state must be a SharedState such as asyncapy.redis.RedisState, not {shared_state!r}")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise ValueError(f"rate_limit must be an asyncapy.filters.RateLimit, e.g. RateLimit('100/minute'), not {rate_limit!r}")
+        self.shared_state = shared_state
+        self.rate_limit = rate_limit
+        self.lifespan = lifespan
+        #: A plain namespace for the application's resources (set them in the lifespan).
+        self.state = State()
+        self._lifespan_run = LifespanRun(None)
         self.access_log = access_log
         self.metrics_port = _check_metrics_port(metrics_port)
         self._metrics: ServingMetrics | None = None
@@ -264,6 +301,23 @@ class Server:
 
     # -- hooks ---------------------------------------------------------------------
 
+    async def _begin_lifespan(self) -> None:
+        """The lifespan up to its ``yield``, then ``setup()`` (``LifespanError`` if the lifespan fails)."""
+        run = self._lifespan_run = LifespanRun(self.lifespan)
+        await run.enter(self)
+        try:
+            await self.setup()
+        except BaseException:
+            await run.exit()
+            raise
+
+    async def _end_lifespan(self) -> None:
+        """``shutdown()``, then the rest of the lifespan."""
+        try:
+            await self.shutdown()
+        finally:
+            await self._lifespan_run.exit()
+
     async def setup(self) -> None:
         """Runs once before the server accepts connections; override it."""
 
@@ -308,13 +362,15 @@ class Server:
     def _serve_in_worker(self, sock: socket.socket | None) -> None:
         """A worker's life: its own loop, listening on ``sock`` or on a SO_REUSEPORT socket."""
         self._sock, self._reuse_port = sock, sock is None
-        self._run_until_signal()
+        self._run_until_signal(exit_status=STARTUP_FAILED)
 
-    def _run_until_signal(self) -> None:
+    def _run_until_signal(self, exit_status: int = 1) -> None:
         try:
             _run(self._serve_until_signal(), self.uvloop)
         except KeyboardInterrupt:  # a second Ctrl-C, or a platform without signal handlers
             pass
+        except LifespanError:  # logged where it happened; nothing was served
+            raise SystemExit(exit_status) from None
 
     async def serve(self) -> None:
         """Serve until ``request_stop()`` is called (or the task is cancelled), then stop."""
@@ -332,16 +388,17 @@ class Server:
         logger.setLevel(self.logging_level)
         plan = self.compile()
         self._stop_requested = asyncio.Event()
-        await self.setup()
+        await self._begin_lifespan()
         observer = self._observer()  # None unless the access log, metrics or a tracing middleware is on
         if observer is None:
             self._ctx = ctx = self._serving_context(plan)
         else:
             self._ctx = ctx = observed_context(self._serving_context, plan, observer)
-        connection = Connection if observer is None else ObservedConnection
         loop = asyncio.get_running_loop()
+        trusted = self.trusted_proxies if self.proxy_protocol else None
+        factory = connection_factory(ctx, trusted) if observer is None else observed_factory(ctx, trusted)
         try:
-            self._listener = await self._listen(loop, lambda: connection(ctx))
+            self._listener = await self._listen(loop, factory)
         except BaseException:
             self._stop_observing()
             raise
@@ -374,8 +431,12 @@ class Server:
         if self._middleware or self._exception_handlers:
             app = App.build(plan, tuple(self._middleware), self._exception_handlers)
             plan = dataclasses.replace(plan, app=app)
+        admission = None
+        if self.shared_state is not None and self.session_limit:
+            admission = SharedSessions(self.shared_state, self.session_limit)
         return ServingContext(
-            plan=plan,
+            plan=limited_plan(plan, self.rate_limit),
+            admission=admission,
             sessions=SessionRegistry(self.session_limit),
             header_size=self.header_size,
             byteorder=self.byteorder,
@@ -417,11 +478,13 @@ class Server:
         logger.info("Stopping: waiting for %d connection(s) to finish their packets", len(ctx.connections))
         await self._close_when_quiet(ctx)
         await self._flush_or_abort(ctx)
+        if ctx.admission is not None:
+            await ctx.admission.aclose()  # the closed sessions are forgotten in the shared state
         ctx.hosts.close()
         if ctx.sweeper is not None:
             ctx.sweeper.cancel()
             ctx.sweeper = None
-        await self.shutdown()
+        await self._end_lifespan()
         self._stop_observing()
         logger.info("Server stopped")
 

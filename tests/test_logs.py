@@ -204,3 +204,23 @@ async def test_an_error_reply_the_handler_sends_is_the_outcome(tmp_path: Path, e
         async with AsyncClient("127.0.0.1", server.port, encoding=encoding) as client:
             assert (await client.request({"item": 1}))["error"] == "ERR_OUT_OF_STOCK"
     assert [line.split()[-3:-1] for line in path.read_text().splitlines()] == [[buy.__qualname__, "ERR_OUT_OF_STOCK"]]
+
+
+async def test_access_log_behind_a_proxy_names_the_client(tmp_path: Path) -> None:
+    """With ``proxy_protocol`` the observed connection is the gated one: the client's address is logged."""
+    path = tmp_path / "access.log"
+    server = make_server(access_log=str(path), proxy_protocol=True, trusted_proxies=["127.0.0.0/8"])
+
+    @server.add_handler()
+    async def echo(client: Client, packet: Packet) -> None:
+        await client.send(packet)
+
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"PROXY TCP4 10.1.2.3 127.0.0.1 5555 1500\r\n" + b"\x00\x00\x00\r\x16\x00{\"test\": 1}")
+        length = int.from_bytes(await reader.readexactly(4), "big")
+        assert (await reader.readexactly(length))[2:] == b'{"test": 1}'
+        writer.close()
+        await writer.wait_closed()
+    (line,) = path.read_text().splitlines()
+    assert line.split()[-4:-1] == ["10.1.2.3:5555", echo.__qualname__, "OK"], line

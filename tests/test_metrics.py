@@ -134,7 +134,7 @@ def test_merge_sums_snapshots() -> None:
     a.packet("h", "OK", 0.2)
     b.packet("h", "OK", 99.0)
     b.packet("-", "ERR_NO_HANDLER", 0.001)
-    a.connections, b.connections = 3, 4
+    a.open_connections, b.open_connections = (lambda: 3), (lambda: 4)
     b.refuse("ERR_SERVER_BUSY")
     total = merge([a.snapshot(), b.snapshot()])
     assert total["packets"] == {("h", "OK"): 3, ("-", "ERR_NO_HANDLER"): 1}
