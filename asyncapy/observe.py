@@ -8,6 +8,7 @@ of the plan whose handlers note their name on the connection as they start.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sys
 import types
@@ -15,7 +16,7 @@ from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Coroutine
 from time import perf_counter
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, get_origin
 
 from .connection import Connection, ServingContext
 from .metrics import BUCKETS, NO_HANDLER, ProcessMetrics
@@ -32,7 +33,7 @@ OnPacket = Callable[[Client, str, str, float], None]
 class Observer:
     """What the connections of one serving run report to, and how they name handlers.
 
-    ``names`` maps a handler's code object to its route's name when the connections
+    ``names`` maps a handler's code object to its route (``Named``) when the connections
     call handlers directly (a simple plan): the coroutine ``plan.start`` returns is
     named by one lookup. Otherwise it is None and the handlers note their names as
     they run (``recording_plan``).
@@ -40,7 +41,24 @@ class Observer:
 
     access_log: OnPacket | None
     metrics: ProcessMetrics | None
-    names: dict[Any, str] | None = None
+    names: dict[Any, Named] | None = None
+
+
+class Named:
+    """A route of a simple plan as its packets are reported: its name, its metrics row for
+    ``OK`` (made on its first such packet) and whether its handler returns its reply.
+
+    ``returns``: the handler is annotated to return a model or a dict, so the packet ends
+    in the connection's ``_finish`` and needs no coroutine around it (see
+    ``ObservedConnection._begin``).
+    """
+
+    __slots__ = ("name", "ok", "returns")
+
+    def __init__(self, name: str, returns: bool) -> None:
+        self.name = name
+        self.ok: list[float] | None = None
+        self.returns = returns
 
 
 def make_observer(access_log: OnPacket | None, metrics: ProcessMetrics | None, always: bool = False) -> Observer | None:
@@ -76,7 +94,7 @@ def observed_context(
     return ctx
 
 
-def _named_plan(plan: Plan) -> tuple[Plan, dict[Any, str]] | None:
+def _named_plan(plan: Plan) -> tuple[Plan, dict[Any, Named]] | None:
     """``plan`` where what ``start`` calls for each route has a code object of its own, and code -> route name.
 
     A handler called as it is keeps its code. A function ``start`` calls around it
@@ -84,7 +102,7 @@ def _named_plan(plan: Plan) -> tuple[Plan, dict[Any, str]] | None:
     its code renamed after the route: same bytecode, same closure, its own identity.
     None when a route cannot be named so (then ``recording_plan``).
     """
-    names: dict[Any, str] = {}
+    names: dict[Any, Named] = {}
     copies: dict[int, Callable[..., Awaitable[Any]]] = {}
     for route in plan.routes:
         fn = getattr(route, "call", route.handler)
@@ -93,10 +111,19 @@ def _named_plan(plan: Plan) -> tuple[Plan, dict[Any, str]] | None:
         code = getattr(fn, "__code__", None)
         if code is None or code in names:
             return None
-        names[code] = route.name
+        names[code] = Named(route.name, _returns_reply(route.reply_type))
     if not copies:
         return plan, names
     return _with_routes(plan, lambda route: dataclasses.replace(route, call=copies[id(route)]) if id(route) in copies else route), names
+
+
+def _returns_reply(reply_type: Any) -> bool:
+    """True when a handler annotated ``-> reply_type`` returns its reply (a model, a dict), never None.
+
+    A union may hold None (``_reply_type`` drops it): not counted on. A handler that
+    returns None all the same is still reported, only a little later (see ``ObservedConnection``).
+    """
+    return isinstance(reply_type, type) or get_origin(reply_type) is dict
 
 
 def _renamed(fn: Any, name: str) -> Any:
@@ -224,9 +251,21 @@ def _recording(handler: Callable[..., Awaitable[Any]], name: str) -> Callable[..
 
 
 class ObservedConnection(Connection):
-    """A ``Connection`` that reports each packet (handlers, outcome, duration) and its bytes."""
+    """A ``Connection`` that reports each packet (handlers, outcome, duration) and its bytes.
 
-    __slots__ = ("ran", "_code", "_started", "_access_log", "_metrics", "_frame_overhead", "_names", "_when_reported")
+    A packet is *open* from ``_begin`` until it is reported, once. It ends where the
+    connection itself ends it: ``_finish`` (its reply queued), ``_failed``, or answered
+    in ``_begin``. A handler that returns None ends in none of these: a coroutine around
+    it (``_observed``) reports it, unless it is annotated to return a reply (the usual
+    typed handler: no coroutine added). One that returns None all the same is reported
+    at the next point the connection passes: the next packet, the end of
+    the read that ran it, or the end of the host task's work.
+    """
+
+    __slots__ = (
+        "ran", "_code", "_started", "_access_log", "_metrics", "_frame_overhead", "_names", "_when_reported",
+        "_unreported", "_named",
+    )  # fmt: skip
 
     # What the methods below extend, as ``self._base_x(...)`` (see ``observed_class``).
     _base_init = Connection.__init__
@@ -234,6 +273,10 @@ class ObservedConnection(Connection):
     _base_data_received = Connection.data_received
     _base_write_payload = Connection.write_payload
     _base_begin = Connection._begin
+    _base_finish = Connection._finish
+    _base_failed = Connection._failed
+    _base_work = Connection._work
+    _base_done = Connection._done
     _base_handle_frame_error = Connection._handle_frame_error
     _base_send_error = Connection._send_error
 
@@ -249,6 +292,10 @@ class ObservedConnection(Connection):
         self._code: str | None = None
         self._started = 0.0
         self._when_reported: Callable[[str, str], None] | None = None
+        #: A packet has begun and is not reported yet.
+        self._unreported = False
+        #: The route of a simple plan that handles the open packet (None: named by ``ran``).
+        self._named: Named | None = None
 
     # -- connections and bytes (open connections: ``len(ctx.connections)`` when scraped) --
 
@@ -262,6 +309,8 @@ class ObservedConnection(Connection):
         if metrics is not None:
             metrics.bytes_received += len(data)
         self._base_data_received(data)
+        if self._unreported and not self._working:  # the read's last handler returned None
+            self._report()
 
     def write_payload(self, payload: bytes, encoding: int) -> None:
         metrics = self._metrics
@@ -274,19 +323,28 @@ class ObservedConnection(Connection):
     # -- packets ----------------------------------------------------------------------
 
     def _begin(self, frame: RawFrame) -> Coroutine[Any, Any, Any] | None:
+        if self._unreported:  # the previous packet's handler returned None: it ended before this one
+            self._report()
         self._started = perf_counter()
         self.ran = None
         self._code = None
+        self._named = None
+        self._unreported = True
         coro = self._base_begin(frame)
         if coro is None:  # answered already: malformed, no handler, a filter raised
-            self._report()
+            if self._unreported:
+                self._report()
             return None
         names = self._names
         if names is not None:  # a simple plan: coro is the handler's own coroutine
             try:
-                self.ran = names[coro.cr_code]  # type: ignore[attr-defined]
+                named = self._named = names[coro.cr_code]  # type: ignore[attr-defined]
             except (KeyError, AttributeError):  # not a coroutine function's (an awaitable object's)
                 self.ran = getattr(coro, "__qualname__", None)
+            else:
+                self.ran = named.name
+                if named.returns:  # it ends in _finish or _failed: no coroutine around it
+                    return coro
         return self._observed(coro, frame[0])
 
     async def _observed(self, coro: Awaitable[Any], encoding: int) -> None:
@@ -297,19 +355,51 @@ class ObservedConnection(Connection):
             self._failed(exc, encoding)
         except BaseException:  # cancelled (shutdown): report it, and let the cancellation go on
             self._code = self._code or "CANCELLED"
-            self._report()
+            if self._unreported:
+                self._report()
             raise
         else:
             if result is not None:
                 self._finish(result, encoding)
-        self._report()
+        if self._unreported:
+            self._report()
+
+    def _finish(self, result: Any, encoding: int) -> None:
+        self._base_finish(result, encoding)
+        if self._unreported:
+            self._report()
+
+    def _failed(self, exc: BaseException, encoding: int) -> None:
+        if self._code is None and isinstance(exc, asyncio.CancelledError):
+            self._code = "CANCELLED"
+        self._base_failed(exc, encoding)
+        if self._unreported:
+            self._report()
+
+    def _work(self) -> Coroutine[Any, Any, None]:
+        """The host task's work: it starts once the packet before it has ended."""
+        if self._unreported:
+            self._report()
+        return self._base_work()  # type: ignore[no-any-return]
+
+    def _done(self) -> None:
+        if self._unreported:  # its handler returned None, or was cancelled (this runs as that propagates)
+            if self._code is None and isinstance(sys.exc_info()[1], asyncio.CancelledError):
+                self._code = "CANCELLED"
+            self._report()
+        self._base_done()
 
     def _handle_frame_error(self, error: FrameError) -> None:
+        if self._unreported:
+            self._report()
         self._started = perf_counter()
         self.ran = None
         self._code = None
+        self._named = None
+        self._unreported = True
         self._base_handle_frame_error(error)
-        self._report()
+        if self._unreported:
+            self._report()
 
     def _send_error(self, code: str, detail: Any, encoding: int | None, errors: Any = None) -> None:
         if self._code is None:
@@ -317,23 +407,34 @@ class ObservedConnection(Connection):
         self._base_send_error(code, detail, encoding, errors)
 
     def _report(self) -> None:
+        """Report the open packet (once: it is closed here)."""
+        self._unreported = False
         seconds = perf_counter() - self._started
-        handlers = self.ran or NO_HANDLER
-        outcome = self._code or "OK"
+        code = self._code
         metrics = self._metrics
         if metrics is not None:  # ProcessMetrics.packet, inlined: this runs for every packet
-            row = metrics.rows.get((handlers, outcome))
-            if row is None:
-                row = metrics.new_row(handlers, outcome)
+            named = self._named
+            if code is None and named is not None:  # the usual packet: its handler's OK row
+                row = named.ok
+                if row is None:
+                    row = named.ok = metrics.rows.get((named.name, "OK")) or metrics.new_row(named.name, "OK")
+            else:
+                key = (self.ran or NO_HANDLER, code or "OK")
+                row = metrics.rows.get(key)  # type: ignore[assignment]
+                if row is None:
+                    row = metrics.new_row(*key)
             row[bisect_left(BUCKETS, seconds)] += 1
             row[-1] += seconds
         log = self._access_log
-        if log is not None:
-            log(self.client, handlers, outcome, seconds)  # type: ignore[arg-type]  # set by connection_made
         done = self._when_reported
-        if done is not None:
-            self._when_reported = None
-            done(handlers, outcome)
+        if log is not None or done is not None:
+            handlers = self.ran or NO_HANDLER
+            outcome = code or "OK"
+            if log is not None:
+                log(self.client, handlers, outcome, seconds)  # type: ignore[arg-type]  # set by connection_made
+            if done is not None:
+                self._when_reported = None
+                done(handlers, outcome)
 
 
 #: The observed connection classes (``ObservedConnection`` and those of ``observed_class``).
