@@ -33,7 +33,7 @@ OnPacket = Callable[[Client, str, str, float], None]
 class Observer:
     """What the connections of one serving run report to, and how they name handlers.
 
-    ``names`` maps a handler's code object to its route (``Named``) when the connections
+    ``names`` maps the ``id`` of a handler's code object (alive as long as the plan) to its route (``Named``) when the connections
     call handlers directly (a simple plan): the coroutine ``plan.start`` returns is
     named by one lookup. Otherwise it is None and the handlers note their names as
     they run (``recording_plan``).
@@ -109,9 +109,9 @@ def _named_plan(plan: Plan) -> tuple[Plan, dict[Any, Named]] | None:
         if fn is not route.handler:
             fn = copies[id(route)] = _renamed(fn, route.name)
         code = getattr(fn, "__code__", None)
-        if code is None or code in names:
+        if code is None or id(code) in names:
             return None
-        names[code] = Named(route.name, _returns_reply(route.reply_type))
+        names[id(code)] = Named(route.name, _returns_reply(route.reply_type))
     if not copies:
         return plan, names
     return _with_routes(plan, lambda route: dataclasses.replace(route, call=copies[id(route)]) if id(route) in copies else route), names
@@ -316,7 +316,9 @@ class ObservedConnection(Connection):
         metrics = self._metrics
         if metrics is not None and not self.closing:
             metrics.bytes_sent += len(payload) + self._frame_overhead
-        if self._code is None and payload.startswith(_ERRORS):  # an error reply sent as a packet (middleware...)
+        # An error reply sent as a packet (a handler, middleware...). One-byte tests first:
+        # the "f" of "failure" is byte 11 in JSON, byte 9 in ZiProto (most replies fail both).
+        if (payload[11:12] == b"f" or payload[9:10] == b"f") and self._code is None and payload.startswith(_ERRORS):
             self._code = error_code(payload)
         self._base_write_payload(payload, encoding)
 
@@ -338,7 +340,7 @@ class ObservedConnection(Connection):
         names = self._names
         if names is not None:  # a simple plan: coro is the handler's own coroutine
             try:
-                named = self._named = names[coro.cr_code]  # type: ignore[attr-defined]
+                named = self._named = names[id(coro.cr_code)]  # type: ignore[attr-defined]  # a code's hash is not cached
             except (KeyError, AttributeError):  # not a coroutine function's (an awaitable object's)
                 self.ran = getattr(coro, "__qualname__", None)
             else:
@@ -366,8 +368,19 @@ class ObservedConnection(Connection):
 
     def _finish(self, result: Any, encoding: int) -> None:
         self._base_finish(result, encoding)
-        if self._unreported:
+        if not self._unreported:
+            return
+        # The usual packet's end: _report's OK path, inlined (it runs for every packet).
+        named = self._named
+        metrics = self._metrics
+        if named is None or self._code is not None or metrics is None or named.ok is None or self._access_log is not None or self._when_reported is not None:
             self._report()
+            return
+        self._unreported = False
+        seconds = perf_counter() - self._started
+        row = named.ok
+        row[bisect_left(BUCKETS, seconds)] += 1
+        row[-1] += seconds
 
     def _failed(self, exc: BaseException, encoding: int) -> None:
         if self._code is None and isinstance(exc, asyncio.CancelledError):
@@ -380,7 +393,7 @@ class ObservedConnection(Connection):
         """The host task's work: it starts once the packet before it has ended."""
         if self._unreported:
             self._report()
-        return self._base_work()  # type: ignore[no-any-return]
+        return self._base_work()
 
     def _done(self) -> None:
         if self._unreported:  # its handler returned None, or was cancelled (this runs as that propagates)
@@ -420,7 +433,7 @@ class ObservedConnection(Connection):
                     row = named.ok = metrics.rows.get((named.name, "OK")) or metrics.new_row(named.name, "OK")
             else:
                 key = (self.ran or NO_HANDLER, code or "OK")
-                row = metrics.rows.get(key)  # type: ignore[assignment]
+                row = metrics.rows.get(key)
                 if row is None:
                     row = metrics.new_row(*key)
             row[bisect_left(BUCKETS, seconds)] += 1
