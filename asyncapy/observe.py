@@ -16,12 +16,12 @@ from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Coroutine
 from time import perf_counter
 from types import MappingProxyType
-from typing import Any, Final, get_origin
+from typing import Any, Final, get_args, get_origin, get_type_hints
 
-from .connection import Connection, ServingContext
+from .connection import _FLUSH_AT, Connection, ServingContext
 from .metrics import BUCKETS, NO_HANDLER, ProcessMetrics
 from .peer import Client
-from .protocol import FRAME_TAIL, FrameError, RawFrame
+from .protocol import FRAME_TAIL, PROTOCOL_VERSION, FrameError, RawFrame
 from .routing import Plan
 from .routing.compiled import CompiledGroup, CompiledRoute
 
@@ -111,19 +111,26 @@ def _named_plan(plan: Plan) -> tuple[Plan, dict[Any, Named]] | None:
         code = getattr(fn, "__code__", None)
         if code is None or id(code) in names:
             return None
-        names[id(code)] = Named(route.name, _returns_reply(route.reply_type))
+        names[id(code)] = Named(route.name, _returns_reply(route))
     if not copies:
         return plan, names
     return _with_routes(plan, lambda route: dataclasses.replace(route, call=copies[id(route)]) if id(route) in copies else route), names
 
 
-def _returns_reply(reply_type: Any) -> bool:
-    """True when a handler annotated ``-> reply_type`` returns its reply (a model, a dict), never None.
+def _returns_reply(route: CompiledRoute) -> bool:
+    """True when ``route``'s handler is annotated to return a model or a dict, not None.
 
-    A union may hold None (``_reply_type`` drops it): not counted on. A handler that
-    returns None all the same is still reported, only a little later (see ``ObservedConnection``).
+    Its reply check (``asyncapy.replies``) makes a None an error. Its call may still
+    return None when it writes the reply itself (generator dependencies): reported all
+    the same, a little later (see ``ObservedConnection``).
     """
-    return isinstance(reply_type, type) or get_origin(reply_type) is dict
+    if not (isinstance(route.reply_type, type) or get_origin(route.reply_type) is dict):
+        return False
+    try:
+        returns = get_type_hints(route.handler).get("return")
+    except Exception:  # an annotation that does not resolve: not counted on
+        return False
+    return returns is not None and type(None) not in get_args(returns)
 
 
 def _renamed(fn: Any, name: str) -> Any:
@@ -188,6 +195,7 @@ def error_code(payload: bytes) -> str | None:
 
 _JSON_ERROR: Final = b'{"status":"failure","error":"'
 _ZIPROTO_ERROR: Final = b"\xa6status\xa7failure\xa5error"
+_FIRST_BUCKET: Final = BUCKETS[0]  # most packets: tested before the bisection
 #: How an error reply's payload starts: JSON, or a ZiProto map of 2 to 4 entries.
 _ERRORS: Final = (_JSON_ERROR, *(bytes((0x80 + n,)) + _ZIPROTO_ERROR for n in (2, 3, 4)))
 
@@ -264,7 +272,7 @@ class ObservedConnection(Connection):
 
     __slots__ = (
         "ran", "_code", "_started", "_access_log", "_metrics", "_frame_overhead", "_names", "_when_reported",
-        "_unreported", "_named",
+        "_unreported", "_named", "_counts_only",
     )  # fmt: skip
 
     # What the methods below extend, as ``self._base_x(...)`` (see ``observed_class``).
@@ -296,6 +304,8 @@ class ObservedConnection(Connection):
         self._unreported = False
         #: The route of a simple plan that handles the open packet (None: named by ``ran``).
         self._named: Named | None = None
+        #: Metrics on and no access log: ``_finish`` reports an OK packet itself.
+        self._counts_only = self._metrics is not None and self._access_log is None
 
     # -- connections and bytes (open connections: ``len(ctx.connections)`` when scraped) --
 
@@ -313,14 +323,34 @@ class ObservedConnection(Connection):
             self._report()
 
     def write_payload(self, payload: bytes, encoding: int) -> None:
+        """``Connection.write_payload`` with the bytes counted and error replies spotted.
+
+        Its body is repeated here rather than called (one frame less per reply);
+        ``tests/test_metrics.py`` checks that the two stay the same, and ``observed_class``
+        uses ``_forwarding_write_payload`` over a base that has its own.
+        """
+        if self.closing:
+            return
+        size = len(payload)
         metrics = self._metrics
-        if metrics is not None and not self.closing:
-            metrics.bytes_sent += len(payload) + self._frame_overhead
+        if metrics is not None:
+            metrics.bytes_sent += size + self._frame_overhead
         # An error reply sent as a packet (a handler, middleware...). One-byte tests first:
         # the "f" of "failure" is byte 11 in JSON, byte 9 in ZiProto (most replies fail both).
         if (payload[11:12] == b"f" or payload[9:10] == b"f") and self._code is None and payload.startswith(_ERRORS):
             self._code = error_code(payload)
-        self._base_write_payload(payload, encoding)
+        # -- from here on: Connection.write_payload's body after its closing test, len(payload) as size --
+        header = self._pack_header(size + FRAME_TAIL, PROTOCOL_VERSION, encoding)
+        if self._corked:
+            out = self._out
+            out.append(header)
+            out.append(payload)
+            self._out_size += size
+            if self._out_size > _FLUSH_AT:
+                self._flush()
+            return
+        if self._transport is not None:
+            self._transport.writelines((header, payload))
 
     # -- packets ----------------------------------------------------------------------
 
@@ -372,14 +402,16 @@ class ObservedConnection(Connection):
             return
         # The usual packet's end: _report's OK path, inlined (it runs for every packet).
         named = self._named
-        metrics = self._metrics
-        if named is None or self._code is not None or metrics is None or named.ok is None or self._access_log is not None or self._when_reported is not None:
+        if named is None or self._code is not None or not self._counts_only or self._when_reported is not None:
+            self._report()
+            return
+        row = named.ok
+        if row is None:
             self._report()
             return
         self._unreported = False
         seconds = perf_counter() - self._started
-        row = named.ok
-        row[bisect_left(BUCKETS, seconds)] += 1
+        row[0 if seconds <= _FIRST_BUCKET else bisect_left(BUCKETS, seconds)] += 1
         row[-1] += seconds
 
     def _failed(self, exc: BaseException, encoding: int) -> None:
@@ -436,7 +468,7 @@ class ObservedConnection(Connection):
                 row = metrics.rows.get(key)
                 if row is None:
                     row = metrics.new_row(*key)
-            row[bisect_left(BUCKETS, seconds)] += 1
+            row[0 if seconds <= _FIRST_BUCKET else bisect_left(BUCKETS, seconds)] += 1
             row[-1] += seconds
         log = self._access_log
         done = self._when_reported
@@ -448,6 +480,16 @@ class ObservedConnection(Connection):
             if done is not None:
                 self._when_reported = None
                 done(handlers, outcome)
+
+
+def _forwarding_write_payload(self: Any, payload: bytes, encoding: int) -> None:
+    """``ObservedConnection.write_payload`` over a base class with its own ``write_payload``: calls it."""
+    metrics = self._metrics
+    if metrics is not None and not self.closing:
+        metrics.bytes_sent += len(payload) + self._frame_overhead
+    if self._code is None and payload.startswith(_ERRORS):
+        self._code = error_code(payload)
+    self._base_write_payload(payload, encoding)
 
 
 #: The observed connection classes (``ObservedConnection`` and those of ``observed_class``).
@@ -468,6 +510,8 @@ def observed_class(base: type[Connection]) -> type[Connection]:
     for name, value in vars(ObservedConnection).items():
         if name.startswith("_base_"):
             namespace[name] = getattr(base, value.__name__)
+    if base.write_payload is not Connection.write_payload:  # its body is not the one repeated
+        namespace["write_payload"] = _forwarding_write_payload
     made = type(f"Observed{base.__name__}", (base,), namespace)
     _OBSERVED.add(made)
     return made

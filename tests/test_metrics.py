@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import json
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import pytest
 
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel
 
-from asyncapy import Client, Packet
+from asyncapy import Client, Depends, Packet
 from asyncapy.client import AsyncClient
+from asyncapy.connection import Connection
 from asyncapy.metrics import BUCKETS, ProcessMetrics, merge
+from asyncapy.observe import ObservedConnection, observed_class
+from asyncapy.proxied import GatedConnection
 
-from .conftest import make_server, running
+from .conftest import make_server, read_frame, running
 from .procs import ROOT, free_port, wait_for_port
 
 
@@ -142,3 +154,82 @@ def test_merge_sums_snapshots() -> None:
     assert row[0] == 1 and row[BUCKETS.index(0.25)] == 1 and row[len(BUCKETS)] == 1  # the last: +Inf
     assert row[-1] == 0.00001 + 0.2 + 99.0
     assert total["connections"] == 7 and total["refused"] == {"ERR_SERVER_BUSY": 1}
+
+
+class Counted(BaseModel):
+    n: int
+
+
+def ticket() -> Iterator[int]:
+    """A generator dependency: the handler's call writes the reply itself and returns None."""
+    yield 1
+
+
+@pytest.mark.parametrize("dependency", [False, True], ids=["plain", "generator-dependency"])
+@pytest.mark.parametrize("access_log", [False, True], ids=["metrics", "metrics+access_log"])
+async def test_a_handler_that_returns_its_reply_is_reported_on_every_path(tmp_path: Path, access_log: bool, dependency: bool) -> None:
+    """A handler annotated ``-> Model`` runs without a coroutine around it: each of its packets is still
+    counted once with its outcome, whether it replies, fails, waits, or (with a generator dependency,
+    whose teardown follows the reply) its call returns None."""
+    log = tmp_path / "access.log"
+    server = make_server(metrics_port=0, **({"access_log": str(log)} if access_log else {}))
+
+    async def count(client: Client, packet: Packet, tick: int = 1) -> Counted:
+        if "wait" in packet:
+            await asyncio.sleep(0.01)  # finished in the host task
+        if "fail" in packet:
+            raise RuntimeError("on purpose")
+        if "none" in packet:
+            return None  # type: ignore[return-value]  # its reply check makes it ERR_INTERNAL
+        return Counted(n=tick)
+
+    if dependency:
+
+        async def counted(client: Client, packet: Packet, tick: Annotated[int, Depends(ticket)]) -> Counted:
+            return await count(client, packet, tick)
+
+        server.add_handler()(counted)
+        name = counted.__qualname__
+    else:
+        server.add_handler()(count)
+        name = count.__qualname__
+    kinds = ["ok", "none", "ok", "fail", "ok", "wait", "ok", "wait,none", "ok", "wait,fail", "ok", "ok"]
+    expected = {"ok": "OK", "none": "ERR_INTERNAL", "fail": "ERR_INTERNAL", "wait": "OK"}
+    outcomes = [expected[kind.split(",")[-1]] for kind in kinds]
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        frames = [frame(json.dumps({k: 1 for k in kind.split(",")}).encode()) for kind in kinds]
+        writer.write(b"".join(frames[:8]))  # pipelined: one read, handled eagerly, then in the host task
+        for _ in range(8):
+            await read_frame(reader)
+        for one in frames[8:]:  # one read each: the last packet of a read ends with it
+            writer.write(one)
+            await read_frame(reader)
+        assert server.metrics_port is not None
+        samples = await asyncio.to_thread(scrape, server.metrics_port)
+        writer.close()
+        await writer.wait_closed()
+    want = Counter((name, outcome) for outcome in outcomes)
+    assert packets(samples) == {key: float(n) for key, n in want.items()}
+    assert samples["asyncapy_packet_duration_seconds_count", (("handler", name),)] == len(kinds)
+    if access_log:
+        lines = log.read_text().splitlines()
+        assert [line.split()[-2] for line in lines] == outcomes
+        waits = [int(line.split()[-1][:-2]) for line, kind in zip(lines, kinds) if kind.startswith("wait")]
+        assert min(waits) >= 10_000, lines
+
+
+def frame(payload: bytes) -> bytes:
+    return (len(payload) + 2).to_bytes(4, "big") + b"\x16\x00" + payload
+
+
+def test_the_observed_write_payload_repeats_the_connections() -> None:
+    """``ObservedConnection.write_payload`` repeats ``Connection.write_payload``'s body rather than call it."""
+    base = textwrap.dedent(inspect.getsource(Connection.write_payload)).splitlines()
+    observed = textwrap.dedent(inspect.getsource(ObservedConnection.write_payload)).splitlines()
+    closing = base.index("    if self.closing:")
+    assert base[closing + 1] == "        return"
+    body = [line.replace("len(payload)", "size") for line in base[closing + 2 :]]
+    marker = next(i for i, line in enumerate(observed) if "Connection.write_payload's body" in line)
+    assert observed[marker + 1 :] == body, "Connection.write_payload changed: repeat its body in asyncapy/observe.py"
+    assert observed_class(GatedConnection).write_payload is ObservedConnection.write_payload
