@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def scenarios(tracing: bool) -> list[Scenario]:
 
 
 def report(rows: list[Scenario], results: dict[str, Result]) -> None:
-    run.report(rows, results)
+    run.report(rows, results, {})
     print()
     print(f"{'by cpu us/req':32} {'ratio':>6}")
     for sc in rows:
@@ -53,7 +54,7 @@ def main() -> None:
     from asyncapy import Server
 
     tracing = hasattr(Server, "middleware") and (HERE.parent / "asyncapy" / "otel.py").exists()
-    rows = run.select(scenarios(tracing), args.only)
+    rows = run.select(scenarios(tracing), args.only, False)
     servers: dict[Spec, tuple[subprocess.Popen[bytes], int]] = {}
     try:
         for sc in rows:
@@ -65,7 +66,7 @@ def main() -> None:
         for rep in range(args.runs):
             for sc in rows:  # interleaved: every row once per repetition
                 proc, port = servers[sc.spec]
-                run.measure(sc, proc, port, args, results[sc.name])
+                run.measure(sc, proc, port, args, results[sc.name], Path(tempfile.gettempdir()))  # tmp: for h2load/wrk only
             print(f"repetition {rep + 1}/{args.runs} done", file=sys.stderr)
     finally:
         for proc, _ in servers.values():
