@@ -33,7 +33,7 @@ OnPacket = Callable[[Client, str, str, float], None]
 class Observer:
     """What the connections of one serving run report to, and how they name handlers.
 
-    ``names`` maps the ``id`` of a handler's code object (alive as long as the plan) to its route (``Named``) when the connections
+    ``names`` maps the ``__qualname__`` of what a route's coroutine is made by to its route (``Named``) when the connections
     call handlers directly (a simple plan): the coroutine ``plan.start`` returns is
     named by one lookup. Otherwise it is None and the handlers note their names as
     they run (``recording_plan``).
@@ -41,7 +41,7 @@ class Observer:
 
     access_log: OnPacket | None
     metrics: ProcessMetrics | None
-    names: dict[Any, Named] | None = None
+    names: dict[str, Named] | None = None
 
 
 class Named:
@@ -94,24 +94,32 @@ def observed_context(
     return ctx
 
 
-def _named_plan(plan: Plan) -> tuple[Plan, dict[Any, Named]] | None:
-    """``plan`` where what ``start`` calls for each route has a code object of its own, and code -> route name.
+def _named_plan(plan: Plan) -> tuple[Plan, dict[str, Named]] | None:
+    """``plan`` where what ``start`` calls for each route has a ``__qualname__`` of its own, and qualname -> route.
 
-    A handler called as it is keeps its code. A function ``start`` calls around it
-    (dependencies, a reply check: closures that share one code object) is copied with
-    its code renamed after the route: same bytecode, same closure, its own identity.
-    None when a route cannot be named so (then ``recording_plan``).
+    The coroutine ``start`` returns carries its function's ``__qualname__``: a string,
+    whose hash is cached, so naming a packet's route is one dict lookup. A handler
+    called as it is keeps its name when no other route's function has it. A function
+    ``start`` calls around it (dependencies, a reply check: closures that share one
+    code object and name), or a handler whose name another route's function has, is
+    copied and renamed after its route: same bytecode, same closure, its own name.
+    Routes of one name get ``name#2``... as their function's. None when a route's call
+    is not a function (then ``recording_plan``).
     """
-    names: dict[Any, Named] = {}
+    names: dict[str, Named] = {}
     copies: dict[int, Callable[..., Awaitable[Any]]] = {}
     for route in plan.routes:
         fn = getattr(route, "call", route.handler)
-        if fn is not route.handler:
-            fn = copies[id(route)] = _renamed(fn, route.name)
-        code = getattr(fn, "__code__", None)
-        if code is None or id(code) in names:
+        if getattr(fn, "__code__", None) is None:
             return None
-        names[id(code)] = Named(route.name, _returns_reply(route))
+        key = getattr(fn, "__qualname__", None)
+        if fn is not route.handler or key in names or type(key) is not str:
+            key, n = route.name, 1
+            while key in names:  # routes of one name (handlers made by one factory...)
+                n += 1
+                key = f"{route.name}#{n}"
+            fn = copies[id(route)] = _renamed(fn, route.name, key)
+        names[key] = Named(route.name, _returns_reply(route))
     if not copies:
         return plan, names
     return _with_routes(plan, lambda route: dataclasses.replace(route, call=copies[id(route)]) if id(route) in copies else route), names
@@ -133,7 +141,8 @@ def _returns_reply(route: CompiledRoute) -> bool:
     return returns is not None and type(None) not in get_args(returns)
 
 
-def _renamed(fn: Any, name: str) -> Any:
+def _renamed(fn: Any, name: str, qualname: str) -> Any:
+    """A copy of ``fn`` whose code is named ``name`` (tracebacks) and whose ``__qualname__`` (its coroutines') is ``qualname``."""
     code = fn.__code__
     if sys.version_info >= (3, 11):
         code = code.replace(co_name=name, co_qualname=name)
@@ -141,7 +150,7 @@ def _renamed(fn: Any, name: str) -> Any:
         code = code.replace(co_name=name)
     copy = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
     copy.__kwdefaults__ = fn.__kwdefaults__
-    copy.__qualname__ = name
+    copy.__qualname__ = qualname
     return copy
 
 
@@ -286,6 +295,7 @@ class ObservedConnection(Connection):
     _base_work = Connection._work
     _base_done = Connection._done
     _base_handle_frame_error = Connection._handle_frame_error
+    _base_release_reading = Connection._release_reading
     _base_send_error = Connection._send_error
 
     def __init__(self, ctx: ServingContext, *args: Any) -> None:
@@ -320,6 +330,11 @@ class ObservedConnection(Connection):
             metrics.bytes_received += len(data)
         self._base_data_received(data)
         if self._unreported and not self._working:  # the read's last handler returned None
+            self._report()
+
+    def _release_reading(self, reason: str) -> None:
+        self._base_release_reading(reason)
+        if self._unreported and not self._working:  # a gated connection handles its early bytes here
             self._report()
 
     def write_payload(self, payload: bytes, encoding: int) -> None:
@@ -370,7 +385,7 @@ class ObservedConnection(Connection):
         names = self._names
         if names is not None:  # a simple plan: coro is the handler's own coroutine
             try:
-                named = self._named = names[id(coro.cr_code)]  # type: ignore[attr-defined]  # a code's hash is not cached
+                named = self._named = names[coro.__qualname__]  # type: ignore[attr-defined]
             except (KeyError, AttributeError):  # not a coroutine function's (an awaitable object's)
                 self.ran = getattr(coro, "__qualname__", None)
             else:

@@ -14,7 +14,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pytest
 
@@ -233,3 +233,37 @@ def test_the_observed_write_payload_repeats_the_connections() -> None:
     marker = next(i for i, line in enumerate(observed) if "Connection.write_payload's body" in line)
     assert observed[marker + 1 :] == body, "Connection.write_payload changed: repeat its body in asyncapy/observe.py"
     assert observed_class(GatedConnection).write_payload is ObservedConnection.write_payload
+
+
+class OnlyA(BaseModel):
+    a: int
+
+
+class OnlyB(BaseModel):
+    b: int
+
+
+async def test_handlers_of_one_name_are_told_apart(tmp_path: Path) -> None:
+    """Two handlers made by one factory share a ``__qualname__``: each packet is still counted under its route."""
+    log = tmp_path / "access.log"
+    server = make_server(access_log=str(log))
+
+    def make(model: type[BaseModel]) -> Any:
+        async def handler(client: Client, packet: Packet) -> dict[str, str]:
+            return {"from": model.__name__}
+
+        handler.__annotations__ = {"client": Client, "packet": Packet[model], "return": dict[str, str]}  # type: ignore[valid-type]
+        return handler
+
+    first = server.add_handler()(make(OnlyA))
+    second = server.add_handler()(make(OnlyB))
+    assert first.__qualname__ == second.__qualname__
+    routes = [route.name for route in server.compile().routes]
+    async with running(server):
+        async with AsyncClient("127.0.0.1", server.port) as client:
+            assert await client.request({"a": 1}) == {"from": "OnlyA"}
+            assert await client.request({"b": 1}) == {"from": "OnlyB"}
+            ctx = server._ctx
+            assert ctx is not None and ctx.observer.names is not None  # named by one lookup, not recorded
+            assert len(ctx.observer.names) == 2
+    assert [line.split()[-3] for line in log.read_text().splitlines()] == routes
