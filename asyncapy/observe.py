@@ -33,8 +33,8 @@ OnPacket = Callable[[Client, str, str, float], None]
 class Observer:
     """What the connections of one serving run report to, and how they name handlers.
 
-    ``names`` maps the ``__qualname__`` of what a route's coroutine is made by to its route (``Named``) when the connections
-    call handlers directly (a simple plan): the coroutine ``plan.start`` returns is
+    ``names`` maps the ``__qualname__`` a route's coroutines carry to the route (``Named``)
+    when the connections call handlers directly (a simple plan): the coroutine ``plan.start`` returns is
     named by one lookup. Otherwise it is None and the handlers note their names as
     they run (``recording_plan``).
     """
@@ -142,7 +142,7 @@ def _returns_reply(route: CompiledRoute) -> bool:
 
 
 def _renamed(fn: Any, name: str, qualname: str) -> Any:
-    """A copy of ``fn`` whose code is named ``name`` (tracebacks) and whose ``__qualname__`` (its coroutines') is ``qualname``."""
+    """A copy of ``fn``: its code named ``name`` (tracebacks), its ``__qualname__`` (its coroutines') ``qualname``."""
     code = fn.__code__
     if sys.version_info >= (3, 11):
         code = code.replace(co_name=name, co_qualname=name)

@@ -167,7 +167,9 @@ def ticket() -> Iterator[int]:
 
 @pytest.mark.parametrize("dependency", [False, True], ids=["plain", "generator-dependency"])
 @pytest.mark.parametrize("access_log", [False, True], ids=["metrics", "metrics+access_log"])
-async def test_a_handler_that_returns_its_reply_is_reported_on_every_path(tmp_path: Path, access_log: bool, dependency: bool) -> None:
+async def test_a_handler_that_returns_its_reply_is_reported_on_every_path(
+    tmp_path: Path, access_log: bool, dependency: bool
+) -> None:
     """A handler annotated ``-> Model`` runs without a coroutine around it: each of its packets is still
     counted once with its outcome, whether it replies, fails, waits, or (with a generator dependency,
     whose teardown follows the reply) its call returns None."""
