@@ -27,6 +27,13 @@ def _encoding(text: str) -> str:
     return name
 
 
+def _boolean(text: str) -> bool:
+    value = configparser.ConfigParser.BOOLEAN_STATES.get(text.strip().lower())
+    if value is None:
+        raise ValueError(f"expected true or false, not {text!r}")
+    return value
+
+
 #: Each key AsyncAPY's config file had, plus the newer limits, with its parser.
 _KEYS: dict[str, Callable[[str], Any]] = {
     "addr": str.strip,
@@ -42,6 +49,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "shutdown_timeout": float,
     "max_pending": int,
     "handler_timeout": float,  # 0: no limit
+    "error_details": _boolean,
     # AsyncAPY's read size; asyncio picks its own, so the value is read and ignored.
     "buf": int,
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
@@ -81,6 +82,8 @@ class ServingContext:
     debug: bool = False
     max_pending: int = DEFAULT_MAX_PENDING
     handler_timeout: float | None = None
+    #: False: error replies are exactly ``{"status": "failure", "error": CODE}`` (AsyncAPY 0.5).
+    error_details: bool = True
     # Worked out once here rather than once per connection:
     pack_header: Callable[[int, int, int], bytes] = field(init=False)
     encodings: frozenset[int] = field(init=False)
@@ -483,11 +486,10 @@ class Connection(asyncio.Protocol):
                 encode = reply_encoder(kind, name)  # a first reply of this type (or an unknown encoding)
             if encode is None or self.closing:
                 return
-            payload = encode(result)
-        except Exception as exc:  # a reply the codec cannot carry is the handler's failure
+            # A reply the codec cannot carry, or too long for header_size, is the handler's failure.
+            self.write_payload(encode(result), CODEC_IDS[name])
+        except Exception as exc:
             self._failed(exc, encoding)
-            return
-        self.write_payload(payload, CODEC_IDS[name])
 
     def _failed(self, exc: BaseException, encoding: int) -> None:
         """A handler raised ``exc``: StopPropagation is no error; anything else is ERR_INTERNAL."""
@@ -537,7 +539,12 @@ class Connection(asyncio.Protocol):
         if self._ctx.debug:
             assert self.session is not None
             logger.debug("(%s) Replying %s: %s", self.session.id, code, detail)
-        self.write_payload(codec.encode(error_payload(code, detail)), encoding)
+        if not self._ctx.error_details:
+            detail = None
+        try:
+            self.write_payload(codec.encode(error_payload(code, detail)), encoding)
+        except (OverflowError, struct.error):  # the detail is too long for header_size: the bare error fits
+            self.write_payload(codec.encode(error_payload(code)), encoding)
 
     # -- helpers --------------------------------------------------------------
 

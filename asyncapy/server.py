@@ -67,6 +67,8 @@ class Server:
         workers: processes serving the port for ``start()`` (each with its own sessions,
             limits and ``setup()``); see ``asyncapy.workers``.
         uvloop: run ``start()`` on uvloop (``pip install asyncapy[uvloop]``).
+        error_details: False sends error replies as exactly ``{"status": "failure",
+            "error": CODE}``, as AsyncAPY 0.5 did (its clients compare them whole).
 
     Example:
         server = Server(port=1500)
@@ -99,6 +101,7 @@ class Server:
         handler_timeout: float | None = None,
         workers: int = 1,
         uvloop: bool = False,
+        error_details: bool = True,
     ) -> None:
         settings: dict[str, Any] = dict(
             addr=addr,
@@ -114,6 +117,7 @@ class Server:
             shutdown_timeout=shutdown_timeout,
             max_pending=max_pending,
             handler_timeout=handler_timeout,
+            error_details=error_details,
         )
         if config is not None:
             settings.update(load_config(config))
@@ -136,6 +140,7 @@ class Server:
         self.handler_timeout: float | None = settings["handler_timeout"] or None
         if self.handler_timeout is not None:
             _non_negative("handler_timeout", self.handler_timeout)
+        self.error_details = bool(settings["error_details"])
         self.ssl = ssl
         self.backlog = backlog
         self.workers = _check_workers(workers)
@@ -270,6 +275,7 @@ class Server:
             debug=logger.isEnabledFor(logging.DEBUG),
             max_pending=self.max_pending,
             handler_timeout=self.handler_timeout,
+            error_details=self.error_details,
         )
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], Connection]) -> asyncio.Server:
