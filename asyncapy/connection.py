@@ -31,6 +31,7 @@ from .errors import (
     StopPropagation,
     error_payload,
 )
+from .liveness import peer_left
 from .packet import Packet, received_packet
 from .peer import REPLY_ENCODERS, Client, Session, reply_encoder
 from .protocol import FRAME_TAIL, PROTOCOL_VERSION, Batch, Byteorder, FrameDecoder, FrameError, RawFrame, header_packer
@@ -169,7 +170,7 @@ class Connection(asyncio.Protocol):
         if ctx.max_connections and len(ctx.connections) >= ctx.max_connections:
             self._refuse(ERR_SERVER_BUSY, f"the server is at its limit of {ctx.max_connections} connections")
             return
-        if not ctx.sessions.open(session):
+        if not ctx.sessions.open(session) and not (_let_departed_go(ctx, host) and ctx.sessions.open(session)):
             self._refuse(ERR_SESSION_LIMIT_REACHED, f"{host} is at its limit of {ctx.sessions.limit} sessions")
             return
         self._registered = True
@@ -670,6 +671,23 @@ def _sweep(ctx: ServingContext, loop: asyncio.AbstractEventLoop) -> None:
     for conn in [c for c in ctx.connections if c._mark <= deadline and not c._working and not c.closing]:
         conn._timed_out()
     ctx.sweeper = loop.call_later(ctx.sweep_every, _sweep, ctx, loop)
+
+
+def _let_departed_go(ctx: ServingContext, address: str) -> bool:
+    """Before refusing ``address`` a session: free the sessions whose peer already left (see ``liveness``).
+
+    Only idle connections are let go (a running handler still owns its session);
+    they are closed now rather than when their EOF is read. True if any was freed.
+    """
+    freed = False
+    for conn in [c for c in ctx.connections if c.client is not None and c.client.address == address]:
+        if not conn._working and conn._transport is not None and peer_left(conn._transport):
+            conn._registered = False
+            ctx.sessions.close(conn.session)  # type: ignore[arg-type]  # set with the client
+            ctx.connections.discard(conn)
+            conn.close()
+            freed = True
+    return freed
 
 
 def _clock_of(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
