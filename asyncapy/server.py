@@ -14,6 +14,7 @@ from typing import Any, Final, TypeVar
 
 from .codecs import get_codec
 from .config import load_config
+from .listener import Listener, listen
 from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
 from .packet import Packet
@@ -147,7 +148,7 @@ class Server:
         self.uvloop = _check_uvloop(uvloop)
         self.router = Router()
         self._plan: Plan | None = None
-        self._listener: asyncio.Server | None = None
+        self._listener: Listener | asyncio.Server | None = None
         self._ctx: ServingContext | None = None
         self._stop_requested: asyncio.Event | None = None
         self._sock: socket.socket | None = None
@@ -278,13 +279,12 @@ class Server:
             error_details=self.error_details,
         )
 
-    async def _listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], Connection]) -> asyncio.Server:
-        if self._sock is not None:
-            return await loop.create_server(factory, sock=self._sock, ssl=self.ssl, backlog=self.backlog)
-        reuse_port = self._reuse_port or None
-        return await loop.create_server(
-            factory, self.addr, self.port, ssl=self.ssl, backlog=self.backlog, reuse_port=reuse_port
-        )
+    async def _listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], Connection]) -> Listener | asyncio.Server:
+        """``asyncapy.listener.listen``: accept with a back-off when out of descriptors; ``timeout`` bounds TLS handshakes."""
+        return await listen(
+            loop, factory, self.addr, self.port, sock=self._sock, ssl=self.ssl, backlog=self.backlog,
+            reuse_port=self._reuse_port or None, handshake_timeout=self.timeout or None,
+        )  # fmt: skip
 
     def request_stop(self) -> None:
         """Ask ``serve()`` / ``start()`` to stop; safe to call from a signal handler."""
