@@ -170,7 +170,8 @@ class Connection(asyncio.Protocol):
         if ctx.max_connections and len(ctx.connections) >= ctx.max_connections:
             self._refuse(ERR_SERVER_BUSY, f"the server is at its limit of {ctx.max_connections} connections")
             return
-        if not ctx.sessions.open(session) and not (_let_departed_go(ctx, host) and ctx.sessions.open(session)):
+        opened = ctx.sessions.open(session, self) or (_let_departed_go(ctx, host) and ctx.sessions.open(session, self))
+        if not opened:
             self._refuse(ERR_SESSION_LIMIT_REACHED, f"{host} is at its limit of {ctx.sessions.limit} sessions")
             return
         self._registered = True
@@ -680,8 +681,8 @@ def _let_departed_go(ctx: ServingContext, address: str) -> bool:
     they are closed now rather than when their EOF is read. True if any was freed.
     """
     freed = False
-    for conn in [c for c in ctx.connections if c.client is not None and c.client.address == address]:
-        if not conn._working and conn._transport is not None and peer_left(conn._transport):
+    for conn in ctx.sessions.owners_of(address):  # at most session_limit of them
+        if isinstance(conn, Connection) and not conn._working and conn._transport is not None and peer_left(conn._transport):
             conn._registered = False
             ctx.sessions.close(conn.session)  # type: ignore[arg-type]  # set with the client
             ctx.connections.discard(conn)
