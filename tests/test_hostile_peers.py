@@ -17,6 +17,8 @@ import trustme
 from pydantic import BaseModel
 
 from asyncapy import Client, Packet, Server
+from asyncapy.client import AsyncClient
+from asyncapy.client import Client as SyncClient
 from asyncapy.codecs import get_codec
 from asyncapy.protocol import encode_frame
 
@@ -257,3 +259,22 @@ async def test_timeout_bounds_a_tls_handshake_that_never_starts() -> None:
             sock.close()
         assert data == b""  # the server closed it
         assert loop.time() - started < 5
+
+
+async def test_the_clients_send_and_receive_integers_beyond_64_bits_exact() -> None:
+    server = make_server()
+
+    @server.add_handler()
+    async def double(client: Client, packet: Packet) -> dict[str, object]:
+        return {"n": packet["n"] * 2}
+
+    async with running(server):
+        async with AsyncClient("127.0.0.1", server.port) as client:
+            assert await client.request({"n": 2**70 + 1}) == {"n": 2**71 + 2}
+
+        def sync_request() -> dict[str, object]:
+            with SyncClient("127.0.0.1", server.port) as sync:
+                reply: dict[str, object] = sync.request({"n": -(2**100)})
+                return reply
+
+        assert await asyncio.to_thread(sync_request) == {"n": -(2**101)}
