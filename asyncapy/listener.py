@@ -31,8 +31,16 @@ FIRST_BACKOFF: Final = 0.005
 MAX_BACKOFF: Final = 1.0
 #: A shortage is logged at most once per this many seconds while it lasts.
 LOG_EVERY: Final = 1.0
-#: accept() errors that mean "out of a system resource", not "this connection failed".
+#: accept() errors that mean "out of a system resource" (the usual reason to back off).
 STARVED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: accept() errors of the one connection being accepted (Linux reports a new connection's
+#: pending network error this way): skip it and accept the next, as for EAGAIN.
+CONNECTION_FAILED: Final = frozenset(
+    getattr(errno, name)
+    for name in ("ECONNABORTED", "EPROTO", "EPERM", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+                 "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH")
+    if hasattr(errno, name)
+)  # fmt: skip
 
 
 async def listen(
@@ -143,13 +151,10 @@ class Listener(asyncio.AbstractServer):
                 conn, _address = listening.accept()
             except (BlockingIOError, InterruptedError):
                 return  # the queue is empty
-            except ConnectionAbortedError:
-                continue  # that peer gave up before we accepted it
             except OSError as exc:
-                if exc.errno in STARVED:
-                    self._starved(listening, exc)
-                else:
-                    logger.error("accept() failed on %s", listening.getsockname(), exc_info=exc)
+                if exc.errno in CONNECTION_FAILED:
+                    continue  # that peer is gone (or refused by a firewall rule): the next one
+                self._starved(listening, exc)  # out of descriptors or memory (or an unknown failure): back off
                 return
             if self._backoff:
                 self._recovered()
@@ -174,7 +179,10 @@ class Listener(asyncio.AbstractServer):
             logger.debug("A connection failed before it started: %r", exc)
 
     def _starved(self, listening: socket.socket, exc: OSError) -> None:
-        """Out of descriptors: stop watching ``listening``, retry later (doubling), log once per interval."""
+        """Out of descriptors: stop watching ``listening``, retry later (doubling), log once per interval.
+
+        Any other unexpected accept() failure is treated alike: retrying at once would spin.
+        """
         loop = self._loop
         now = loop.time()
         if not self._backoff:

@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import resource
 import selectors
 import signal
@@ -186,6 +187,7 @@ def run(nofile: int, clients: int, starve: float, use_uvloop: bool) -> dict[str,
         "cpu_pct": round(100 * cpu / elapsed, 1),
         "log_bytes_per_s": round(log_bytes / elapsed),
         "cannot_accept_lines": text.count("Cannot accept connections"),
+        "retry_ms": [int(ms) for ms in re.findall(r"retrying in (\d+) ms", text)],
         "recovered_lines": text.count("Accepting connections again"),
         "accepted_before_release": accepted,
         "waiting_answered": waiting_answered,

@@ -39,6 +39,8 @@ def test_out_of_descriptors_the_server_backs_off_logs_once_per_interval_and_reco
     assert report["cpu_pct"] < CPU_PCT_BOUND, report  # type: ignore[operator]
     assert report["log_bytes_per_s"] < LOG_BYTES_PER_S_BOUND, report  # type: ignore[operator]
     assert report["cannot_accept_lines"] >= 1 and report["recovered_lines"] == 1, report  # type: ignore[operator]
+    retries: list[int] = report["retry_ms"]  # type: ignore[assignment]
+    assert retries[0] == 5 and retries[-1] == 1000 and retries == sorted(retries), report  # 5 ms doubling to 1 s
     assert report["waiting_answered"] == report["waiting"], report  # the backlog is served by itself
     assert report["late_answered"] is True and report["late_attempts"] == 1, report
     assert report["server_exit_code"] == 0, report
