@@ -3,7 +3,9 @@
 from . import filters
 from .apikeys import APIKeyFactory
 from .client import AsyncClient
+from .depends import Depends
 from .errors import (
+    ApiError,
     AsyncAPYError,
     ClientError,
     ClientTimeout,
@@ -13,6 +15,7 @@ from .errors import (
     StopPropagation,
     UsageError,
 )
+from .middleware import CallNext
 from .packet import Packet
 from .peer import Client, Session
 from .routing import Router
@@ -22,12 +25,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "APIKeyFactory",
+    "ApiError",
     "AsyncAPYError",
     "AsyncClient",
+    "CallNext",
     "Client",
     "ClientError",
     "ClientTimeout",
     "ConnectionClosed",
+    "Depends",
     "ErrorReply",
     "Packet",
     "ProtocolError",

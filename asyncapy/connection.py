@@ -28,6 +28,7 @@ from .errors import (
     ERR_SERVER_BUSY,
     ERR_SESSION_LIMIT_REACHED,
     ERR_TIMED_OUT,
+    ApiError,
     StopPropagation,
     error_payload,
 )
@@ -464,7 +465,7 @@ class Connection(asyncio.Protocol):
                 self._failed(exc, encoding)
                 return None
             if type(started) is Miss:
-                self._send_error(ERR_NO_HANDLER, started.detail, encoding)
+                self._send_error(ERR_NO_HANDLER, started.detail, encoding, started.errors)
                 return None
             return started  # type: ignore[return-value]
         ctx = self._ctx
@@ -478,7 +479,7 @@ class Connection(asyncio.Protocol):
         """A handler returned ``result``: send it if it is a reply; report a dispatch's miss."""
         kind = type(result)
         if kind is Miss:
-            self._send_error(ERR_NO_HANDLER, result.detail, encoding)
+            self._send_error(ERR_NO_HANDLER, result.detail, encoding, result.errors)
             return
         name = self.client.encoding  # type: ignore[union-attr]
         try:
@@ -496,6 +497,9 @@ class Connection(asyncio.Protocol):
     def _failed(self, exc: BaseException, encoding: int) -> None:
         """A handler raised ``exc``: StopPropagation is no error; anything else is ERR_INTERNAL."""
         if isinstance(exc, StopPropagation):
+            return
+        if isinstance(exc, ApiError):  # the application's own error reply
+            self._send_error(exc.code, exc.detail, encoding)
             return
         if isinstance(exc, _HandlerTimedOut):
             self._handler_timed_out(encoding)
@@ -534,7 +538,7 @@ class Connection(asyncio.Protocol):
         if error.fatal:
             self.close()
 
-    def _send_error(self, code: str, detail: Any, encoding: int | None) -> None:
+    def _send_error(self, code: str, detail: Any, encoding: int | None, errors: Any = None) -> None:
         if encoding is None:
             encoding = self._encoding_id if self._encoding_id is not None else self._ctx.default_encoding
         codec = CODECS[encoding]
@@ -542,9 +546,9 @@ class Connection(asyncio.Protocol):
             assert self.session is not None
             logger.debug("(%s) Replying %s: %s", self.session.id, code, detail)
         if not self._ctx.error_details:
-            detail = None
+            detail = errors = None
         try:
-            self.write_payload(codec.encode(error_payload(code, detail)), encoding)
+            self.write_payload(codec.encode(error_payload(code, detail, errors)), encoding)
         except (OverflowError, struct.error):  # the detail is too long for header_size: the bare error fits
             self.write_payload(codec.encode(error_payload(code)), encoding)
 

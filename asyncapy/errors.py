@@ -8,6 +8,7 @@
     ├── UsageError             the programmer's fault; raised at registration time,
     │                          names the handler and says how to fix it (also a TypeError)
     ├── StopPropagation        control flow: ends the dispatch of one packet
+    ├── ApiError               an application error reply: ``{"error": code, "detail": ...}``
     └── ClientError            raised by ``asyncapy.client``
         ├── ConnectionClosed   the server closed the connection
         ├── ClientTimeout      no reply within the client's timeout (also a TimeoutError)
@@ -16,6 +17,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 ERR_HEADER_INVALID = "ERR_HEADER_INVALID"
@@ -41,11 +43,14 @@ ERROR_CODES = frozenset(
 )
 
 
-def error_payload(code: str, detail: Any = None) -> dict[str, Any]:
-    """The map of an error reply, as DESIGN §1 defines it."""
-    if detail is None:
+def error_payload(code: str, detail: Any = None, errors: Any = None) -> dict[str, Any]:
+    """The map of an error reply, as DESIGN §1 defines it (``errors``: ERR_NO_HANDLER's list)."""
+    if detail is None and errors is None:
         return {"status": "failure", "error": code}
-    return {"status": "failure", "error": code, "detail": detail}
+    payload = {"status": "failure", "error": code, "detail": detail}
+    if errors is not None:
+        payload["errors"] = errors
+    return payload
 
 
 class AsyncAPYError(Exception):
@@ -80,6 +85,30 @@ class UsageError(AsyncAPYError, TypeError):
 
 class StopPropagation(AsyncAPYError):
     """Raised by a handler to end its packet's dispatch (the connection goes on)."""
+
+
+_CODE = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+class ApiError(AsyncAPYError):
+    """Raised by a handler, a dependency or a middleware: the packet's reply is the error
+    ``{"status": "failure", "error": code, "detail": detail}``, no later group runs and
+    the connection stays open.
+
+    Example:
+        raise ApiError("ERR_NOT_FOUND", f"no order {order_id}")
+    """
+
+    def __init__(self, code: str, detail: Any = None) -> None:
+        if not isinstance(code, str) or _CODE.fullmatch(code) is None:
+            raise ValueError(f"an error code is [A-Z][A-Z0-9_]*, like 'ERR_NOT_FOUND', not {code!r}")
+        super().__init__(code if detail is None else f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+    def payload(self) -> dict[str, Any]:
+        """The error reply's map."""
+        return error_payload(self.code, self.detail)
 
 
 class ClientError(AsyncAPYError):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
 import signal
 import socket
 import ssl as _ssl
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 from .codecs import get_codec
@@ -17,6 +18,7 @@ from .config import load_config
 from .listener import Listener, listen
 from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
+from .middleware import App, ExceptionHandler, Middleware, check_exception_handler, check_middleware
 from .packet import Packet
 from .peer import CLOSED_LINK, Client, Session
 from .routing import Explanation, Plan, Router, compile_routes
@@ -27,6 +29,8 @@ logger = logging.getLogger("asyncapy")
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[Any]])
 R = TypeVar("R")
+E = TypeVar("E", bound=BaseException)
+MiddlewareT = TypeVar("MiddlewareT", bound=Middleware)
 
 LOG_FORMAT = "[%(levelname)s] %(asctime)s %(message)s"
 LOG_DATEFMT = "%d/%m/%Y %I:%M:%S %p"
@@ -147,6 +151,8 @@ class Server:
         self.workers = _check_workers(workers)
         self.uvloop = _check_uvloop(uvloop)
         self.router = Router()
+        self._middleware: list[Middleware] = []
+        self._exception_handlers: dict[type[BaseException], ExceptionHandler[Any]] = {}
         self._plan: Plan | None = None
         self._listener: Listener | asyncio.Server | None = None
         self._ctx: ServingContext | None = None
@@ -156,15 +162,58 @@ class Server:
 
     # -- registration ------------------------------------------------------------
 
-    def register_handler(self, handler: Callable[..., Awaitable[Any]], *filters: Any, group: int = 0) -> None:
-        """Register ``handler`` behind ``filters`` in ``group`` (lower groups run first)."""
-        self._check_not_serving()
-        self.router.register_handler(handler, *filters, group=group)
+    def register_handler(
+        self,
+        handler: Callable[..., Awaitable[Any]],
+        *filters: Any,
+        group: int = 0,
+        dependencies: Sequence[Any] | None = None,
+        errors: Sequence[str] | None = None,
+    ) -> None:
+        """Register ``handler`` behind ``filters`` in ``group`` (lower groups run first).
 
-    def add_handler(self, *filters: Any, group: int = 0) -> Callable[[HandlerT], HandlerT]:
+        ``dependencies`` run before it (``[Depends(provider)]``); ``errors`` lists the
+        ``ApiError`` codes it may answer with, for the schema.
+        """
+        self._check_not_serving()
+        self.router.register_handler(handler, *filters, group=group, dependencies=dependencies, errors=errors)
+
+    def add_handler(
+        self,
+        *filters: Any,
+        group: int = 0,
+        dependencies: Sequence[Any] | None = None,
+        errors: Sequence[str] | None = None,
+    ) -> Callable[[HandlerT], HandlerT]:
         """Decorator form of ``register_handler``; returns the function unchanged."""
         self._check_not_serving()
-        return self.router.add_handler(*filters, group=group)
+        return self.router.add_handler(*filters, group=group, dependencies=dependencies, errors=errors)
+
+    def middleware(self, middleware: MiddlewareT) -> MiddlewareT:
+        """Run ``middleware`` around the routing of every packet (decorator or call; returns it unchanged).
+
+        ``async def mw(client, packet, call_next: CallNext) -> None``: ``await call_next()``
+        routes the packet; the first registered is the outermost (see ``asyncapy.middleware``).
+        """
+        self._check_not_serving()
+        check_middleware(middleware)
+        self._middleware.append(middleware)
+        return middleware
+
+    def exception_handler(self, kind: type[E]) -> Callable[[ExceptionHandler[E]], ExceptionHandler[E]]:
+        """Decorator: ``async def h(client, packet, exc) -> reply | None`` makes the reply for ``kind``.
+
+        The handler registered for the exception's class, or its nearest base class,
+        is used; its reply (a dict or a model) is sent, None sends nothing.
+        """
+        self._check_not_serving()
+
+        def decorate(handler: ExceptionHandler[E]) -> ExceptionHandler[E]:
+            check_exception_handler(kind, handler)
+            self._exception_handlers[kind] = handler
+            return handler
+
+        return decorate
 
     def include_router(self, router: Router) -> None:
         """Serve every route of ``router`` after the routes registered so far."""
@@ -264,6 +313,9 @@ class Server:
 
     def _serving_context(self, plan: Plan) -> ServingContext:
         """What the connections of one serving run share; ``asyncapy.testing`` builds one too."""
+        if self._middleware or self._exception_handlers:
+            app = App.build(plan, tuple(self._middleware), self._exception_handlers, self.error_details)
+            plan = dataclasses.replace(plan, app=app)
         return ServingContext(
             plan=plan,
             sessions=SessionRegistry(self.session_limit),

@@ -16,7 +16,7 @@ import pytest
 import trustme
 from pydantic import BaseModel
 
-from asyncapy import Client, Packet, Server
+from asyncapy import ApiError, CallNext, Client, Packet, Server
 from asyncapy.client import AsyncClient
 from asyncapy.client import Client as SyncClient
 from asyncapy.codecs import get_codec
@@ -185,6 +185,25 @@ async def test_error_details_false_sends_exactly_status_and_error(how: str, tmp_
         {"status": "failure", "error": "ERR_INTERNAL"},
         {"status": "failure", "error": "ERR_REQUEST_MALFORMED"},
         {"status": "failure", "error": "ERR_HEADER_INVALID"},
+    ]
+
+
+async def test_error_details_false_covers_api_errors_and_misses_through_middleware() -> None:
+    server = make_server(error_details=False)
+
+    @server.middleware
+    async def passthrough(client: Client, packet: Packet, call_next: CallNext) -> None:
+        await call_next()
+
+    @server.add_handler()
+    async def handler(client: Client, packet: Packet[Only]) -> dict[str, int]:
+        raise ApiError("ERR_NOT_FOUND", f"no order {packet.data.a}")
+
+    async with running(server):
+        replies = await exchange(server.port, frames({"a": 1}, {"b": 1}), 2)
+    assert replies == [
+        {"status": "failure", "error": "ERR_NOT_FOUND"},
+        {"status": "failure", "error": "ERR_NO_HANDLER"},
     ]
 
 

@@ -101,17 +101,20 @@ FILTERS: list[Any] = [
     as_filter(XIsSmall()) & has_y,
 ]
 STYLES = ["packet", "model", "untyped"]
-BEHAVIOURS = ["none", "stop", "raise"]
+BEHAVIOURS = ["none", "stop", "raise", "reply"]
 VALUES = ["a", "A", "b", "c", 1, "1", 0, True, 1.0, None, "xx"]
 
 
 def _handler(i: int, style: str, accepts: Any, behaviour: str, log: list[int]) -> Callable[..., Any]:
-    async def handler(client: object, packet: Any) -> None:
+    async def handler(client: object, packet: Any) -> Any:
         log.append(i)
         if behaviour == "stop" and style != "model":
             packet.stop_propagation()
         elif behaviour == "raise":
             raise StopPropagation
+        elif behaviour == "reply":
+            return {"from": i}
+        return None
 
     annotation = {"packet": Packet[accepts], "model": accepts, "untyped": Packet}[style]
     handler.__annotations__ = {"client": object, "packet": annotation, "return": type(None)}
@@ -138,10 +141,18 @@ async def _passes(flt: Any, client: Any, packet: Packet) -> bool:
 
 
 async def naive(entries: list[Entry], client: Any, payload: dict[str, Any]) -> tuple[list[int], bool]:
-    """DESIGN §3 written as plainly as possible: the reference the plan must equal."""
+    """DESIGN §3 written as plainly as possible: the reference the plan must equal.
+
+    Returns the handlers called and whether the packet was answered without
+    ERR_NO_HANDLER: some group matched, and (rule 5) either every group it reached
+    matched or something was sent (a "reply" handler returned a map).
+    """
     called: list[int] = []
     packet = Packet(payload)
+    some_group_missed = False
+    sent = False
     for group in sorted({e[2] for e in entries}):
+        matched = False
         for i, (accepts, filter_ids, g, style, behaviour) in enumerate(entries):
             if g != group:
                 continue
@@ -150,11 +161,14 @@ async def naive(entries: list[Entry], client: Any, payload: dict[str, Any]) -> t
             if accepts is not None and not _validates(accepts, payload):
                 continue
             called.append(i)
+            matched = True
+            sent = sent or behaviour == "reply"
             # a model-style handler holds no packet, so its "stop" is a no-op
-            if behaviour != "none" and not (behaviour == "stop" and style == "model" and accepts is not None):
-                return called, True
+            if behaviour in ("stop", "raise") and not (behaviour == "stop" and style == "model" and accepts is not None):
+                return called, not some_group_missed or sent
             break
-    return called, bool(called)
+        some_group_missed = some_group_missed or not matched
+    return called, bool(called) and (not some_group_missed or sent)
 
 
 def _plan(entries: list[Entry], log: list[int]) -> Plan:
@@ -170,7 +184,22 @@ async def compiled(entries: list[Entry], client: Any, payload: dict[str, Any]) -
     log: list[int] = []
     plan = _plan(entries, log)
     miss = await plan.dispatch(client, Packet._received(payload, "json", client, b""))
+    if miss is not None:
+        _check_errors(plan, miss, entries)
     return log, miss is None
+
+
+def _check_errors(plan: Plan, miss: Miss, entries: list[Entry]) -> None:
+    """Each ``errors`` entry names a rejecting handler, its group and why, as DESIGN §3 rule 5 says."""
+    by_name = {route.name: route for route in plan.routes}
+    assert len(miss.errors) <= len(entries)
+    for entry in miss.errors:
+        assert set(entry) == {"handler", "group", "reason", "loc", "msg"}, entry
+        route = by_name[entry["handler"]]
+        assert entry["group"] == route.group
+        assert entry["reason"] in ("filter", "validation")
+        assert isinstance(entry["loc"], list) and isinstance(entry["msg"], str)
+        assert entry["reason"] == "validation" or route.filters
 
 
 async def started(entries: list[Entry], client: Any, payload: dict[str, Any]) -> tuple[list[int], bool, str] | None:

@@ -23,6 +23,9 @@ class CompiledRoute:
     ``tags`` are this route's values of its group's discriminator (None: untagged).
     ``validate`` is the adapter's pydantic-core validator, called without the Python
     wrapper of ``TypeAdapter.validate_python`` (it is on the hot path).
+    ``call``/``call_data``/``run`` are how dispatch calls the handler (``routing.invoke``):
+    ``call`` is ``handler`` itself unless dependencies or a reply check need more.
+    ``errors`` are the ``ApiError`` codes the route declares.
     """
 
     name: str
@@ -39,6 +42,10 @@ class CompiledRoute:
     pre: tuple[Filter, ...]
     post: tuple[Filter, ...]
     tags: frozenset[Tag] | None
+    call: Callable[..., Awaitable[Any]]
+    call_data: bool
+    run: Callable[..., Awaitable[Any]] | None
+    errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,12 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import TypeAdapter
 
+from ..depends import build_steps
+from ..replies import reply_checker
 from .compiled import CompiledGroup, CompiledRoute, Tag
 from .discriminator import find_discriminator
 from .dispatch import Plan
+from .invoke import invocation
 from .router import Route
 
 logger = logging.getLogger("asyncapy")
@@ -56,6 +59,10 @@ def _compile_route(
     adapter = None
     if spec.accepts is not None:
         adapter = _adapter(spec.accepts, adapters)
+    steps = build_steps(route.name, dict(spec.dependencies), route.dependencies, spec.models)
+    how = invocation(
+        route.name, route.handler, spec.style == "model", steps, reply_checker(route.name, spec.returns)
+    )
     return CompiledRoute(
         name=route.name,
         group=route.group,
@@ -71,6 +78,10 @@ def _compile_route(
         pre=tuple(f for f in route.filters if f.cheap),
         post=tuple(f for f in route.filters if not f.cheap),
         tags=tags,
+        call=how.call,
+        call_data=how.call_data,
+        run=how.run,
+        errors=route.errors,
     )
 
 

@@ -63,6 +63,25 @@ def failure_reason(route: CompiledRoute, flt: Filter | None, error: ValidationEr
     return f"{head}: invalid: {validation_summary(error)}"
 
 
+def miss_errors(failures: Sequence[Failure]) -> tuple[dict[str, Any], ...]:
+    """ERR_NO_HANDLER's ``errors``: one entry per rejecting handler, capped at ``MAX_REASONS``.
+
+    A validation entry carries pydantic's first error (``loc``, ``msg``; never the input);
+    a filter entry the filter's description as ``msg``.
+    """
+    entries = []
+    for route, flt, error in failures[:MAX_REASONS]:
+        if flt is not None:
+            entries.append({"handler": route.name, "group": route.group, "reason": "filter", "loc": [], "msg": flt.describe()})
+            continue
+        assert error is not None
+        first = error.errors(include_url=False, include_input=False, include_context=False)[:1]
+        loc = list(first[0]["loc"]) if first else []
+        msg = _shorten(first[0]["msg"]) if first else "invalid"
+        entries.append({"handler": route.name, "group": route.group, "reason": "validation", "loc": loc, "msg": msg})
+    return tuple(entries)
+
+
 def validation_summary(error: ValidationError) -> str:
     """The first ``MAX_ERRORS`` errors as ``loc: message``, without the input values."""
     errors = error.errors(include_url=False, include_input=False, include_context=False)

@@ -18,6 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
+from ..depends import Dependency, dependency_params
 from ..errors import UsageError
 from ..packet import Packet
 
@@ -33,6 +34,10 @@ class HandlerSpec:
     models: tuple[type[BaseModel], ...]
     accepts: Any
     reply_type: Any
+    #: The return annotation as written (``asyncapy.replies`` checks replies against it).
+    returns: Any = None
+    #: The parameters after ``(client, packet)``: name -> ``Depends``, in order.
+    dependencies: tuple[tuple[str, Dependency], ...] = ()
 
 
 def handler_name(handler: object) -> str:
@@ -44,12 +49,14 @@ def inspect_handler(handler: Callable[..., Any]) -> HandlerSpec:
     name = handler_name(handler)
     if not _is_async(handler):
         raise UsageError(f"handler {name!r} must be an async function: write `async def {name}(client, packet)`")
-    packet_param = _packet_parameter(handler, name)
     hints = _hints(handler, name)
+    deps = dependency_params(handler, hints, 2)
+    packet_param = _packet_parameter(handler, name, tuple(deps))
     annotation = hints.get(packet_param, inspect.Parameter.empty)
     style, accepts = _classify(annotation, name)
     models = () if accepts is None else _models_of(accepts)
-    return HandlerSpec(style, models, accepts, _reply_type(hints.get("return")))
+    returns = hints.get("return")
+    return HandlerSpec(style, models, accepts, _reply_type(returns), returns, tuple(deps.items()))
 
 
 def _is_async(handler: Callable[..., Any]) -> bool:
@@ -59,11 +66,11 @@ def _is_async(handler: Callable[..., Any]) -> bool:
     return not inspect.isfunction(handler) and inspect.iscoroutinefunction(call)
 
 
-def _packet_parameter(handler: Callable[..., Any], name: str) -> str:
-    """The name of the second positional parameter, after checking the arity."""
+def _packet_parameter(handler: Callable[..., Any], name: str, deps: tuple[str, ...] = ()) -> str:
+    """The name of the second positional parameter, after checking the arity (dependencies aside)."""
     try:
         sig = inspect.signature(handler)
-        sig.bind(object(), object())
+        sig.bind(object(), object(), **dict.fromkeys(deps))
     except (TypeError, ValueError):
         raise UsageError(
             f"handler {name!r} must take exactly two positional arguments: `async def {name}(client, packet)`"

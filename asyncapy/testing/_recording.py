@@ -51,7 +51,13 @@ def recording_plan(router: Router, log: CallLog) -> Plan:
     shadow = Router()
     for route in router.routes():
         log.watch(route.handler)
-        shadow.register_handler(_recorder(route.handler, log), *route.filters, group=route.group)
+        shadow.register_handler(
+            _recorder(route.handler, log),
+            *route.filters,
+            group=route.group,
+            dependencies=route.dependencies,
+            errors=route.errors,
+        )
     with _drop_warnings():  # Server.compile() already warned about the same routes
         return compile_routes(shadow.routes())
 
