@@ -12,6 +12,7 @@ from .errors import (
     ConnectionClosed,
     ErrorReply,
     ProtocolError,
+    ReplyValidationError,
     StopPropagation,
     UsageError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "ErrorReply",
     "Packet",
     "ProtocolError",
+    "ReplyValidationError",
     "Router",
     "Server",
     "Session",

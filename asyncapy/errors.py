@@ -12,13 +12,20 @@
     └── ClientError            raised by ``asyncapy.client``
         ├── ConnectionClosed   the server closed the connection
         ├── ClientTimeout      no reply within the client's timeout (also a TimeoutError)
-        └── ErrorReply         the server answered ``{"status": "failure", ...}``
+        ├── ErrorReply         the server answered ``{"status": "failure", ...}``
+        └── ReplyValidationError  the reply is not the model ``request(..., reply=Model)`` asked for
+
+Connecting to a server that is not there raises the ``OSError`` the system gave
+(``ConnectionRefusedError``, ``socket.gaierror``...), its message naming the address.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 ERR_HEADER_INVALID = "ERR_HEADER_INVALID"
 ERR_REQUEST_MALFORMED = "ERR_REQUEST_MALFORMED"
@@ -132,3 +139,20 @@ class ErrorReply(ClientError):
         self.detail = payload.get("detail")
         text = self.code if self.detail is None else f"{self.code}: {self.detail}"
         super().__init__(text)
+
+
+class ReplyValidationError(ClientError):
+    """The reply does not validate against the ``reply=`` type of ``request``.
+
+    Attributes:
+        reply: the reply map as it arrived.
+        model: the type it was validated against.
+        validation_error: pydantic's ``ValidationError`` (also the ``__cause__``).
+    """
+
+    def __init__(self, reply: dict[str, Any], model: Any, validation_error: ValidationError) -> None:
+        self.reply = reply
+        self.model = model
+        self.validation_error = validation_error
+        name = getattr(model, "__name__", repr(model))
+        super().__init__(f"the reply is not a valid {name}: {validation_error}")

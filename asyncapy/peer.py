@@ -79,8 +79,17 @@ class Session:
         return f"Session({self.id}, {self.address}:{self.port})"
 
 
+_NOT_A_CONNECTION: Final = (
+    "asyncapy.Client is the peer a handler receives, made by the server; to connect to a server, "
+    "use asyncapy.client.Client (blocking) or asyncapy.client.AsyncClient: "
+    'from asyncapy.client import Client; Client("127.0.0.1", 1500)'
+)
+
+
 class Client:
-    """The peer of one connection, passed to every handler.
+    """The peer of one connection, passed to every handler (the server makes it).
+
+    To connect to a server, use ``asyncapy.client.Client`` or ``AsyncClient``.
 
     Attributes:
         address: the peer's IP address (a string, IPv4 or IPv6).
@@ -96,11 +105,13 @@ class Client:
         self,
         address: str,
         port: int,
-        session: Session,
-        link: _Link,
+        session: Session | None = None,
+        link: _Link = CLOSED_LINK,
         registry: SessionRegistry | None = None,
         encoding: str = "json",
     ) -> None:
+        if not isinstance(session, Session):
+            raise TypeError(_NOT_A_CONNECTION)
         self.address = address
         self.port = port
         self.session = session

@@ -1,31 +1,48 @@
-"""Benchmark asyncapy against a raw asyncio baseline, side by side in one run.
+"""Benchmark asyncapy against a raw asyncio baseline and its peers, side by side in one run.
 
-Usage: ``python benchmarks/run.py [--quick] [--duration S] [--runs N] [--only TEXT]``.
-See benchmarks/README.md for what each row measures and how to read the table.
+Usage: ``python benchmarks/run.py [--peers] [--quick] [--duration S] [--runs N] [--only TEXT] [--list]``.
+Prints a markdown table (README-ready): each row's req/s and server CPU per request, and
+both as a ratio to the row's baseline. See benchmarks/README.md for what each row measures.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import platform
+import re
+import shlex
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
 
+import peers  # modules beside this script, so on sys.path when it runs
+from loadgen_build import LOADGEN, LOADGEN_SRC, build_loadgen
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-LOADGEN = HERE / "loadgen"
-LOADGEN_SRC = REPO.parent / "shared" / "bench" / "loadgen.c"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 PERSON = '{"name": "Ada Lovelace", "age": 36, "email": "ada@example.org", "score": 9.5, "active": true}'
+BASELINE = "raw asyncio"
+# What a row needs besides the load generator: (tool on PATH, Debian package), Python modules.
+TOOLS = {"h2load": "nghttp2-client", "wrk": "wrk"}
+PEER_MODULES = {
+    "grpc": ("grpc", "google.protobuf"),
+    "fastapi": ("fastapi", "uvicorn", "uvloop", "httptools"),
+}
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.body = '{"test": 1}'
+wrk.headers["Content-Type"] = "application/json"
+"""
 
 
 @dataclass(frozen=True)
@@ -39,12 +56,25 @@ class Spec:
 
 @dataclass(frozen=True)
 class Scenario:
-    """One row of the table: a server, the load, and the row it is a ratio of."""
+    """One row of the table: a server, the load and its driver, and the row it is a ratio of."""
 
     name: str
     spec: Spec
     load: tuple[str, ...] = ()
     base: str | None = None
+    driver: str = "loadgen"  # or "h2load" (gRPC) or "wrk" (HTTP)
+    peer: bool = False  # one of the --peers rows
+
+
+@dataclass
+class Stats:
+    """What a driver reports for one measured run."""
+
+    requests: int
+    rps: float
+    p50: float
+    p99: float
+    errors: int
 
 
 @dataclass
@@ -57,38 +87,48 @@ class Result:
     errors: int = 0
 
 
-def scenarios(zip_file: Path, typed_router: bool, uvloop: bool) -> list[Scenario]:
+def scenarios(zip_file: Path) -> list[Scenario]:
     raw, echo = Spec("raw"), Spec("echo")
+    test = ("--expect", '"test"')  # a reply without the field (an error reply) counts as an error
     tagged_last = '{"kind": "m999", "value": 7}'
-    rows = [
-        Scenario("raw echo", raw),
-        Scenario("asyncapy echo", echo, base="raw echo"),
-        Scenario("raw echo, 5-field payload", raw, ("--payload", PERSON)),
-        Scenario("asyncapy typed handler", Spec("typed"), ("--payload", PERSON), "raw echo, 5-field payload"),
+    return [
+        Scenario(BASELINE, raw, peer=True),
+        Scenario("asyncapy typed", Spec("typed-test"), test, BASELINE, peer=True),
+        Scenario("asyncapy typed, uvloop", Spec("typed-test", uvloop=True), test, BASELINE, peer=True),
+        Scenario("gRPC aio (grpcio)", Spec("grpc"), (), BASELINE, "h2load", peer=True),
+        Scenario("FastAPI, uvicorn", Spec("fastapi"), (), BASELINE, "wrk", peer=True),
+        Scenario("asyncapy echo", echo, (), BASELINE),
+        Scenario("raw, 5-field payload", raw, ("--payload", PERSON)),
+        Scenario("asyncapy typed, 5 fields", Spec("typed"), ("--payload", PERSON, "--expect", '"ok"'), "raw, 5-field payload"),
         Scenario("raw ziproto", raw, ("--payload-file", str(zip_file), "--enc", "1")),
         Scenario("asyncapy ziproto", echo, ("--payload-file", str(zip_file), "--enc", "1"), "raw ziproto"),
         Scenario("raw depth 8", raw, ("--depth", "8")),
         Scenario("asyncapy depth 8", echo, ("--depth", "8"), "raw depth 8"),
         Scenario("raw reconnect", raw, ("--reconnect",)),
         Scenario("asyncapy reconnect", echo, ("--reconnect",), "raw reconnect"),
-        Scenario("asyncapy workers=2", Spec("echo", workers=2), (), "raw echo"),
+        Scenario("asyncapy workers=2", Spec("echo", workers=2), (), BASELINE),
+        Scenario("asyncapy echo, uvloop", Spec("echo", uvloop=True), (), BASELINE),
+        Scenario("asyncapy 1 tagged handler", Spec("tagged1"), ("--payload", '{"kind": "m0", "value": 7}'), BASELINE),
+        Scenario("asyncapy 1000 tagged handlers", Spec("tagged1000"), ("--payload", tagged_last), "asyncapy 1 tagged handler"),
     ]
-    if uvloop:
-        rows.append(Scenario("asyncapy uvloop", Spec("echo", uvloop=True), (), "raw echo"))
-    if typed_router:
-        rows.append(Scenario("asyncapy 1 tagged handler", Spec("tagged1"), ("--payload", '{"kind": "m0", "value": 7}'), "raw echo"))
-        rows.append(Scenario("asyncapy 1000 tagged handlers", Spec("tagged1000"), ("--payload", tagged_last), "asyncapy 1 tagged handler"))
-    return rows
+
+
+def unavailable(sc: Scenario) -> str | None:
+    """Why the row cannot run on this machine (a tool or module missing), or None."""
+    if sc.driver in TOOLS and shutil.which(sc.driver) is None:
+        return f"{sc.driver} not found (Debian: apt-get install {TOOLS[sc.driver]})"
+    needed = PEER_MODULES.get(sc.spec.kind, ()) + (("uvloop",) if sc.spec.uvloop else ())
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"Python module {', '.join(missing)} missing (pip install -e '.[bench]')"
+    return None
 
 
 def ensure_loadgen() -> Path:
-    """Build the load generator from ../shared/bench/loadgen.c unless it is there."""
-    if LOADGEN.exists():
-        return LOADGEN
-    if not LOADGEN_SRC.exists():
-        sys.exit(f"no load generator: build {LOADGEN} from {LOADGEN_SRC} (not found)")
-    subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", str(LOADGEN), str(LOADGEN_SRC)], check=True)
-    return LOADGEN
+    loadgen = build_loadgen()
+    if loadgen is None:
+        sys.exit(f"no C compiler ({os.environ.get('CC', 'cc')}) to build {LOADGEN} from {LOADGEN_SRC}: apt-get install gcc, or set CC")
+    return loadgen
 
 
 def free_port() -> int:
@@ -104,11 +144,14 @@ def pinned(cmd: list[str], cores: str, pin: bool) -> list[str]:
 
 def start_server(spec: Spec, pin: bool, verbose: bool) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    cmd = [sys.executable, str(HERE / "servers.py"), spec.kind, str(port), "--workers", str(spec.workers)]
-    if spec.uvloop:
-        cmd.append("--uvloop")
+    if spec.kind in PEER_MODULES:
+        cmd = [sys.executable, str(HERE / "peers.py"), spec.kind, str(port)]
+    else:
+        cmd = [sys.executable, str(HERE / "servers.py"), spec.kind, str(port), "--workers", str(spec.workers)]
+        if spec.uvloop:
+            cmd.append("--uvloop")
     # A multi-worker server gets both cores: that is the point of the row.
-    # Servers log "socket.send() raised exception" when loadgen drops a connection; keep it quiet.
+    # Servers log "socket.send() raised exception" when a driver drops a connection; keep it quiet.
     output = None if verbose else subprocess.DEVNULL
     proc = subprocess.Popen(pinned(cmd, "0" if spec.workers == 1 else "0,1", pin), stderr=output)
     return proc, port
@@ -118,13 +161,29 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"a server exited early with status {proc.returncode}")
+            sys.exit(f"a server exited early with status {proc.returncode} (run with -v to see why)")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
             time.sleep(0.05)
     sys.exit(f"no server listening on port {port} after {timeout} s")
+
+
+def check_peer(spec: Spec, port: int) -> None:
+    """One request with the peer's own client: the drivers count HTTP statuses only."""
+    if spec.kind == "grpc":
+        answer = peers.grpc_check(port)
+    else:
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/echo", data=b'{"test": 1}', headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = response.read().decode()
+    if answer not in ("test=1", '{"test":1}'):
+        sys.exit(f"the {spec.kind} peer answered {answer!r}")
 
 
 def process_tree(pid: int) -> list[int]:
@@ -142,7 +201,7 @@ def process_tree(pid: int) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of ``pids``, from /proc/PID/stat."""
+    """utime + stime of ``pids`` (all their threads), from /proc/PID/stat."""
     total = 0
     for pid in pids:
         try:
@@ -153,54 +212,136 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICKS
 
 
-def loadgen(port: int, load: tuple[str, ...], conns: int, amount: list[str], pin: bool) -> dict[str, str]:
-    cmd = [str(LOADGEN), "--port", str(port), "--conns", str(conns), *amount, *load]
-    out = subprocess.run(pinned(cmd, "1", pin), capture_output=True, text=True, check=False)
-    if not out.stdout.strip():
-        sys.exit(f"loadgen failed: {out.stderr.strip()}")
-    return dict(pair.split("=", 1) for pair in out.stdout.split())
+def run_tool(cmd: list[str], pin: bool) -> str:
+    out = subprocess.run(pinned(cmd, "1", pin), capture_output=True, text=True, check=False, timeout=600)
+    if out.returncode != 0:
+        sys.exit(f"{cmd[0]} failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout
 
 
-def measure(sc: Scenario, proc: subprocess.Popen[bytes], port: int, args: argparse.Namespace, result: Result) -> None:
-    warm = ["--requests", "300" if "--reconnect" in sc.load else "2000"]
-    loadgen(port, sc.load, args.conns, warm, args.pin)
+def drive_loadgen(sc: Scenario, port: int, args: argparse.Namespace, amount: list[str]) -> Stats:
+    cmd = [str(LOADGEN), "--port", str(port), "--conns", str(args.conns), *amount, *sc.load]
+    pairs = dict(pair.split("=", 1) for pair in run_tool(cmd, args.pin).split())
+    return Stats(int(pairs["requests"]), float(pairs["rps"]), float(pairs["p50_us"]), float(pairs["p99_us"]), int(pairs["errors"]))
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest rank, as loadgen computes it."""
+    if not values:
+        return 0.0
+    values = sorted(values)
+    return values[min(len(values), max(1, int(p * len(values) + 0.999999))) - 1]
+
+
+def drive_h2load(port: int, args: argparse.Namespace, amount: list[str], tmp: Path) -> Stats:
+    """h2load: 50 HTTP/2 connections, one stream in flight each (``-m 1``), one thread."""
+    body, log = tmp / "grpc.body", tmp / "h2load.log"
+    body.write_bytes(peers.GRPC_BODY)
+    log.unlink(missing_ok=True)
+    cmd = ["h2load", "-c", str(args.conns), "-m", "1", "-t", "1", *amount, "-d", str(body), "--log-file", str(log)]
+    cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers", f"http://127.0.0.1:{port}{peers.GRPC_METHOD}"]
+    out = run_tool(cmd, args.pin)
+    done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
+    finished = re.search(r"finished in ([\d.]+)(m?s)", out)
+    if done is None or finished is None:
+        sys.exit(f"cannot read h2load's output:\n{out}")
+    seconds = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    latencies = [float(row[2]) for row in rows if row[1] == "200"]
+    errors = int(done.group(4)) + int(done.group(5)) + int(done.group(6)) + len(rows) - len(latencies)
+    ok = len(latencies)
+    return Stats(ok, ok / seconds, percentile(latencies, 0.5), percentile(latencies, 0.99), errors)
+
+
+WRK_UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6}
+
+
+def drive_wrk(port: int, args: argparse.Namespace, seconds: float, tmp: Path) -> Stats:
+    """wrk: 50 HTTP/1.1 keep-alive connections, one request in flight each, one thread."""
+    script = tmp / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    duration = f"{max(1, round(seconds))}s"  # wrk takes whole seconds
+    url = f"http://127.0.0.1:{port}/echo"
+    out = run_tool(["wrk", "-t1", f"-c{args.conns}", f"-d{duration}", "--latency", "-s", str(script), url], args.pin)
+    total = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    if total is None:
+        sys.exit(f"cannot read wrk's output:\n{out}")
+    lat = {p: float(v) * WRK_UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s|m)$", out, flags=re.M)}
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(bad.group(1)) if bad else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    requests = int(total.group(1)) - (int(bad.group(1)) if bad else 0)
+    elapsed = float(total.group(2)) * WRK_UNITS[total.group(3)] / 1e6
+    return Stats(requests, requests / elapsed, lat.get("50", 0.0), lat.get("99", 0.0), errors)
+
+
+def drive(sc: Scenario, port: int, args: argparse.Namespace, warm: bool, tmp: Path) -> Stats:
+    if sc.driver == "h2load":
+        return drive_h2load(port, args, ["-n", "2000"] if warm else ["-D", f"{args.duration:g}"], tmp)
+    if sc.driver == "wrk":
+        return drive_wrk(port, args, 1 if warm else args.duration, tmp)
+    if warm:
+        return drive_loadgen(sc, port, args, ["--requests", "300" if "--reconnect" in sc.load else "2000"])
+    return drive_loadgen(sc, port, args, ["--duration", str(args.duration)])
+
+
+def measure(sc: Scenario, proc: subprocess.Popen[bytes], port: int, args: argparse.Namespace, result: Result, tmp: Path) -> None:
+    drive(sc, port, args, True, tmp)
     pids = process_tree(proc.pid)
     cpu0, wall0 = cpu_seconds(pids), time.monotonic()
-    stats = loadgen(port, sc.load, args.conns, ["--duration", str(args.duration)], args.pin)
+    stats = drive(sc, port, args, False, tmp)
     cpu = cpu_seconds(pids) - cpu0
     wall = time.monotonic() - wall0
-    requests = int(stats["requests"])
-    result.rps.append(float(stats["rps"]))
-    result.p50.append(float(stats["p50_us"]))
-    result.p99.append(float(stats["p99_us"]))
-    result.cpu_us.append(cpu / max(requests, 1) * 1e6)
+    result.rps.append(stats.rps)
+    result.p50.append(stats.p50)
+    result.p99.append(stats.p99)
+    result.cpu_us.append(cpu / max(stats.requests, 1) * 1e6)
     result.util.append(cpu / wall * 100)
-    result.errors += int(stats["errors"])
+    result.errors += stats.errors
 
 
-def report(rows: list[Scenario], results: dict[str, Result]) -> None:
-    head = f"{'scenario':32} {'req/s':>9} {'ratio':>6} {'p50 us':>7} {'p99 us':>7} {'cpu us/req':>10} {'cpu %':>6} {'errors':>6}"
-    print(head)
-    print("-" * len(head))
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def report(rows: list[Scenario], results: dict[str, Result], skipped: dict[str, str]) -> None:
+    """The table in markdown; ratios are the row's median over its baseline's median."""
+    print("| row | req/s | req/s ratio | p50 µs | p99 µs | CPU µs/req | CPU ratio | server CPU % | errors |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for sc in rows:
+        if sc.name in skipped:
+            print(f"| {sc.name} | skipped: {skipped[sc.name]} | | | | | | | |")
+            continue
         r = results[sc.name]
-        rps = statistics.median(r.rps)
-        ratio = ""
-        if sc.base is not None:
-            ratio = f"{rps / statistics.median(results[sc.base].rps):.2f}"
+        rps, cpu = statistics.median(r.rps), statistics.median(r.cpu_us)
+        rps_ratio = cpu_ratio = "baseline" if sc.base is None else ""
+        if sc.base is not None and sc.base not in skipped:
+            base = results[sc.base]
+            rps_ratio = f"{rps / statistics.median(base.rps):.2f}"
+            cpu_ratio = f"{cpu / statistics.median(base.cpu_us):.2f}"
         print(
-            f"{sc.name:32} {rps:9.0f} {ratio:>6} {statistics.median(r.p50):7.0f} {statistics.median(r.p99):7.0f}"
-            f" {statistics.median(r.cpu_us):10.1f} {statistics.median(r.util):6.0f} {r.errors:6d}"
+            f"| {sc.name} | {rps:,.0f} | {rps_ratio} | {statistics.median(r.p50):,.0f} | {statistics.median(r.p99):,.0f}"
+            f" | {cpu:.1f} | {cpu_ratio} | {statistics.median(r.util):.0f} | {r.errors} |"
         )
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peers", action="store_true", help="only the comparison with gRPC and FastAPI (and its baseline)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run (default 10)")
     parser.add_argument("--runs", type=int, default=3, help="repetitions; the table shows medians (default 3)")
     parser.add_argument("--quick", action="store_true", help="2 s runs, 1 repetition (unless set explicitly)")
-    parser.add_argument("--conns", type=int, default=50, help="concurrent connections (default 50)")
+    parser.add_argument("--conns", type=int, default=50, help="concurrent connections, one request in flight each (default 50)")
     parser.add_argument("--only", action="append", default=[], help="run only rows whose name contains TEXT (repeatable; bases are kept)")
+    parser.add_argument("--list", action="store_true", help="print the rows and which would be skipped, then exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the servers' stderr")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin cores with taskset")
     args = parser.parse_args()
@@ -213,7 +354,9 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def select(rows: list[Scenario], only: list[str]) -> list[Scenario]:
+def select(rows: list[Scenario], only: list[str], peers: bool) -> list[Scenario]:
+    if peers:
+        rows = [sc for sc in rows if sc.peer]
     if not only:
         return rows
     wanted = {sc.name for sc in rows if any(text in sc.name for text in only)}
@@ -227,30 +370,34 @@ def select(rows: list[Scenario], only: list[str]) -> list[Scenario]:
 
 def main() -> None:
     args = parse_args()
-    ensure_loadgen()
     zip_file = HERE / ".ziproto-payload.bin"
-    zip_file.write_bytes(msgpack.packb({"test": 1}))
-    typed_router = (REPO / "asyncapy" / "routing" / "compiler.py").exists()
-    try:
-        import uvloop  # noqa: F401
-
-        has_uvloop = True
-    except ImportError:
-        has_uvloop = False
-    rows = select(scenarios(zip_file, typed_router, has_uvloop), args.only)
-    servers: dict[Spec, tuple[subprocess.Popen[bytes], int]] = {}
-    try:
+    rows = select(scenarios(zip_file), args.only, args.peers)
+    skipped = {sc.name: why for sc in rows if (why := unavailable(sc)) is not None}
+    if args.list:
         for sc in rows:
-            if sc.spec not in servers:
-                servers[sc.spec] = start_server(sc.spec, args.pin, args.verbose)
-        for proc, port in servers.values():
-            wait_listening(port, proc)
-        results = {sc.name: Result() for sc in rows}
-        for rep in range(args.runs):
-            for sc in rows:  # interleaved: every row once per repetition
-                proc, port = servers[sc.spec]
-                measure(sc, proc, port, args, results[sc.name])
-            print(f"repetition {rep + 1}/{args.runs} done", file=sys.stderr)
+            print(f"{sc.name}: {'skipped: ' + skipped[sc.name] if sc.name in skipped else 'runs'}")
+        return
+    for name, why in skipped.items():
+        print(f"skipping {name}: {why}", file=sys.stderr)
+    ensure_loadgen()
+    zip_file.write_bytes(msgpack.packb({"test": 1}))
+    measured = [sc for sc in rows if sc.name not in skipped]
+    servers: dict[Spec, tuple[subprocess.Popen[bytes], int]] = {}
+    results = {sc.name: Result() for sc in measured}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for sc in measured:
+                if sc.spec not in servers:
+                    servers[sc.spec] = start_server(sc.spec, args.pin, args.verbose)
+            for spec, (proc, port) in servers.items():
+                wait_listening(port, proc)
+                if spec.kind in PEER_MODULES:
+                    check_peer(spec, port)
+            for rep in range(args.runs):
+                for sc in measured:  # interleaved: every row once per repetition
+                    proc, port = servers[sc.spec]
+                    measure(sc, proc, port, args, results[sc.name], Path(tmp))
+                print(f"repetition {rep + 1}/{args.runs} done", file=sys.stderr)
     finally:
         for proc, _ in servers.values():
             proc.terminate()
@@ -260,10 +407,12 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
         zip_file.unlink(missing_ok=True)
-    print(f"# {args.runs} run(s) of {args.duration:g} s, {args.conns} connections, pinned={args.pin}, python {sys.version.split()[0]}")
-    if not typed_router:
-        print("# tagged-handler rows skipped: this branch has no typed router yet")
-    report(rows, results)
+    command = shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]])
+    print(f"`{command}`: {args.runs} run(s) of {args.duration:g} s, {args.conns} connections with one request in flight each,"
+          f" server pinned to one core and load generator to another: {args.pin}; medians.")
+    print(f"Machine: {machine()}.")
+    print()
+    report(rows, results, skipped)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,10 @@ class Person(BaseModel):
     active: bool
 
 
+class Test(BaseModel):
+    test: int
+
+
 class Reply(BaseModel):
     status: Literal["ok"] = "ok"
     name: str
@@ -101,6 +105,17 @@ def typed_server(**kw: Any) -> Server:
     @server.add_handler()
     async def person(client: Client, packet: Packet[Person]) -> Reply:
         return Reply(name=packet.data.name, age=packet.data.age)
+
+    return server
+
+
+def typed_test_server(**kw: Any) -> Server:
+    """``{"test": 1}`` in, the same model out: the work the peers in ``peers.py`` do."""
+    server = Server("127.0.0.1", logging_level=logging.WARNING, **kw)
+
+    @server.add_handler()
+    async def test(client: Client, packet: Packet[Test]) -> Test:
+        return Test(test=packet.data.test)
 
     return server
 
@@ -133,6 +148,8 @@ def build(kind: str, port: int, workers: int, uvloop: bool) -> Server:
         return echo_server(**kw)
     if kind == "typed":
         return typed_server(**kw)
+    if kind == "typed-test":
+        return typed_test_server(**kw)
     if kind.startswith("tagged"):
         return tagged_server(int(kind[len("tagged") :]), **kw)
     raise SystemExit(f"unknown server kind {kind!r}")

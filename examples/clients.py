@@ -8,11 +8,27 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pydantic import BaseModel
+
 from asyncapy import Client, ErrorReply, Packet, Server
 from asyncapy.client import AsyncClient
 from asyncapy.client import Client as SyncClient
 
 server = Server("127.0.0.1", 0)
+
+
+class Add(BaseModel):
+    a: int
+    b: int
+
+
+class Sum(BaseModel):
+    total: int
+
+
+@server.add_handler()
+async def add(client: Client, packet: Packet[Add]) -> Sum:
+    return Sum(total=packet.data.a + packet.data.b)
 
 
 @server.add_handler()
@@ -37,6 +53,10 @@ async def main() -> None:
         print("blocking client, ZiProto reply:", ziproto_reply)
         async with AsyncClient("127.0.0.1", server.port, timeout=5) as client:
             print("async client:", await client.request({"hello": "world"}))
+            reply = await client.request(Add(a=1, b=2), reply=Sum)  # a validated Sum
+            print("typed reply:", reply)
+            sums = await asyncio.gather(*(client.request(Add(a=i, b=i), reply=Sum) for i in range(20)))
+            print("concurrent requests, each its own answer:", [s.total for s in sums] == [2 * i for i in range(20)])
             try:
                 await client.request({"fail": True}, raise_errors=True)
             except ErrorReply as error:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_SCHEMA = Path(__file__).resolve().parent / "data" / "asyncapi-3.0.0.schema.json"
@@ -18,6 +19,15 @@ VALIDATOR = ROOT / "tools" / "asyncapi-validate"
 def parser_available() -> bool:
     """node is installed and ``tools/asyncapi-validate`` has its packages (``npm ci`` ran)."""
     return shutil.which("node") is not None and (VALIDATOR / "node_modules" / "@asyncapi" / "parser").is_dir()
+
+
+def require_parser() -> None:
+    """Fail (never skip) with how to install the parser when it is missing."""
+    if not parser_available():
+        pytest.fail(
+            "the official AsyncAPI parser is missing: install node and npm (apt-get install nodejs npm), then"
+            " `(cd tools/asyncapi-validate && npm ci --ignore-scripts)`; scripts/test does both"
+        )
 
 
 def parse_with_official_parser(docs: dict[str, dict[str, Any]], tmp_path: Path) -> subprocess.CompletedProcess[str]:

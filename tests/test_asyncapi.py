@@ -10,7 +10,7 @@ import pytest
 from asyncapy.asyncapi import asyncapi_document, asyncapi_schema, operation_ids
 from examples.typed_api import server as typed_server
 
-from .asyncapi_validation import json_schema_errors, parse_with_official_parser, parser_available
+from .asyncapi_validation import json_schema_errors, parse_with_official_parser, require_parser
 from .conftest import make_server
 from .routing_cases import build_server
 from .schema_routes import ROUTES
@@ -33,15 +33,15 @@ def test_valid_against_the_asyncapi_json_schema(name: str) -> None:
     assert json_schema_errors(DOCUMENTS[name]) == []
 
 
-@pytest.mark.skipif(not parser_available(), reason="node or tools/asyncapi-validate/node_modules missing")
 def test_accepted_by_the_official_parser(tmp_path: Path) -> None:
+    require_parser()
     result = parse_with_official_parser(DOCUMENTS, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("valid AsyncAPI 3.0.0") == len(DOCUMENTS)
 
 
-@pytest.mark.skipif(not parser_available(), reason="node or tools/asyncapi-validate/node_modules missing")
 def test_the_parser_check_rejects_a_broken_document(tmp_path: Path) -> None:
+    require_parser()
     doc = dict(DOCUMENTS["contract_routes"])
     doc["operations"] = {"x": {"action": "get"}}
     result = parse_with_official_parser({"good": DOCUMENTS["no_routes"], "broken": doc}, tmp_path)

@@ -1,7 +1,8 @@
-"""``benchmarks/run.py`` in its quickest mode runs end to end (no speed is asserted)."""
+"""``benchmarks/run.py`` end to end in its quickest mode (no speed is asserted)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -10,19 +11,59 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-LOADGEN_SRC = REPO.parent / "shared" / "bench" / "loadgen.c"
+RUN = REPO / "benchmarks" / "run.py"
+
+
+def need(*tools: str) -> None:
+    packages = {"cc": "gcc", "h2load": "nghttp2-client", "wrk": "wrk"}
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: apt-get install {' '.join(packages[t] for t in missing)} (scripts/test installs them as root)")
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(RUN), *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def table(stdout: str) -> dict[str, list[str]]:
+    """The markdown table's rows by name (cells stripped), header included."""
+    rows = [line.strip("|").split("|") for line in stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the load generator is POSIX C")
-def test_benchmark_quick_mode_prints_a_table() -> None:
-    if not (REPO / "benchmarks" / "loadgen").exists() and not (LOADGEN_SRC.exists() and shutil.which("cc")):
-        pytest.skip("no load generator and no ../shared/bench/loadgen.c + cc to build it")
-    cmd = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--duration", "0.3", "--only", "asyncapy echo"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+def test_quick_mode_prints_a_markdown_table_with_ratios() -> None:
+    need("cc")
+    out = run("--quick", "--duration", "0.3", "--only", "asyncapy echo")
     assert out.returncode == 0, out.stderr
-    rows = {line.split("  ")[0]: line for line in out.stdout.splitlines()}
-    assert "raw echo" in rows and "asyncapy echo" in rows
-    assert "req/s" in out.stdout and "cpu us/req" in out.stdout
+    rows = table(out.stdout)
+    assert list(rows)[:3] == ["row", "raw asyncio", "asyncapy echo"], out.stdout  # and "asyncapy echo, uvloop"
+    assert rows["raw asyncio"][1] == "baseline"
+    rps_ratio, cpu_ratio, errors = float(rows["asyncapy echo"][1]), float(rows["asyncapy echo"][5]), rows["asyncapy echo"][7]
+    assert rps_ratio > 0 and cpu_ratio > 0 and errors == "0", out.stdout
+    assert "Machine: " in out.stdout and "`python benchmarks/run.py --quick" in out.stdout
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the load generator is POSIX C")
+def test_peers_rows_run_side_by_side() -> None:
+    """gRPC aio under h2load and FastAPI under wrk, next to asyncapy and the raw baseline."""
+    need("cc", "h2load", "wrk")
+    out = run("--peers", "--duration", "1", "--runs", "1")
+    assert out.returncode == 0, out.stderr
+    rows = table(out.stdout)
+    assert list(rows)[1:] == ["raw asyncio", "asyncapy typed", "asyncapy typed, uvloop", "gRPC aio (grpcio)", "FastAPI, uvicorn"]
+    for name in list(rows)[1:]:
+        req_s, cpu_us, errors = float(rows[name][0].replace(",", "")), float(rows[name][4]), rows[name][7]
+        assert req_s > 0 and cpu_us > 0 and errors == "0", (name, out.stdout)
+
+
+def test_a_row_whose_tool_is_missing_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    env = dict(os.environ, PATH=str(tmp_path))  # no h2load, no wrk
+    out = run("--peers", "--list", env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "gRPC aio (grpcio): skipped: h2load not found (Debian: apt-get install nghttp2-client)" in out.stdout
+    assert "FastAPI, uvicorn: skipped: wrk not found (Debian: apt-get install wrk)" in out.stdout
+    assert "asyncapy typed: runs" in out.stdout
 
 
 def test_connection_benchmark_prints_every_row_with_its_baseline() -> None:

@@ -48,6 +48,7 @@ def test_clients_example() -> None:
     assert "ZiProto reply: {'z': [1, 2]}" in out
     assert "async client: {'hello': 'world'}" in out
     assert "error reply: ERR_INTERNAL" in out
+    assert "typed reply: total=3" in out and "each its own answer: True" in out
 
 
 def test_filters_example() -> None:

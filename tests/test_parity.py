@@ -36,11 +36,7 @@ class SocketPeer:
         await self.client.send(obj, encoding)
 
     async def send_raw(self, data: bytes) -> None:
-        await self.client.connect()
-        writer = self.client._writer
-        assert writer is not None
-        writer.write(data)
-        await writer.drain()
+        await self.client.send_raw(data)
 
     async def receive(self) -> dict[str, Any]:
         return await self.client.receive()

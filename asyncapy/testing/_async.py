@@ -6,37 +6,43 @@ import asyncio
 import itertools
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, overload
 
-from ..client import ClientCore, Sendable, check_reply
+from ..client import AsyncClient, Sendable
 from ..connection import Connection, ServingContext
-from ..errors import ClientTimeout
-from ..protocol import Frame
 from ..server import Server
 from ._recording import CallLog, Handler, recording_plan
-from ._transport import MemoryTransport
+from ._transport import MemoryStream
+
+T = TypeVar("T")
 
 _fake_ports = itertools.count(50000)
 
 
-class _Link:
-    """One in-memory connection: the server's ``Connection`` and the client's core."""
+class _MemoryClient(AsyncClient):
+    """An ``AsyncClient`` whose connections are the server's own ``Connection``, in memory."""
 
-    def __init__(self, ctx: ServingContext, peer: tuple[str, int], sockname: tuple[str, int], core: ClientCore) -> None:
-        self.core = core
-        self.arrived = asyncio.Event()
-        self.connection = Connection(ctx)
-        extra = {"peername": peer, "sockname": sockname}
-        self.transport = MemoryTransport(self.connection, extra, self._on_write, self._on_close)
-        self.connection.connection_made(self.transport)
+    def __init__(self, owner: AsyncTestClient, encoding: str, timeout: float) -> None:
+        server = owner.server
+        super().__init__(
+            owner.address, server.port, encoding=encoding, header_size=server.header_size,
+            byteorder=server.byteorder, timeout=timeout,
+        )
+        self._owner = owner
 
-    def _on_write(self, data: bytes) -> None:
-        self.core.receive_data(data)
-        self.arrived.set()
+    async def _open_stream(self) -> MemoryStream:
+        ctx = self._owner._ctx
+        if ctx is None:
+            raise RuntimeError("use the test client as `async with AsyncTestClient(server) as client:`")
+        server = self._owner.server
+        extra = {"peername": (self._owner.address, next(_fake_ports)), "sockname": (server.addr, server.port)}
+        return MemoryStream(Connection(ctx), extra)
 
-    def _on_close(self) -> None:
-        self.core.receive_data(b"")
-        self.arrived.set()
+    @property
+    def stream(self) -> MemoryStream | None:
+        stream = self._channels[0].stream
+        assert stream is None or isinstance(stream, MemoryStream)
+        return stream
 
 
 class AsyncTestClient:
@@ -61,10 +67,20 @@ class AsyncTestClient:
         self.server = server
         self.address = address
         self.encoding = encoding
-        self.timeout = timeout
         self._log = CallLog()
         self._ctx: ServingContext | None = None
-        self._link: _Link | None = None
+        self._client = _MemoryClient(self, encoding, timeout)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a reply is waited for (settable)."""
+        timeout = self._client.timeout
+        assert timeout is not None
+        return timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        self._client.timeout = seconds
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -87,52 +103,48 @@ class AsyncTestClient:
         await _finish(ctx, self.server.shutdown_timeout)
         await self.server.shutdown()
 
-    # -- the client methods -------------------------------------------------------------
+    # -- the client methods (those of ``AsyncClient``) ----------------------------------
 
     async def connect(self) -> None:
         """Open a connection (``send`` and ``request`` do it when needed)."""
-        if self._link is not None:
-            return
-        if self._ctx is None:
-            raise RuntimeError("use the test client as `async with AsyncTestClient(server) as client:`")
-        core = ClientCore(self.encoding, self.server.header_size, self.server.byteorder)
-        peer = (self.address, next(_fake_ports))
-        self._link = _Link(self._ctx, peer, (self.server.addr, self.server.port), core)
+        await self._client.connect()
 
     async def send(self, obj: Sendable, encoding: str | None = None) -> None:
         """Send one packet."""
-        link = await self._connected()
-        link.transport.feed(link.core.frame(obj, encoding))
+        await self._client.send(obj, encoding)
 
     async def send_raw(self, data: bytes) -> None:
         """Send bytes as they are, to test framing errors."""
-        link = await self._connected()
-        link.transport.feed(data)
+        await self._client.send_raw(data)
 
     async def receive_all(self) -> bytes:
         """The next whole packet, header included, as raw bytes."""
-        link = await self._connected()
-        return link.core.raw(await self._next_frame(link))
+        return await self._client.receive_all()
 
     async def receive(self) -> dict[str, Any]:
         """The next reply, decoded."""
-        link = await self._connected()
-        return link.core.decode(await self._next_frame(link))
+        return await self._client.receive()
+
+    @overload
+    async def request(
+        self, obj: Sendable, encoding: str | None = None, *, reply: type[T], raise_errors: bool = False
+    ) -> T: ...
+
+    @overload
+    async def request(
+        self, obj: Sendable, encoding: str | None = None, *, reply: None = None, raise_errors: bool = False
+    ) -> dict[str, Any]: ...
 
     async def request(
-        self, obj: Sendable, encoding: str | None = None, *, raise_errors: bool = False
-    ) -> dict[str, Any]:
-        """Send ``obj`` and return the reply; ``raise_errors`` turns error packets into ``ErrorReply``."""
-        await self.send(obj, encoding)
-        reply = await self.receive()
-        return check_reply(reply) if raise_errors else reply
+        self, obj: Sendable, encoding: str | None = None, *, reply: Any = None, raise_errors: bool = False
+    ) -> Any:
+        """Send ``obj`` and return its reply: the map, or with ``reply=Model`` a ``Model``
+        (see ``AsyncClient.request``); concurrent requests take turns."""
+        return await self._client.request(obj, encoding, reply=reply, raise_errors=raise_errors)
 
     async def close(self) -> None:
         """Close this connection as a client would; the next ``send`` opens a new one."""
-        link, self._link = self._link, None
-        if link is not None:
-            link.transport.feed_eof()
-            await asyncio.sleep(0)  # let connection_lost run, as after a socket close
+        await self._client.close()
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -151,26 +163,11 @@ class AsyncTestClient:
     @property
     def connection(self) -> Connection | None:
         """The server-side ``Connection`` of the open connection, if any."""
-        return self._link.connection if self._link is not None else None
-
-    # -- helpers -------------------------------------------------------------------------
-
-    async def _connected(self) -> _Link:
-        if self._link is None:
-            await self.connect()
-        assert self._link is not None
-        return self._link
-
-    async def _next_frame(self, link: _Link) -> Frame:
-        while True:
-            frame = link.core.next_frame()
-            if frame is not None:
-                return frame
-            link.arrived.clear()
-            try:
-                await asyncio.wait_for(link.arrived.wait(), self.timeout)
-            except asyncio.TimeoutError:
-                raise ClientTimeout(f"no reply within {self.timeout} seconds") from None
+        stream = self._client.stream
+        if stream is None:
+            return None
+        assert isinstance(stream.connection, Connection)
+        return stream.connection
 
 
 async def _finish(ctx: ServingContext, timeout: float) -> None:

@@ -10,7 +10,7 @@ import asyncio
 import threading
 from collections.abc import Coroutine, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from ..client import Sendable
 from ..server import Server
@@ -18,6 +18,7 @@ from ._async import AsyncTestClient
 from ._recording import Handler
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class _LoopThread:
@@ -103,9 +104,22 @@ class TestClient:
         """The next reply, decoded."""
         return self._call(self._client.receive())
 
-    def request(self, obj: Sendable, encoding: str | None = None, *, raise_errors: bool = False) -> dict[str, Any]:
-        """Send ``obj`` and return the reply; ``raise_errors`` turns error packets into ``ErrorReply``."""
-        return self._call(self._client.request(obj, encoding, raise_errors=raise_errors))
+    @overload
+    def request(
+        self, obj: Sendable, encoding: str | None = None, *, reply: type[R], raise_errors: bool = False
+    ) -> R: ...
+
+    @overload
+    def request(
+        self, obj: Sendable, encoding: str | None = None, *, reply: None = None, raise_errors: bool = False
+    ) -> dict[str, Any]: ...
+
+    def request(
+        self, obj: Sendable, encoding: str | None = None, *, reply: Any = None, raise_errors: bool = False
+    ) -> Any:
+        """Send ``obj`` and return its reply: the map, or with ``reply=Model`` a ``Model``
+        (see ``asyncapy.client.Client.request``); safe to call from several threads."""
+        return self._call(self._client.request(obj, encoding, reply=reply, raise_errors=raise_errors))
 
     def close(self) -> None:
         """Close this connection as a client would; the next ``send`` opens a new one."""

@@ -87,3 +87,56 @@ class MemoryTransport(asyncio.Transport):
             return
         if not self._protocol.eof_received():
             self.close()
+
+
+class MemoryStream:
+    """The client end of an in-memory connection: an ``AsyncByteStream`` for ``AsyncClient``.
+
+    Opening one makes the server's real ``Connection`` on a ``MemoryTransport``.
+    """
+
+    def __init__(self, connection: asyncio.Protocol, extra: dict[str, Any]) -> None:
+        self.connection = connection
+        self.reset = False  # a closed in-memory connection is seen at once: no request goes into it
+        self.transport = MemoryTransport(connection, extra, self._on_write, self._on_close)
+        self._chunks: list[bytes] = []
+        self._eof = False
+        self._arrived = asyncio.Event()
+        connection.connection_made(self.transport)
+
+    def _on_write(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._arrived.set()
+
+    def _on_close(self) -> None:
+        self._eof = True
+        self._arrived.set()
+
+    async def write(self, data: bytes, timeout: float | None) -> None:
+        self.transport.feed(data)  # dropped once the server closed, as a socket would
+
+    async def read(self, timeout: float | None) -> bytes | None:
+        if not self._chunks and not self._eof:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except asyncio.TimeoutError:
+                return None
+        chunks, self._chunks = self._chunks, []
+        return b"".join(chunks)
+
+    async def poll(self) -> bytes | None:
+        await asyncio.sleep(0)
+        if self._chunks or self._eof:
+            return await self.read(0)
+        return None
+
+    async def refused(self) -> bool:
+        return False  # the server's close is seen before a request is sent into it
+
+    def abort(self) -> None:
+        self.transport.close()
+
+    async def close(self) -> None:
+        self.transport.feed_eof()
+        await asyncio.sleep(0)  # let connection_lost run, as after a socket close

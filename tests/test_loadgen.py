@@ -1,0 +1,140 @@
+"""``benchmarks/loadgen.c`` against toy servers: it parses replies however they are cut."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from asyncapy.protocol import encode_frame
+
+from .procs import ROOT, free_port
+
+Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture(scope="module")
+def loadgen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The load generator, built from its source as ``benchmarks/run.py`` builds it."""
+    if shutil.which("cc") is None:
+        pytest.fail("no C compiler: install one (apt-get install gcc, or scripts/test installs it)")
+    out = tmp_path_factory.mktemp("loadgen") / "loadgen"
+    subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-o", str(out), str(ROOT / "benchmarks" / "loadgen.c")], check=True)
+    return out
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Reply], int]]:
+    """Start an asyncio server in a thread on a free port, answering each connection with ``reply``."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    servers: list[asyncio.Server] = []
+
+    def start(reply: Reply) -> int:
+        server = asyncio.run_coroutine_threadsafe(asyncio.start_server(reply, "127.0.0.1", 0), loop).result(10)
+        servers.append(server)
+        port: int = server.sockets[0].getsockname()[1]
+        return port
+
+    yield start
+
+    for server in servers:
+        loop.call_soon_threadsafe(server.close)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    length = int.from_bytes(await reader.readexactly(4), "big")
+    return await reader.readexactly(length)
+
+
+def echo(cut: Callable[[bytes], list[bytes]], batch: int = 1, close: bool = False, version: int = 22) -> Reply:
+    """Echo each request's payload, ``batch`` replies joined, written in the pieces ``cut`` makes."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                frames = []
+                for _ in range(batch):
+                    rest = await read_request(reader)
+                    frame = bytearray(encode_frame(rest[2:], rest[1]))
+                    frame[4] = version
+                    frames.append(bytes(frame))
+                for piece in cut(b"".join(frames)):
+                    writer.write(piece)
+                    await writer.drain()
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    return reply
+
+
+def run(loadgen: Path, port: int, *args: str) -> dict[str, str]:
+    out = subprocess.run([str(loadgen), "--port", str(port), *args], capture_output=True, text=True, timeout=60)
+    pairs = dict(pair.split("=", 1) for pair in out.stdout.split())
+    pairs["exit"] = str(out.returncode)
+    return pairs
+
+
+def whole(data: bytes) -> list[bytes]:
+    return [data]
+
+
+def bytewise(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+@pytest.mark.parametrize("cut", [whole, bytewise], ids=["whole", "one byte per write"])
+def test_counts_every_reply_however_it_is_cut(loadgen: Path, serve: Callable[[Reply], int], cut: Callable[[bytes], list[bytes]]) -> None:
+    port = serve(echo(cut))
+    stats = run(loadgen, port, "--conns", "4", "--requests", "400", "--expect", '"test"')
+    assert stats["exit"] == "0" and stats["errors"] == "0" and int(stats["requests"]) >= 400, stats
+    assert float(stats["p50_us"]) > 0 and float(stats["p99_us"]) >= float(stats["p50_us"])
+
+
+def test_several_replies_in_one_read_with_depth(loadgen: Path, serve: Callable[[Reply], int]) -> None:
+    port = serve(echo(whole, batch=4))
+    stats = run(loadgen, port, "--conns", "3", "--depth", "4", "--requests", "400")
+    assert stats["errors"] == "0" and int(stats["requests"]) >= 400, stats
+
+
+def test_a_bad_protocol_version_is_an_error(loadgen: Path, serve: Callable[[Reply], int]) -> None:
+    port = serve(echo(whole, version=23))
+    stats = run(loadgen, port, "--conns", "2", "--requests", "10")
+    assert stats["exit"] == "1" and stats["requests"] == "0" and int(stats["errors"]) >= 10, stats
+
+
+def test_a_reply_without_the_expected_text_is_an_error(loadgen: Path, serve: Callable[[Reply], int]) -> None:
+    port = serve(echo(whole))
+    stats = run(loadgen, port, "--conns", "2", "--requests", "10", "--expect", '"status"')
+    assert stats["requests"] == "0" and int(stats["errors"]) >= 10, stats
+
+
+def test_reconnect_mode_and_a_server_that_closes_after_each_reply(loadgen: Path, serve: Callable[[Reply], int]) -> None:
+    port = serve(echo(whole, close=True))
+    stats = run(loadgen, port, "--conns", "4", "--requests", "200", "--reconnect")
+    assert stats["errors"] == "0" and int(stats["requests"]) >= 200 and int(stats["connects"]) >= 200, stats
+    persistent = run(loadgen, port, "--conns", "2", "--requests", "50")  # no --reconnect: closes are counted
+    assert int(persistent["peer_closes"]) > 0, persistent
+
+
+def test_duration_mode_stops_by_itself(loadgen: Path, serve: Callable[[Reply], int]) -> None:
+    port = serve(echo(whole))
+    stats = run(loadgen, port, "--conns", "5", "--duration", "0.5")
+    assert 0.45 <= float(stats["seconds"]) <= 0.6 and int(stats["requests"]) > 0, stats
+
+
+def test_no_server_gives_up(loadgen: Path) -> None:
+    stats = run(loadgen, free_port(), "--duration", "30", "--conns", "2")
+    assert stats["exit"] == "1" and stats["no_server"] == "1", stats
