@@ -38,7 +38,8 @@ def asyncapi_document(
     """The AsyncAPI 3.0.0 document of ``server`` whose compiled routes are ``routes``."""
     described, defs = describe_routes(routes, COMPONENT_REF)
     ids = operation_ids([route.handler for route in described])
-    messages: dict[str, Any] = {ERROR_MESSAGE: _error_message()}
+    declared = sorted({code for route in described for code in route.errors})
+    messages: dict[str, Any] = {ERROR_MESSAGE: _error_message(declared)}
     operations: dict[str, Any] = {}
     for route, described_route, op_id in zip(routes, described, ids):
         messages.update(_messages(described_route, op_id))
@@ -154,6 +155,7 @@ def _operation(route: RouteSchema, op_id: str, summary: str | None) -> dict[str,
         "x-asyncapy-group": route.group,
         "x-asyncapy-style": route.style,
         "x-asyncapy-filters": route.filters,
+        "x-asyncapy-errors": route.errors,
     }
     if summary:
         operation["summary"] = summary
@@ -165,7 +167,7 @@ def _operation(route: RouteSchema, op_id: str, summary: str | None) -> dict[str,
     return operation
 
 
-def _error_message() -> dict[str, Any]:
+def _error_message(declared: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "name": ERROR_MESSAGE,
         "title": "An error reply",
@@ -175,7 +177,7 @@ def _error_message() -> dict[str, Any]:
             "required": ["status", "error"],
             "properties": {
                 "status": {"const": "failure"},
-                "error": {"type": "string", "enum": sorted(ERROR_CODES)},
+                "error": {"type": "string", "enum": sorted(ERROR_CODES | set(declared))},
                 "detail": {},
             },
         },

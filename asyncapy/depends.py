@@ -12,7 +12,8 @@ and a router or a registration adds dependencies whose values nobody takes
 At registration the graph (providers, the providers they take, cycles, what each
 parameter is) is read into ``Steps``, a flat tuple in call order. Per packet,
 ``resolve`` walks that tuple: no signature is inspected, nothing is looked up by name.
-A provider is a sync or async function, or a sync or async generator (its code after
+For the connection's fast path the steps become one generated function
+(``routing.callplan``). A provider is a sync or async function, or a sync or async generator (its code after
 ``yield`` is the teardown, run once the handler finished and its reply was written,
 also when something raised: the exception is thrown in at the ``yield``, so
 ``async with db.transaction(): yield tx`` rolls back).
@@ -24,7 +25,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Union, get_args, get_origin
 
 from pydantic import BaseModel
@@ -33,7 +34,17 @@ from .errors import UsageError
 from .packet import Packet
 from .peer import Client
 
-__all__ = ["Dependency", "Depends", "Scope", "Steps", "build_steps", "dependency_params", "resolve"]
+__all__ = [
+    "Dependency",
+    "Depends",
+    "Scope",
+    "Steps",
+    "build_steps",
+    "close_exits",
+    "close_exits_sync",
+    "dependency_params",
+    "resolve",
+]
 
 
 class Dependency:
@@ -96,11 +107,18 @@ class Steps:
 
     steps: tuple[Step, ...]
     params: tuple[tuple[str, int], ...]
-    has_teardown: bool
+    #: Only sync generators (or none) need a teardown: ``close_exits_sync`` closes them.
+    sync_exits: bool = field(init=False)
+    #: ``(provider, kind, args, key)`` per step, unpacked in the loop (faster than attributes).
+    plan: tuple[tuple[Callable[..., Any], int, tuple[tuple[str, int], ...], Any], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sync_exits", all(step.kind != ASYNC_GEN for step in self.steps))
+        object.__setattr__(self, "plan", tuple((s.provider, s.kind, s.args, s.key) for s in self.steps))
 
 
 class Scope:
-    """One packet's dependency values and pending teardowns (generators), closed by ``close``."""
+    """One packet's dependency values (``cache``) and pending teardowns (``exits``), across handlers."""
 
     __slots__ = ("cache", "exits")
 
@@ -111,66 +129,90 @@ class Scope:
     async def close(self, error: BaseException | None) -> None:
         """Run the teardowns, last opened first; ``error`` is thrown in at their ``yield``."""
         exits, self.exits = self.exits, []
-        failure: BaseException | None = None
-        for gen in reversed(exits):
-            try:
-                await _finish(gen, error)
-            except BaseException as exc:  # noqa: BLE001 - a teardown's own failure wins, like ExitStack
-                if exc is not error:
-                    failure = exc
-        if failure is not None:
-            raise failure
+        await close_exits(exits, error)
 
 
-async def _finish(gen: Any, error: BaseException | None) -> None:
-    if inspect.isasyncgen(gen):
+_NOTHING: Final = object()
+
+
+def close_exits_sync(exits: list[Any], error: BaseException | None = None) -> None:
+    """Close sync generators, last opened first (``error`` thrown in); a teardown's own failure is raised."""
+    failure: BaseException | None = None
+    for gen in reversed(exits):
         try:
             if error is None:
-                await gen.__anext__()
+                if next(gen, _NOTHING) is not _NOTHING:  # resumed once: the teardown ran
+                    gen.close()
+                    raise RuntimeError(f"the dependency {_name(gen)} yielded more than once")
             else:
-                await gen.athrow(error)
-        except StopAsyncIteration:
-            return
-        await gen.aclose()
-        raise RuntimeError(f"the dependency {_name(gen)} yielded more than once")
-    try:
-        if error is None:
-            next(gen)
-        else:
-            gen.throw(error)
-    except StopIteration:
-        return
-    gen.close()
-    raise RuntimeError(f"the dependency {_name(gen)} yielded more than once")
+                gen.throw(error)
+                gen.close()
+                raise RuntimeError(f"the dependency {_name(gen)} yielded more than once")
+        except StopIteration:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - like ExitStack: the last failure wins
+            if exc is not error:
+                failure = exc
+    if failure is not None:
+        raise failure
 
 
-async def resolve(steps: Steps, client: Client, packet: Packet[Any], scope: Scope) -> dict[str, Any]:
-    """Call every step in order; the handler's keyword arguments."""
+async def close_exits(exits: list[Any], error: BaseException | None = None) -> None:
+    """Close sync and async generators, last opened first; as ``close_exits_sync``."""
+    failure: BaseException | None = None
+    for gen in reversed(exits):
+        try:
+            if not inspect.isasyncgen(gen):
+                close_exits_sync([gen], error)
+                continue
+            try:
+                if error is None:
+                    await gen.__anext__()
+                else:
+                    await gen.athrow(error)
+            except StopAsyncIteration:
+                continue
+            await gen.aclose()
+            raise RuntimeError(f"the dependency {_name(gen)} yielded more than once")
+        except BaseException as exc:  # noqa: BLE001
+            if exc is not error:
+                failure = exc
+    if failure is not None:
+        raise failure
+
+
+async def resolve(
+    steps: Steps, client: Client, packet: Packet[Any], exits: list[Any], cache: dict[Any, Any] | None
+) -> dict[str, Any]:
+    """Call every step in order (generators entered, added to ``exits``); the handler's keyword arguments."""
     values: list[Any] = []
-    cache = scope.cache
-    for step in steps.steps:
-        key = step.key
-        if key is not None and key in cache:
+    for provider, kind, args, key in steps.plan:
+        if cache is not None and key is not None and key in cache:
             values.append(cache[key])
             continue
         kwargs = {}
-        for name, source in step.args:
-            kwargs[name] = values[source] if source >= 0 else (client if source == CLIENT else packet if source == PACKET else packet.data)
-        kind = step.kind
-        if kind == SYNC:
-            value = step.provider(**kwargs)
-        elif kind == ASYNC:
-            value = await step.provider(**kwargs)
-        elif kind == ASYNC_GEN:
-            gen = step.provider(**kwargs)
-            value = await gen.__anext__()
-            scope.exits.append(gen)
-        else:
-            gen = step.provider(**kwargs)
+        for name, source in args:
+            if source >= 0:
+                kwargs[name] = values[source]
+            elif source == CLIENT:
+                kwargs[name] = client
+            elif source == PACKET:
+                kwargs[name] = packet
+            else:
+                kwargs[name] = packet.data
+        value = provider(**kwargs)
+        if kind == ASYNC:
+            value = await value
+        elif kind == GEN:
+            gen = value
             value = next(gen)
-            scope.exits.append(gen)
+            exits.append(gen)
+        elif kind == ASYNC_GEN:
+            gen = value
+            value = await gen.__anext__()
+            exits.append(gen)
         values.append(value)
-        if key is not None:
+        if cache is not None and key is not None:
             cache[key] = value
     return {name: values[index] for name, index in steps.params}
 
@@ -215,8 +257,7 @@ def build_steps(
     for dep in extra:
         builder.add(as_dependency(dep, handler_name), "dependencies=[...]", ())
     handler_params = tuple((name, builder.add(dep, name, ())) for name, dep in params.items())
-    steps = tuple(builder.steps)
-    return Steps(steps, handler_params, any(s.kind in (GEN, ASYNC_GEN) for s in steps))
+    return Steps(tuple(builder.steps), handler_params)
 
 
 def as_dependency(dep: Any, handler_name: str) -> Dependency:

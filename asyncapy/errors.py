@@ -9,6 +9,7 @@
     │                          names the handler and says how to fix it (also a TypeError)
     ├── StopPropagation        control flow: ends the dispatch of one packet
     ├── ApiError               an application error reply: ``{"error": code, "detail": ...}``
+    ├── LifespanError          the server's lifespan raised before serving (nothing is served)
     └── ClientError            raised by ``asyncapy.client``
         ├── ConnectionClosed   the server closed the connection
         ├── ClientTimeout      no reply within the client's timeout (also a TimeoutError)
@@ -116,6 +117,10 @@ class ApiError(AsyncAPYError):
     def payload(self) -> dict[str, Any]:
         """The error reply's map."""
         return error_payload(self.code, self.detail)
+
+
+class LifespanError(AsyncAPYError):
+    """The server's lifespan raised on the way in; the server did not serve (the cause is chained)."""
 
 
 class ClientError(AsyncAPYError):

@@ -12,8 +12,8 @@
     async def not_found(client: Client, packet: Packet, exc: KeyError) -> dict:
         return {"status": "failure", "error": "ERR_NOT_FOUND", "detail": str(exc)}
 
-The chain is built once when the server compiles; per packet, each middleware costs a
-coroutine and a ``functools.partial`` for its ``call_next``. A server with neither
+The chain is built once, with the serving context; per packet, each middleware costs its
+own coroutine and a ``functools.partial`` for its ``call_next``. A server with neither
 middleware nor exception handlers has no ``App``: the connection runs the plan as before.
 
 Order of events for one packet: the outermost middleware (registered first) runs, its
@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel
-
-from .errors import ERR_NO_HANDLER, UsageError, error_payload
+from .errors import ERR_NO_HANDLER, StopPropagation, UsageError, error_payload
 from .packet import Packet
 from .peer import Client
+from .routing.dispatch import Miss
+from .routing.invoke import write_reply
 
 if TYPE_CHECKING:
     from .routing.dispatch import Plan
@@ -57,10 +57,18 @@ Route = Callable[[Client, Packet[Any]], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class App:
-    """The middleware chain around a plan's routing, and the exception handlers, compiled."""
+    """The middleware chain around a plan's routing, and the exception handlers, compiled.
+
+    ``handle(client, packet)`` returns the coroutine that handles one packet: the
+    outermost middleware's own when no exception handler is registered.
+    """
 
     chain: Route
     exception_handlers: Mapping[type[BaseException], ExceptionHandler[Any]]
+    handle: Route = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "handle", self._mapped if self.exception_handlers else self.chain)
 
     @classmethod
     def build(
@@ -72,7 +80,7 @@ class App:
     ) -> App:
         return cls(_chain(plan, middleware, error_details), dict(handlers))
 
-    async def handle(self, client: Client, packet: Packet[Any]) -> None:
+    async def _mapped(self, client: Client, packet: Packet[Any]) -> None:
         """Route ``packet`` through the middleware; map what escapes them to a reply."""
         try:
             await self.chain(client, packet)
@@ -96,22 +104,52 @@ class App:
 
 
 def _chain(plan: Plan, middleware: tuple[Middleware, ...], error_details: bool = True) -> Route:
-    async def route(client: Client, packet: Packet[Any]) -> None:
-        miss = await plan.route(client, packet)
-        if miss is not None:
-            reply = error_payload(ERR_NO_HANDLER, miss.detail, miss.errors) if error_details else error_payload(ERR_NO_HANDLER)
-            await client.send(reply, encoding=packet.encoding)
-
-    call: Route = route
+    """The outermost level: each level calls its middleware with the next level as ``call_next``."""
+    call = _simple_route(plan, error_details) if plan.groups_simple else _full_route(plan, error_details)
     for mw in reversed(middleware):
-        call = partial(_step, mw, call)
+        call = _level(mw, call)
     return call
 
 
-async def _step(mw: Middleware, inner: Route, client: Client, packet: Packet[Any]) -> None:
-    result: Any = await mw(client, packet, partial(inner, client, packet))  # type: ignore[func-returns-value]
-    if isinstance(result, (dict, BaseModel)):
-        raise TypeError(f"middleware {_name(mw)} returned a reply; send it with `await client.send(...)`")
+def _level(mw: Middleware, inner: Route) -> Route:
+    def level(client: Client, packet: Packet[Any]) -> Awaitable[None]:
+        return mw(client, packet, partial(inner, client, packet))  # the middleware's coroutine: no frame of ours
+
+    return level
+
+
+def _full_route(plan: Plan, error_details: bool = True) -> Route:
+    async def route(client: Client, packet: Packet[Any]) -> None:
+        miss = await plan.route(client, packet)
+        if miss is not None:
+            send_miss(client, packet, miss, error_details)
+
+    return route
+
+
+def _simple_route(plan: Plan, error_details: bool = True) -> Route:
+    """One group and no custom filters: ``start`` picks the handler, as the connection's own fast path does."""
+    start = plan.start
+
+    async def route(client: Client, packet: Packet[Any]) -> None:
+        started = start(client, packet)
+        if type(started) is Miss:
+            send_miss(client, packet, started, error_details)
+            return
+        try:
+            reply = await started  # type: ignore[misc]
+        except StopPropagation:  # control flow, not an error: middleware never see it
+            return
+        if reply is not None:
+            write_reply(client, reply)
+
+    return route
+
+
+def send_miss(client: Client, packet: Packet[Any], miss: Miss, error_details: bool = True) -> None:
+    """ERR_NO_HANDLER for ``miss``; without its detail and errors under ``Server(error_details=False)``."""
+    payload = error_payload(ERR_NO_HANDLER, miss.detail, miss.errors) if error_details else error_payload(ERR_NO_HANDLER)
+    client.send_nowait(payload, encoding=packet.encoding)
 
 
 def check_middleware(mw: Any) -> None:

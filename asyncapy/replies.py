@@ -65,14 +65,13 @@ def reply_checker(name: str, annotation: Any) -> Checker | None:
                 raise ReplyError(f"handler {name!r} returned a dict that is not a valid {shown}: {exc}") from None
         raise ReplyError(f"handler {name!r} returned a {type(reply).__name__}, but its reply type is {shown}")
 
-    if len(models) == 1 and not wants_dict and not allow_none:
-        model = models[0]
-
-        def check_model(reply: Any) -> Any:
-            return reply if type(reply) is model else check(reply)
-
-        return check_model
     return check
+
+
+def exact_model(annotation: Any) -> type[BaseModel] | None:
+    """The model of a ``-> Model`` annotation (no union, no None): its instances need no check at all."""
+    bare = _strip(annotation)
+    return bare if _is_model(bare) else None
 
 
 def _strip(annotation: Any) -> Any:

@@ -1,13 +1,15 @@
 """JSON Schema of what a server accepts and replies, route by route (``server.schema()``).
 
 Read from the compiled plan, so the schema lists routes in the order dispatch tries
-them. Models shared by several routes are emitted once, in ``$defs``.
+them. Models shared by several routes are emitted once, in ``$defs``. A handler's
+dependencies never appear: only what the packet must be (the model and the filters),
+the reply, and the ``ApiError`` codes the route declares (``errors``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
@@ -31,6 +33,8 @@ class RouteSchema:
     filters: list[dict[str, Any]]
     accepts: dict[str, Any]
     reply: dict[str, Any] | None
+    #: The ``ApiError`` codes the route declares (``add_handler(errors=[...])``).
+    errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +44,7 @@ class RouteSchema:
             "filters": self.filters,
             "accepts": self.accepts,
             "reply": self.reply,
+            "errors": self.errors,
         }
 
 
@@ -69,6 +74,7 @@ def describe_routes(routes: Sequence[Any], ref_template: str) -> tuple[list[Rout
                 filters=filters,
                 accepts=accepts,
                 reply=schemas.get((index, "reply")),
+                errors=list(getattr(route, "errors", ())),
             )
         )
     return described, defs

@@ -18,12 +18,14 @@ from .config import load_config
 from .listener import Listener, listen
 from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
+from .errors import LifespanError
+from .lifespan import Lifespan, LifespanRun, State
 from .middleware import App, ExceptionHandler, Middleware, check_exception_handler, check_middleware
 from .packet import Packet
 from .peer import CLOSED_LINK, Client, Session
 from .routing import Explanation, Plan, Router, compile_routes
 from .sessions import SessionRegistry
-from .workers import run_workers
+from .workers import STARTUP_FAILED, run_workers
 
 logger = logging.getLogger("asyncapy")
 
@@ -74,6 +76,9 @@ class Server:
         uvloop: run ``start()`` on uvloop (``pip install asyncapy[uvloop]``).
         error_details: False sends error replies as exactly ``{"status": "failure",
             "error": CODE}``, as AsyncAPY 0.5 did (its clients compare them whole).
+        lifespan: ``lifespan(server)``, an async context manager entered before serving
+            (in each worker, and in the TestClients) and exited after; see ``asyncapy.lifespan``.
+            ``server.state`` is a namespace for what it opens.
 
     Example:
         server = Server(port=1500)
@@ -107,6 +112,7 @@ class Server:
         workers: int = 1,
         uvloop: bool = False,
         error_details: bool = True,
+        lifespan: Lifespan | None = None,
     ) -> None:
         settings: dict[str, Any] = dict(
             addr=addr,
@@ -150,6 +156,10 @@ class Server:
         self.backlog = backlog
         self.workers = _check_workers(workers)
         self.uvloop = _check_uvloop(uvloop)
+        self.lifespan = lifespan
+        #: A plain namespace for the application's resources (set them in the lifespan).
+        self.state = State()
+        self._lifespan_run = LifespanRun(None)
         self.router = Router()
         self._middleware: list[Middleware] = []
         self._exception_handlers: dict[type[BaseException], ExceptionHandler[Any]] = {}
@@ -255,6 +265,23 @@ class Server:
 
     # -- hooks ---------------------------------------------------------------------
 
+    async def _begin_lifespan(self) -> None:
+        """The lifespan up to its ``yield``, then ``setup()`` (``LifespanError`` if the lifespan fails)."""
+        run = self._lifespan_run = LifespanRun(self.lifespan)
+        await run.enter(self)
+        try:
+            await self.setup()
+        except BaseException:
+            await run.exit()
+            raise
+
+    async def _end_lifespan(self) -> None:
+        """``shutdown()``, then the rest of the lifespan."""
+        try:
+            await self.shutdown()
+        finally:
+            await self._lifespan_run.exit()
+
     async def setup(self) -> None:
         """Runs once before the server accepts connections; override it."""
 
@@ -280,13 +307,15 @@ class Server:
     def _serve_in_worker(self, sock: socket.socket | None) -> None:
         """A worker's life: its own loop, listening on ``sock`` or on a SO_REUSEPORT socket."""
         self._sock, self._reuse_port = sock, sock is None
-        self._run_until_signal()
+        self._run_until_signal(exit_status=STARTUP_FAILED)
 
-    def _run_until_signal(self) -> None:
+    def _run_until_signal(self, exit_status: int = 1) -> None:
         try:
             _run(self._serve_until_signal(), self.uvloop)
         except KeyboardInterrupt:  # a second Ctrl-C, or a platform without signal handlers
             pass
+        except LifespanError:  # logged where it happened; nothing was served
+            raise SystemExit(exit_status) from None
 
     async def serve(self) -> None:
         """Serve until ``request_stop()`` is called (or the task is cancelled), then stop."""
@@ -304,7 +333,7 @@ class Server:
         logger.setLevel(self.logging_level)
         plan = self.compile()
         self._stop_requested = asyncio.Event()
-        await self.setup()
+        await self._begin_lifespan()
         self._ctx = ctx = self._serving_context(plan)
         loop = asyncio.get_running_loop()
         self._listener = await self._listen(loop, lambda: Connection(ctx))
@@ -363,7 +392,7 @@ class Server:
         if ctx.sweeper is not None:
             ctx.sweeper.cancel()
             ctx.sweeper = None
-        await self.shutdown()
+        await self._end_lifespan()
         logger.info("Server stopped")
 
     async def _close_when_quiet(self, ctx: ServingContext) -> None:

@@ -22,6 +22,9 @@ from types import FrameType
 logger = logging.getLogger("asyncapy")
 
 HAS_REUSEPORT = hasattr(socket, "SO_REUSEPORT") and sys.platform != "win32"
+#: A worker's exit status when it could not start serving (its lifespan failed): the
+#: parent stops the other workers and exits with status 1.
+STARTUP_FAILED = 3
 
 
 def bind_socket(addr: str, port: int, reuse_port: bool) -> socket.socket:
@@ -55,9 +58,11 @@ def run_workers(count: int, serve: Callable[[socket.socket | None], None], addr:
                 _worker_main(serve, None if HAS_REUSEPORT else sock)
             children.append(pid)
         logger.info("Started %d workers on port %d: %s", count, port, " ".join(map(str, children)))
-        _wait_all(children)
+        failed = _wait_all(children)
     finally:
         sock.close()
+    if failed:
+        raise SystemExit(1)
     return port
 
 
@@ -71,6 +76,8 @@ def _worker_main(serve: Callable[[socket.socket | None], None], sock: socket.soc
         serve(sock)
     except KeyboardInterrupt:
         pass
+    except SystemExit as exc:  # the worker said why (a failed lifespan: STARTUP_FAILED)
+        status = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
         logger.exception("A worker failed")
         status = 1
@@ -90,10 +97,14 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def _wait_all(children: list[int]) -> None:
-    """Wait for every worker; pass SIGINT/SIGTERM on to them (SIGKILL on the second)."""
+def _wait_all(children: list[int]) -> bool:
+    """Wait for every worker; pass SIGINT/SIGTERM on to them (SIGKILL on the second).
+
+    A worker that could not start (``STARTUP_FAILED``) stops the others; True then.
+    """
     signals = 0
     alive = set(children)
+    startup_failed = False
 
     def forward(signum: int, frame: FrameType | None) -> None:
         nonlocal signals
@@ -111,8 +122,14 @@ def _wait_all(children: list[int]) -> None:
                 break
             if pid in alive:
                 alive.discard(pid)
-                if status and not signals:
-                    logger.warning("Worker %d exited with status %d", pid, os.waitstatus_to_exitcode(status))
+                code = os.waitstatus_to_exitcode(status)
+                if code == STARTUP_FAILED and not startup_failed:
+                    startup_failed = True
+                    logger.error("Worker %d could not start serving; stopping the others", pid)
+                    forward(signal.SIGTERM, None)
+                elif status and not signals:
+                    logger.warning("Worker %d exited with status %d", pid, code)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return startup_failed

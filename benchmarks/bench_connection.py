@@ -102,6 +102,9 @@ ROWS: dict[str, tuple[Callable[[], Callable[[], asyncio.Protocol]], bytes]] = {
         frame(msgpack.packb({"test": 1}), 1),
     ),
     "asyncapy 1000 tagged handlers": (lambda: asyncapy_protocol(servers.tagged_server(1000)), frame(TAGGED)),
+    "asyncapy typed + dependency": (lambda: asyncapy_protocol(servers.app_server(True, False)), frame(PERSON)),
+    "asyncapy typed + middleware": (lambda: asyncapy_protocol(servers.app_server(False, True)), frame(PERSON)),
+    "asyncapy typed + dep + middleware": (lambda: asyncapy_protocol(servers.app_server(True, True)), frame(PERSON)),
 }
 #: Rows that open a connection per packet (connection_made, one read, connection_lost).
 RECONNECT = {"raw reconnect": (lambda: servers.RawEcho, frame(b'{"test": 1}')),
@@ -110,6 +113,9 @@ ROWS.update(RECONNECT)
 BASE = {
     "asyncapy echo": "raw echo",
     "asyncapy typed handler": "raw echo, 5-field payload",
+    "asyncapy typed + dependency": "raw echo, 5-field payload",
+    "asyncapy typed + middleware": "raw echo, 5-field payload",
+    "asyncapy typed + dep + middleware": "raw echo, 5-field payload",
     "asyncapy ziproto": "raw echo",
     "asyncapy reconnect": "raw reconnect",
 }  # fmt: skip

@@ -91,6 +91,7 @@ def scenarios(zip_file: Path) -> list[Scenario]:
     raw, echo = Spec("raw"), Spec("echo")
     test = ("--expect", '"test"')  # a reply without the field (an error reply) counts as an error
     tagged_last = '{"kind": "m999", "value": 7}'
+    person = ("--payload", PERSON, "--expect", '"ok"')
     return [
         Scenario(BASELINE, raw, peer=True),
         Scenario("asyncapy typed", Spec("typed-test"), test, BASELINE, peer=True),
@@ -110,6 +111,10 @@ def scenarios(zip_file: Path) -> list[Scenario]:
         Scenario("asyncapy echo, uvloop", Spec("echo", uvloop=True), (), BASELINE),
         Scenario("asyncapy 1 tagged handler", Spec("tagged1"), ("--payload", '{"kind": "m0", "value": 7}'), BASELINE),
         Scenario("asyncapy 1000 tagged handlers", Spec("tagged1000"), ("--payload", tagged_last), "asyncapy 1 tagged handler"),
+        # the application layer (issue 10): one generator dependency, one middleware, both
+        Scenario("asyncapy typed + dependency", Spec("typed+dep"), person, "raw, 5-field payload"),
+        Scenario("asyncapy typed + middleware", Spec("typed+mw"), person, "raw, 5-field payload"),
+        Scenario("asyncapy typed + dep + middleware", Spec("typed+dep+mw"), person, "raw, 5-field payload"),
     ]
 
 

@@ -14,7 +14,8 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
 
 import msgpack
 import orjson
@@ -23,6 +24,12 @@ from pydantic import BaseModel, create_model
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asyncapy import Client, Packet, Server  # noqa: E402
+
+try:  # the application layer (issue 10); absent on older branches, whose rows are then skipped
+    from asyncapy import CallNext, Depends
+except ImportError:  # pragma: no cover
+    CallNext = Any
+    Depends = None
 
 HEADER = 4
 
@@ -109,6 +116,35 @@ def typed_server(**kw: Any) -> Server:
     return server
 
 
+def counter() -> Iterator[int]:
+    """A generator dependency: its teardown (resuming after ``yield``) runs after the reply."""
+    yield 1
+
+
+def app_server(dependency: bool, middleware: bool, **kw: Any) -> Server:
+    """The typed handler with a generator dependency and/or a middleware (the application layer's cost)."""
+    server = Server("127.0.0.1", logging_level=logging.WARNING, **kw)
+    if middleware:
+
+        @server.middleware
+        async def passthrough(client: Client, packet: Packet, call_next: CallNext) -> None:
+            await call_next()
+
+    if dependency:
+
+        @server.add_handler()
+        async def person(client: Client, packet: Packet[Person], n: Annotated[int, Depends(counter)]) -> Reply:
+            return Reply(name=packet.data.name, age=packet.data.age + n - 1)
+
+    else:
+
+        @server.add_handler()
+        async def plain(client: Client, packet: Packet[Person]) -> Reply:
+            return Reply(name=packet.data.name, age=packet.data.age)
+
+    return server
+
+
 def typed_test_server(**kw: Any) -> Server:
     """``{"test": 1}`` in, the same model out: the work the peers in ``peers.py`` do."""
     server = Server("127.0.0.1", logging_level=logging.WARNING, **kw)
@@ -148,6 +184,8 @@ def build(kind: str, port: int, workers: int, uvloop: bool) -> Server:
         return echo_server(**kw)
     if kind == "typed":
         return typed_server(**kw)
+    if kind in ("typed+dep", "typed+mw", "typed+dep+mw"):
+        return app_server("dep" in kind, "mw" in kind, **kw)
     if kind == "typed-test":
         return typed_test_server(**kw)
     if kind.startswith("tagged"):

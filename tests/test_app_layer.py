@@ -4,6 +4,7 @@ checked replies and rule 5's structured misses, over real sockets and in the Tes
 # No `from __future__ import annotations`: the providers below are local to their tests,
 # and their names must resolve when the handlers are registered.
 
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any, Literal
@@ -493,3 +494,198 @@ def test_no_handler_errors_in_the_test_client() -> None:
     assert reply["error"] == "ERR_NO_HANDLER"
     assert [(e["handler"], e["reason"]) for e in reply["errors"]] == [(never.__qualname__, "filter"), (order.__qualname__, "validation")]
     assert reply["errors"][1]["loc"] == ["item"]
+
+
+# -- the generated call plan: unwinding and teardown failures ------------------------------------
+
+
+async def test_teardowns_unwind_in_reverse_when_a_later_provider_fails(caplog: pytest.LogCaptureFixture) -> None:
+    server = make_server()
+    log: list[str] = []
+
+    async def first() -> AsyncIterator[str]:
+        log.append("open first")
+        try:
+            yield "first"
+        except ApiError:
+            log.append("first saw ApiError")
+            raise
+        finally:
+            log.append("close first")
+
+    def second() -> Iterator[str]:
+        log.append("open second")
+        yield "second"
+        log.append("close second")
+
+    def refuse(packet: Packet) -> None:
+        if packet.get("refuse"):
+            raise ApiError("ERR_REFUSED")
+
+    def broken_teardown() -> Iterator[None]:
+        yield
+        raise OSError("disk full")
+
+    def twice() -> Iterator[int]:
+        yield 1
+        yield 2
+
+    @server.add_handler(dependencies=[first, second, refuse])
+    async def h(client: Client, packet: Packet) -> dict[str, Any]:
+        log.append("handler")
+        return {"ok": True}
+
+    @server.add_handler(group=0, dependencies=[broken_teardown])
+    async def unreachable(client: Client, packet: Packet) -> None: ...
+
+    assert await both(server, {"refuse": True}) == [{"status": "failure", "error": "ERR_REFUSED"}]
+    assert log[:4] == ["open first", "open second", "first saw ApiError", "close first"]
+    log.clear()
+    assert await over_socket(server, {}) == [{"ok": True}]
+    assert log == ["open first", "open second", "handler", "close second", "close first"]
+
+    server2 = make_server()
+
+    @server2.add_handler(dependencies=[broken_teardown])
+    async def h2(client: Client, packet: Packet) -> dict[str, Any]:
+        return {"sent": True}
+
+    server3 = make_server()
+
+    @server3.add_handler()
+    async def h3(client: Client, packet: Packet, n: Annotated[int, Depends(twice)]) -> dict[str, Any]:
+        return {"n": n}
+
+    with caplog.at_level(logging.ERROR, logger="asyncapy"):
+        assert await over_socket(server2, {}, {}) == [{"sent": True}, {"sent": True}]  # logged, no second reply
+        assert await over_socket(server3, {}) == [{"n": 1}]
+    assert "teardown of handler" in caplog.text and "disk full" in caplog.text
+    assert "yielded more than once" in caplog.text
+
+
+async def test_async_provider_and_class_provider() -> None:
+    server = make_server()
+
+    class Settings:
+        def __init__(self, client: Client) -> None:
+            self.address = client.address
+
+    async def greeting(settings: Annotated[Settings, Depends(Settings)]) -> str:
+        return f"hello {settings.address}"
+
+    @server.add_handler()
+    async def h(client: Client, packet: Packet, text: Annotated[str, Depends(greeting)]) -> dict[str, Any]:
+        return {"text": text}
+
+    assert await both(server, {}) == [{"text": "hello 127.0.0.1"}]
+
+
+# -- schema ------------------------------------------------------------------------------------
+
+
+def test_schema_lists_declared_errors_and_no_dependencies() -> None:
+    server = make_server()
+
+    def token(packet: Packet) -> str:
+        return str(packet.get("token"))
+
+    @server.add_handler(errors=["ERR_NOT_FOUND", "ERR_UNAUTHORIZED"], dependencies=[token])
+    async def find(client: Client, packet: Packet[Order], user: Annotated[str, Depends(token)]) -> Placed:
+        raise ApiError("ERR_NOT_FOUND")
+
+    route = server.schema()["routes"][0]
+    assert route["errors"] == ["ERR_NOT_FOUND", "ERR_UNAUTHORIZED"]
+    assert "user" not in json.dumps(route) and "token" not in json.dumps(route)  # dependencies never leak
+    assert route["accepts"] == {"$ref": "#/$defs/Order"}
+    doc = server.asyncapi()
+    (operation,) = doc["operations"].values()
+    assert operation["x-asyncapy-errors"] == ["ERR_NOT_FOUND", "ERR_UNAUTHORIZED"]
+    codes = doc["components"]["messages"]["error"]["payload"]["properties"]["error"]["enum"]
+    assert {"ERR_NOT_FOUND", "ERR_UNAUTHORIZED", "ERR_NO_HANDLER"} <= set(codes)
+    with pytest.raises(UsageError, match="error codes"):
+        Router().add_handler(errors=["not found"])(find)
+
+
+# -- the general dispatch path: several groups, middleware, handler_timeout --------------------
+
+
+async def test_middleware_over_several_groups_with_dependencies_and_rule_5() -> None:
+    server = make_server(handler_timeout=5)
+    log: list[str] = []
+
+    def resource() -> Iterator[str]:
+        log.append("open")
+        try:
+            yield "r"
+        finally:
+            log.append("close")
+
+    @server.middleware
+    async def mw(client: Client, packet: Packet, call_next: CallNext) -> None:
+        log.append("mw")
+        await call_next()
+
+    @server.add_handler(group=-1)
+    async def audit(client: Client, packet: Packet, r: Annotated[str, Depends(resource)]) -> None:
+        log.append(f"audit {r}")
+        if packet.get("fail"):
+            raise KeyError("gone")
+
+    @server.add_handler()
+    async def place(client: Client, packet: Packet[Order], r: Annotated[str, Depends(resource)]) -> Placed:
+        log.append(f"place {r}")
+        return Placed(item=packet.data.item, qty=packet.data.qty)
+
+    @server.exception_handler(KeyError)
+    async def gone(client: Client, packet: Packet, exc: KeyError) -> dict[str, Any]:
+        return {"status": "failure", "error": "ERR_GONE"}
+
+    replies = await over_socket(
+        server,
+        {"kind": "order", "item": "tea", "qty": 1},
+        {"kind": "order", "item": "tea"},
+        {"fail": True},
+    )
+    assert replies[0] == {"item": "tea", "qty": 1}
+    assert replies[1]["error"] == "ERR_NO_HANDLER" and replies[1]["errors"][0]["loc"] == ["qty"]
+    assert replies[2] == {"status": "failure", "error": "ERR_GONE"}
+    # one value per provider per packet, closed once after the packet's last reply
+    assert log == [
+        "mw", "open", "audit r", "place r", "close",
+        "mw", "open", "audit r", "close",
+        "mw", "open", "audit r", "close",
+    ]  # fmt: skip
+
+
+async def test_api_error_from_a_middleware_and_mapped_middleware_errors() -> None:
+    server = make_server()
+
+    @server.middleware
+    async def guard(client: Client, packet: Packet, call_next: CallNext) -> None:
+        if "token" not in packet:
+            raise ApiError("ERR_UNAUTHORIZED", "no token")
+        if packet["token"] == "bad":
+            raise PermissionError("bad token")
+        await call_next()
+
+    @server.exception_handler(PermissionError)
+    async def denied(client: Client, packet: Packet, exc: PermissionError) -> dict[str, Any]:
+        return {"status": "failure", "error": "ERR_FORBIDDEN", "detail": str(exc)}
+
+    @server.add_handler()
+    async def ok(client: Client, packet: Packet) -> dict[str, Any]:
+        return {"ok": True}
+
+    replies = await both(server, {}, {"token": "bad"}, {"token": "good"})
+    assert replies == [
+        {"status": "failure", "error": "ERR_UNAUTHORIZED", "detail": "no token"},
+        {"status": "failure", "error": "ERR_FORBIDDEN", "detail": "bad token"},
+        {"ok": True},
+    ]
+
+
+def test_public_names() -> None:
+    import asyncapy
+
+    for name in ("ApiError", "CallNext", "Depends", "LifespanError"):
+        assert name in asyncapy.__all__ and hasattr(asyncapy, name)

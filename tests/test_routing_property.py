@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from dataclasses import replace
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, Union
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from asyncapy import Packet, Router, StopPropagation
+from asyncapy import CallNext, Client, Packet, Router, StopPropagation
+from asyncapy.middleware import App
 from asyncapy.filters import Fields, Filter, Ip, as_filter
 from asyncapy.routing import Miss, Plan, compile_routes
 from asyncapy.routing.discriminator import literal_fields
@@ -171,13 +173,42 @@ async def naive(entries: list[Entry], client: Any, payload: dict[str, Any]) -> t
     return called, bool(called) and (not some_group_missed or sent)
 
 
-def _plan(entries: list[Entry], log: list[int]) -> Plan:
+def _plan(entries: list[Entry], log: list[int], dependencies: list[Any] | None = None) -> Plan:
     """The compiled plan of ``entries``; its handlers append their index to ``log``."""
-    router = Router()
+    router = Router(dependencies=dependencies)
     for i, (accepts, filter_ids, group, style, behaviour) in enumerate(entries):
         handler = _handler(i, style, accepts, behaviour, log)
         router.register_handler(handler, *(FILTERS[f] for f in filter_ids), group=group)
     return compile_routes(router.routes())
+
+
+async def with_dependency(entries: list[Entry], client: Any, payload: dict[str, Any]) -> tuple[list[int], bool]:
+    """Every handler behind a generator dependency: same handlers, same misses; it opens
+    once per packet that some handler accepted, and closes as often as it opens."""
+    log: list[int] = []
+    opened: list[int] = []
+    closed: list[int] = []
+
+    def tracked() -> Iterator[None]:
+        opened.append(1)
+        try:
+            yield
+        finally:
+            closed.append(1)
+
+    plan = _plan(entries, log, [tracked])
+    if plan.simple:
+        started = plan.start(client, Packet._received(payload, "json", client, b""))
+        miss = started if isinstance(started, Miss) else None
+        if miss is None:
+            try:
+                await started  # type: ignore[misc]
+            except StopPropagation:
+                pass
+    else:
+        miss = await plan.dispatch(client, Packet._received(payload, "json", client, b""))
+    assert len(opened) == len(closed) == (1 if log else 0)
+    return log, miss is None
 
 
 async def compiled(entries: list[Entry], client: Any, payload: dict[str, Any]) -> tuple[list[int], bool]:
@@ -242,12 +273,30 @@ def _normalized(entry: Entry) -> Entry:
 payloads = st.lists(st.dictionaries(st.sampled_from(["kind", "x", "y"]), st.sampled_from(VALUES), max_size=3), min_size=1, max_size=4)
 
 
+async def through_middleware(entries: list[Entry], address: str, payload: dict[str, Any]) -> tuple[list[int], bool]:
+    """The plan behind a pass-through middleware (``App``): the same handlers, the same misses."""
+    log: list[int] = []
+    plan = _plan(entries, log)
+
+    async def passthrough(client: Client, packet: Packet, call_next: CallNext) -> None:
+        await call_next()
+
+    client, link = fake_client(address)
+    app = App.build(plan, (passthrough,), {})
+    await replace(plan, app=app).dispatch(client, Packet._received(payload, "json", client, b""))
+    missed = any(b'"ERR_NO_HANDLER"' in sent for sent in link.sent)
+    assert not missed or link.sent[-1].count(b"ERR_NO_HANDLER") == 1
+    return log, not missed
+
+
 def _check(entries: list[Entry], packets: list[dict[str, Any]], address: str) -> None:
     client, _ = fake_client(address)
     logging.getLogger("asyncapy").setLevel(logging.ERROR)  # dead-route warnings are expected here
     for payload in packets:
         expected = asyncio.run(naive(entries, client, payload))
         assert asyncio.run(compiled(entries, client, payload)) == expected, payload
+        assert asyncio.run(through_middleware(entries, address, payload)) == expected, payload
+        assert asyncio.run(with_dependency(entries, client, payload)) == expected, payload
         fast = asyncio.run(started(entries, client, payload))
         if fast is not None:
             assert fast[:2] == expected, payload

@@ -15,7 +15,7 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import TypeAdapter
 
 from ..depends import build_steps
-from ..replies import reply_checker
+from ..replies import exact_model, reply_checker
 from .compiled import CompiledGroup, CompiledRoute, Tag
 from .discriminator import find_discriminator
 from .dispatch import Plan
@@ -60,9 +60,8 @@ def _compile_route(
     if spec.accepts is not None:
         adapter = _adapter(spec.accepts, adapters)
     steps = build_steps(route.name, dict(spec.dependencies), route.dependencies, spec.models)
-    how = invocation(
-        route.name, route.handler, spec.style == "model", steps, reply_checker(route.name, spec.returns)
-    )
+    check = reply_checker(route.name, spec.returns)
+    how = invocation(route.name, route.handler, spec.style == "model", steps, check, exact_model(spec.returns))
     return CompiledRoute(
         name=route.name,
         group=route.group,

@@ -60,13 +60,16 @@ class Plan:
     #: Middleware and exception handlers around the routing (``asyncapy.middleware``), if any.
     app: App | None = None
     routes: tuple[CompiledRoute, ...] = field(init=False)
-    #: One group (or none), no custom filters, no ``app``: ``start`` may stand in for ``dispatch``.
+    #: One group (or none) and no custom filters: ``start`` can choose the one handler to run.
+    groups_simple: bool = field(init=False)
+    #: ``groups_simple`` and no ``app``: ``start`` may stand in for ``dispatch``.
     simple: bool = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "routes", tuple(r for g in self.groups for r in g.routes))
-        simple = len(self.groups) <= 1 and not any(r.post for r in self.routes) and self.app is None
-        object.__setattr__(self, "simple", simple)
+        groups_simple = len(self.groups) <= 1 and not any(r.post for r in self.routes)
+        object.__setattr__(self, "groups_simple", groups_simple)
+        object.__setattr__(self, "simple", groups_simple and self.app is None)
 
     def start(self, client: Client, packet: Packet[Any]) -> Coroutine[Any, Any, Any] | Miss:
         """For a simple plan: the chosen handler's coroutine, not yet started, or the ``Miss``.
@@ -98,12 +101,16 @@ class Plan:
                 return route.call(client, packet)  # type: ignore[return-value]
         return _miss(self.groups, payload, failures or ())
 
-    async def dispatch(self, client: Client, packet: Packet[Any]) -> Miss | None:
-        """Run ``packet`` through the middleware (if any) and every group; a ``Miss`` when it gets ERR_NO_HANDLER."""
+    def dispatch(self, client: Client, packet: Packet[Any]) -> Coroutine[Any, Any, Miss | None]:
+        """Run ``packet`` through the middleware (if any) and every group: a coroutine, which
+        returns a ``Miss`` when the packet gets ERR_NO_HANDLER (the middleware send their own).
+
+        Not a coroutine function itself: it returns the coroutine that does the work,
+        one coroutine fewer per packet.
+        """
         if self.app is not None:
-            await self.app.handle(client, packet)  # it sends the misses itself, inside the middleware
-            return None
-        return await self.route(client, packet)
+            return self.app.handle(client, packet)  # type: ignore[return-value]
+        return self.route(client, packet)
 
     async def route(self, client: Client, packet: Packet[Any]) -> Miss | None:
         """Run ``packet`` through every group (DESIGN §3); a ``Miss`` when it gets ERR_NO_HANDLER.

@@ -4,8 +4,9 @@ Chosen once per route at compile time. A handler with no dependencies and no rep
 type to check is called as it is (``call`` is the handler itself: nothing added on the
 hot path). Otherwise:
 
-- ``call(client, arg)`` is what a simple plan's ``start`` returns the coroutine of (the
-  connection sends what it returns);
+- ``call(client, arg)`` is what a simple plan's ``start`` returns the coroutine of: it
+  returns the reply for the connection to send, or (with generator dependencies, whose
+  teardowns must follow the reply) writes the reply itself and returns None;
 - ``run(client, packet, scope)`` is what ``Plan.dispatch`` awaits, with one ``Scope``
   for the whole packet (one value per provider per packet, teardowns after every
   group's reply).
@@ -18,11 +19,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
-
+from ..codecs import CODEC_IDS
 from ..depends import Scope, Steps, resolve
 from ..packet import Packet
-from ..peer import Client
+from ..peer import REPLY_ENCODERS, Client, reply_encoder
 from ..replies import Checker
 
 logger = logging.getLogger("asyncapy")
@@ -40,19 +40,39 @@ class Invocation:
     run: Run | None
 
 
-def invocation(name: str, handler: Call, pass_data: bool, steps: Steps | None, check: Checker | None) -> Invocation:
-    """The cheapest way to call ``handler`` that honours its dependencies and reply type."""
+def invocation(
+    name: str, handler: Call, pass_data: bool, steps: Steps | None, check: Checker | None, model: type | None = None
+) -> Invocation:
+    """The cheapest way to call ``handler`` that honours its dependencies and reply type.
+
+    ``model``: the handler is annotated ``-> model`` exactly, so an instance of that
+    very class is returned as it is after one ``type(...) is`` test.
+    """
     if steps is None and check is None:
         return Invocation(handler, pass_data, None)
     if steps is None:
         assert check is not None
-        return Invocation(_checked(handler, check), pass_data, _run_checked(handler, pass_data, check))
-    return Invocation(_with_scope(name, handler, pass_data, steps, check), False, _run(handler, pass_data, steps, check))
+        call = _checked(handler, check) if model is None else _checked_model(handler, check, model)
+        return Invocation(call, pass_data, _run_checked(handler, pass_data, check))
+    from .callplan import generated_call  # it uses write_reply, below
+
+    call = generated_call(name, handler, pass_data, steps, check, model)
+    return Invocation(call, False, _run(handler, pass_data, steps, check))
 
 
 def _checked(handler: Call, check: Checker) -> Call:
     async def call(client: Client, arg: Any) -> Any:
         return check(await handler(client, arg))
+
+    return call
+
+
+def _checked_model(handler: Call, check: Checker, model: type) -> Call:
+    async def call(client: Client, arg: Any) -> Any:
+        reply = await handler(client, arg)
+        if type(reply) is model:
+            return reply
+        return check(reply)
 
     return call
 
@@ -66,35 +86,22 @@ def _run_checked(handler: Call, pass_data: bool, check: Checker) -> Run:
 
 def _run(handler: Call, pass_data: bool, steps: Steps, check: Checker | None) -> Run:
     async def run(client: Client, packet: Packet[Any], scope: Scope) -> Any:
-        kwargs = await resolve(steps, client, packet, scope)
+        kwargs = await resolve(steps, client, packet, scope.exits, scope.cache)
         reply = await handler(client, packet.data if pass_data else packet, **kwargs)
         return reply if check is None else check(reply)
 
     return run
 
 
-def _with_scope(name: str, handler: Call, pass_data: bool, steps: Steps, check: Checker | None) -> Call:
-    """A simple plan's call: resolve, call, check; with teardowns, send the reply before them."""
-
-    async def call(client: Client, packet: Packet[Any]) -> Any:
-        scope = Scope()
-        try:
-            kwargs = await resolve(steps, client, packet, scope)
-            reply = await handler(client, packet.data if pass_data else packet, **kwargs)
-            if check is not None:
-                reply = check(reply)
-            if not scope.exits:
-                return reply
-            if isinstance(reply, (dict, BaseModel)):
-                await client.send(reply)  # the reply is written before the teardowns run
-        except BaseException as exc:
-            if scope.exits:
-                await scope.close(exc)
-            raise
-        await close_quietly(scope, name)
-        return None
-
-    return call
+def write_reply(client: Client, reply: Any) -> None:
+    """Write what a handler returned, as the connection does: a dict or a model is sent, anything else ignored."""
+    name = client.encoding
+    try:
+        encode = REPLY_ENCODERS[name][type(reply)]
+    except KeyError:
+        encode = reply_encoder(type(reply), name)
+    if encode is not None:
+        client._link.write_payload(encode(reply), CODEC_IDS[name])  # a closing link ignores it
 
 
 async def close_quietly(scope: Scope, name: str) -> None:

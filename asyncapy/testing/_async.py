@@ -89,7 +89,7 @@ class AsyncTestClient:
             raise RuntimeError("this test client is already running")
         self.server.compile()  # the same registration checks and freeze as serving
         plan = recording_plan(self.server.router, self._log)
-        await self.server.setup()
+        await self.server._begin_lifespan()  # the lifespan, then setup()
         self._ctx = self.server._serving_context(plan)
         return self
 
@@ -101,7 +101,7 @@ class AsyncTestClient:
             return
         await self.close()
         await _finish(ctx, self.server.shutdown_timeout)
-        await self.server.shutdown()
+        await self.server._end_lifespan()  # shutdown(), then the rest of the lifespan
 
     # -- the client methods (those of ``AsyncClient``) ----------------------------------
 

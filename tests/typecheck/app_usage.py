@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from pydantic import BaseModel
@@ -24,7 +25,14 @@ class User:
     name = "ada"
 
 
-server = Server(port=0)
+@asynccontextmanager
+async def lifespan(server: Server) -> AsyncIterator[None]:
+    server.state.orders = {}
+    yield
+    server.state.orders.clear()
+
+
+server = Server(port=0, lifespan=lifespan)
 
 
 async def get_counter() -> AsyncIterator[int]:

@@ -1,0 +1,43 @@
+"""A server with a lifespan, for process tests (``asyncapy run tests.servers.lifespan_app:server``).
+
+``LIFESPAN_LOG`` (a file path) gets one line per lifespan event: "enter PID", "exit PID";
+``LIFESPAN_FAIL=1`` makes the lifespan raise before serving.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from asyncapy import Client, Packet, Server
+
+
+def _log(line: str) -> None:
+    path = os.environ.get("LIFESPAN_LOG")
+    if path:
+        with open(path, "a") as out:
+            out.write(f"{line} {os.getpid()}\n")
+
+
+@asynccontextmanager
+async def lifespan(server: Server) -> AsyncIterator[None]:
+    if os.environ.get("LIFESPAN_FAIL"):
+        raise ConnectionRefusedError("the database is down")
+    _log("enter")
+    server.state.pid = os.getpid()
+    yield
+    _log("exit")
+
+
+server = Server("127.0.0.1", int(os.environ.get("PORT", "0")), lifespan=lifespan)
+
+
+@server.add_handler()
+async def whoami(client: Client, packet: Packet) -> dict[str, Any]:
+    return {"pid": server.state.pid}
+
+
+if __name__ == "__main__":
+    server.start()
