@@ -19,6 +19,7 @@ from typing import Any
 
 from .client import Client
 from .errors import ClientError, ConnectionClosed, ErrorReply, ProtocolError
+from .proxy import check_trusted_proxies
 from .server import Server, _check_uvloop, _check_workers
 
 EXIT_ERROR_REPLY = 1
@@ -67,6 +68,13 @@ def _add_run(commands: Any) -> None:
     run.add_argument("--log-level", choices=LOG_LEVELS, help="level of the asyncapy logger")
     run.add_argument("--workers", type=int, help="processes sharing the port (default: the server's, 1)")
     run.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install 'asyncapy[uvloop]')")
+    run.add_argument(
+        "--proxy-protocol", action="store_true", help="read a PROXY header (v1/v2) from the load balancer first"
+    )
+    run.add_argument(
+        "--trusted-proxy", action="append", metavar="CIDR",
+        help="an address or network allowed to send PROXY headers (repeatable; default 127.0.0.0/8 and ::1)",
+    )  # fmt: skip
     run.set_defaults(command=cmd_run)
 
 
@@ -84,6 +92,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             server.workers = _check_workers(args.workers)
         if args.uvloop:
             server.uvloop = _check_uvloop(True)
+        if args.proxy_protocol or args.trusted_proxy:
+            server.proxy_protocol = server.proxy_protocol or args.proxy_protocol
+            server.trusted_proxies = check_trusted_proxies(server.proxy_protocol, args.trusted_proxy)
     except ValueError as exc:
         raise CLIError(str(exc), EXIT_USAGE) from None
     try:

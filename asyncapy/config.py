@@ -28,10 +28,17 @@ def _encoding(text: str) -> str:
 
 
 def _boolean(text: str) -> bool:
-    value = configparser.ConfigParser.BOOLEAN_STATES.get(text.strip().lower())
-    if value is None:
-        raise ValueError(f"expected true or false, not {text!r}")
-    return value
+    value = text.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise ValueError(f"expected true or false, not {text!r}")
+
+
+def _list(text: str) -> list[str]:
+    """Comma- or whitespace-separated values: ``10.0.0.0/8, 192.168.1.10``."""
+    return text.replace(",", " ").split()
 
 
 #: Each key AsyncAPY's config file had, plus the newer limits, with its parser.
@@ -50,6 +57,8 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "max_pending": int,
     "handler_timeout": float,  # 0: no limit
     "error_details": _boolean,
+    "proxy_protocol": _boolean,
+    "trusted_proxies": _list,
     # AsyncAPY's read size; asyncio picks its own, so the value is read and ignored.
     "buf": int,
 }

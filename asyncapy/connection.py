@@ -38,6 +38,7 @@ from .peer import REPLY_ENCODERS, Client, Session, reply_encoder
 from .protocol import FRAME_TAIL, PROTOCOL_VERSION, Batch, Byteorder, FrameDecoder, FrameError, RawFrame, header_packer
 from .routing import Miss, Plan
 from .sessions import SessionRegistry
+from .state import SharedSessions
 
 logger = logging.getLogger("asyncapy")
 
@@ -86,6 +87,8 @@ class ServingContext:
     handler_timeout: float | None = None
     #: False: error replies are exactly ``{"status": "failure", "error": CODE}`` (AsyncAPY 0.5).
     error_details: bool = True
+    #: ``session_limit`` across servers (``shared_state``): admits each new session (``asyncapy.proxied``).
+    admission: SharedSessions | None = None
     # Worked out once here rather than once per connection:
     pack_header: Callable[[int, int, int], bytes] = field(init=False)
     encodings: frozenset[int] = field(init=False)

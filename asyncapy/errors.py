@@ -9,6 +9,8 @@
     │                          names the handler and says how to fix it (also a TypeError)
     ├── StopPropagation        control flow: ends the dispatch of one packet
     ├── ApiError               an application error reply: ``{"error": code, "detail": ...}``
+    │   ├── RateLimited        ERR_RATE_LIMITED, over a ``RateLimit`` (``asyncapy.ratelimit``)
+    │   └── SharedStateUnavailable  ERR_INTERNAL, Redis did not answer (``asyncapy.state``)
     ├── LifespanError          the server's lifespan raised before serving (nothing is served)
     └── ClientError            raised by ``asyncapy.client``
         ├── ConnectionClosed   the server closed the connection
@@ -36,6 +38,7 @@ ERR_SESSION_LIMIT_REACHED = "ERR_SESSION_LIMIT_REACHED"
 ERR_SERVER_BUSY = "ERR_SERVER_BUSY"
 ERR_NO_HANDLER = "ERR_NO_HANDLER"
 ERR_INTERNAL = "ERR_INTERNAL"
+ERR_RATE_LIMITED = "ERR_RATE_LIMITED"
 
 ERROR_CODES = frozenset(
     {
@@ -47,6 +50,7 @@ ERROR_CODES = frozenset(
         ERR_SERVER_BUSY,
         ERR_NO_HANDLER,
         ERR_INTERNAL,
+        ERR_RATE_LIMITED,
     }
 )
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 from .apikeys import APIKeyFactory
+from .ratelimit import RateLimit
 
 if TYPE_CHECKING:
     from .packet import Packet
@@ -236,15 +237,24 @@ class Fields(Filter):
 
 
 class ApiKey(Filter):
-    """The payload's ``field`` (default ``"api_key"``) holds one of the factory's keys."""
+    """The payload's ``field`` (default ``"api_key"``) holds one of the factory's keys.
+
+    With a factory whose keys are in a shared store the check is one round trip: the
+    filter is then async and runs after validation; when the store does not answer
+    the packet gets ERR_INTERNAL (the shared state is unavailable).
+    """
 
     cheap = True
 
     def __init__(self, keys: APIKeyFactory | Iterable[str], field: str = "api_key") -> None:
         self.keys = keys if isinstance(keys, APIKeyFactory) else APIKeyFactory(keys)
         self.field = field
+        if self.keys.store is not None:
+            self.cheap = False  # type: ignore[misc]  # an awaitable check: not for the cheap, sync pass
 
-    def check(self, client: Client, packet: Packet[Any]) -> bool:
+    def check(self, client: Client, packet: Packet[Any]) -> CheckResult:
+        if self.keys.store is not None:
+            return self.keys.acontains(packet.payload.get(self.field))
         return self.keys.contains(packet.payload.get(self.field))
 
     def describe(self) -> str:
@@ -264,4 +274,6 @@ class Filters:
     Filter = Filter
 
 
-__all__ = ["And", "ApiKey", "Custom", "Fields", "Filter", "Filters", "Ip", "Not", "Or", "as_filter", "is_filter"]
+__all__ = [
+    "And", "ApiKey", "Custom", "Fields", "Filter", "Filters", "Ip", "Not", "Or", "RateLimit", "as_filter", "is_filter",
+]  # fmt: skip

@@ -17,6 +17,11 @@ from .codecs import get_codec
 from .config import load_config
 from .listener import Listener, listen
 from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
+from .limited import limited_plan
+from .proxied import connection_factory
+from .ratelimit import RateLimit
+from .state import SharedSessions, SharedState
+from .proxy import Network, check_trusted_proxies
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
 from .errors import LifespanError
 from .lifespan import Lifespan, LifespanRun, State
@@ -76,6 +81,14 @@ class Server:
         uvloop: run ``start()`` on uvloop (``pip install asyncapy[uvloop]``).
         error_details: False sends error replies as exactly ``{"status": "failure",
             "error": CODE}``, as AsyncAPY 0.5 did (its clients compare them whole).
+        proxy_protocol: every connection starts with a PROXY header (v1 or v2) from a
+            load balancer; the client's real address is what handlers, filters,
+            limits and logs see (``asyncapy.proxied``).
+        trusted_proxies: addresses or networks allowed to send that header (default:
+            this host, 127.0.0.0/8 and ::1); other connections are closed unanswered.
+        shared_state: a ``SharedState`` (``asyncapy.redis.RedisState``) that makes
+            ``session_limit`` hold across every server sharing it.
+        rate_limit: a ``RateLimit`` every packet is checked against before routing.
         lifespan: ``lifespan(server)``, an async context manager entered before serving
             (in each worker, and in the TestClients) and exited after; see ``asyncapy.lifespan``.
             ``server.state`` is a namespace for what it opens.
@@ -112,6 +125,10 @@ class Server:
         workers: int = 1,
         uvloop: bool = False,
         error_details: bool = True,
+        proxy_protocol: bool = False,
+        trusted_proxies: Sequence[str] | None = None,
+        shared_state: SharedState | None = None,
+        rate_limit: RateLimit | None = None,
         lifespan: Lifespan | None = None,
     ) -> None:
         settings: dict[str, Any] = dict(
@@ -129,6 +146,8 @@ class Server:
             max_pending=max_pending,
             handler_timeout=handler_timeout,
             error_details=error_details,
+            proxy_protocol=proxy_protocol,
+            trusted_proxies=trusted_proxies,
         )
         if config is not None:
             settings.update(load_config(config))
@@ -156,6 +175,14 @@ class Server:
         self.backlog = backlog
         self.workers = _check_workers(workers)
         self.uvloop = _check_uvloop(uvloop)
+        self.proxy_protocol = bool(settings["proxy_protocol"])
+        self.trusted_proxies: tuple[Network, ...] = check_trusted_proxies(self.proxy_protocol, settings["trusted_proxies"])
+        if shared_state is not None and not isinstance(shared_state, SharedState):
+            raise ValueError(f"shared_state must be a SharedState such as asyncapy.redis.RedisState, not {shared_state!r}")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise ValueError(f"rate_limit must be an asyncapy.filters.RateLimit, e.g. RateLimit('100/minute'), not {rate_limit!r}")
+        self.shared_state = shared_state
+        self.rate_limit = rate_limit
         self.lifespan = lifespan
         #: A plain namespace for the application's resources (set them in the lifespan).
         self.state = State()
@@ -336,7 +363,8 @@ class Server:
         await self._begin_lifespan()
         self._ctx = ctx = self._serving_context(plan)
         loop = asyncio.get_running_loop()
-        self._listener = await self._listen(loop, lambda: Connection(ctx))
+        trusted = self.trusted_proxies if self.proxy_protocol else None
+        self._listener = await self._listen(loop, connection_factory(ctx, trusted))
         self.port = self._listener.sockets[0].getsockname()[1]
         logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
 
@@ -345,8 +373,12 @@ class Server:
         if self._middleware or self._exception_handlers:
             app = App.build(plan, tuple(self._middleware), self._exception_handlers, self.error_details)
             plan = dataclasses.replace(plan, app=app)
+        admission = None
+        if self.shared_state is not None and self.session_limit:
+            admission = SharedSessions(self.shared_state, self.session_limit)
         return ServingContext(
-            plan=plan,
+            plan=limited_plan(plan, self.rate_limit),
+            admission=admission,
             sessions=SessionRegistry(self.session_limit),
             header_size=self.header_size,
             byteorder=self.byteorder,
@@ -388,6 +420,8 @@ class Server:
         logger.info("Stopping: waiting for %d connection(s) to finish their packets", len(ctx.connections))
         await self._close_when_quiet(ctx)
         await self._flush_or_abort(ctx)
+        if ctx.admission is not None:
+            await ctx.admission.aclose()  # the closed sessions are forgotten in the shared state
         ctx.hosts.close()
         if ctx.sweeper is not None:
             ctx.sweeper.cancel()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import inspect
 from typing import Any
 
@@ -85,18 +85,28 @@ async def test_api_key() -> None:
     assert Filters.APIFactory is ApiKey
 
 
-async def test_api_key_compares_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    keys = APIKeyFactory(["first-key", "second-key", "third-key"])
-    calls: list[bytes] = []
-    real = hmac.compare_digest
+async def test_api_key_check_is_one_hash_and_one_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same work with 3 keys or 100,000: the candidate hashed once, its digest looked up once."""
+    import asyncapy.apikeys as apikeys
 
-    def spy(a: bytes, b: bytes) -> bool:
-        calls.append(b)
-        return real(a, b)
+    for count in (3, 100_000):
+        keys = APIKeyFactory(f"key-{n}" for n in range(count))
+        hashed: list[str] = []
+        real = apikeys.key_digest
 
-    monkeypatch.setattr(hmac, "compare_digest", spy)
-    assert await passes(ApiKey(keys), {"api_key": "first-key"})
-    assert len(calls) == 3  # every key is compared, even after the match
+        def spy(key: str) -> bytes:
+            hashed.append(key)
+            return real(key)
+
+        monkeypatch.setattr(apikeys, "key_digest", spy)
+        assert await passes(ApiKey(keys), {"api_key": "key-1"})
+        assert not await passes(ApiKey(keys), {"api_key": "key-x"})
+        assert hashed == ["key-1", "key-x"]
+        monkeypatch.undo()
+    # Only SHA-256 digests are held, never a key.
+    held = keys._digests
+    assert all(len(d) == 32 for d in held) and hashlib.sha256(b"key-1").digest() in held
+    assert b"key-1" not in held and "key-1" not in repr(keys)
 
 
 def test_api_keys_are_never_shown() -> None:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar, overload
 
 from ..client import AsyncClient, Sendable
 from ..connection import Connection, ServingContext
+from ..proxied import connection_factory
 from ..server import Server
 from ._recording import CallLog, Handler, recording_plan
 from ._transport import MemoryStream
@@ -36,7 +37,7 @@ class _MemoryClient(AsyncClient):
             raise RuntimeError("use the test client as `async with AsyncTestClient(server) as client:`")
         server = self._owner.server
         extra = {"peername": (self._owner.address, next(_fake_ports)), "sockname": (server.addr, server.port)}
-        return MemoryStream(Connection(ctx), extra)
+        return MemoryStream(connection_factory(ctx, None)(), extra)  # gated by a shared session_limit
 
     @property
     def stream(self) -> MemoryStream | None:
