@@ -1,4 +1,4 @@
-"""The ``asyncapy`` command: ``run``, ``schema`` and ``send``.
+"""The ``asyncapy`` command: ``run``, ``schema``, ``docs`` and ``send``.
 
 Exit codes: 0 success, 1 the server answered an error packet, 2 bad usage (argparse's
 code, also for a bad ``module:server`` spec), 3 the server could not be reached (``send``)
@@ -20,7 +20,7 @@ from typing import Any
 from .client import Client
 from .errors import ClientError, ConnectionClosed, ErrorReply, ProtocolError
 from .proxy import check_trusted_proxies
-from .server import Server, _check_uvloop, _check_workers
+from .server import Server, _check_metrics_port, _check_uvloop, _check_workers
 
 EXIT_ERROR_REPLY = 1
 EXIT_USAGE = 2
@@ -38,7 +38,9 @@ class CLIError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         result: int = args.command(args)
         return result
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_run(commands)
     _add_schema(commands)
+    _add_docs(commands)
     _add_send(commands)
     return parser
 
@@ -65,9 +68,13 @@ def _add_run(commands: Any) -> None:
     run.add_argument("server", metavar="MODULE:SERVER", help="where the Server is, e.g. myapp.api:server")
     run.add_argument("--host", help="address to listen on (default: the server's addr)")
     run.add_argument("--port", type=int, help="port to listen on (default: the server's port)")
-    run.add_argument("--log-level", choices=LOG_LEVELS, help="level of the asyncapy logger")
+    run.add_argument("--log-level", choices=LOG_LEVELS, help="level of the logs: asyncapy's and the application's (root)")
+    run.add_argument("--access-log", action="store_true", help="log one line per packet: peer, handlers, outcome, microseconds")
+    run.add_argument("--access-log-file", metavar="FILE", help="write the access log to FILE (implies --access-log)")
+    run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on PORT (asyncapy[prometheus])")
     run.add_argument("--workers", type=int, help="processes sharing the port (default: the server's, 1)")
     run.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install 'asyncapy[uvloop]')")
+    run.add_argument("--reload", action="store_true", help="restart when a .py file of the app changes (development; asyncapy[reload])")
     run.add_argument(
         "--proxy-protocol", action="store_true", help="read a PROXY header (v1/v2) from the load balancer first"
     )
@@ -80,6 +87,12 @@ def _add_run(commands: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Import MODULE, take its SERVER attribute and serve it until SIGINT or SIGTERM."""
+    if args.reload:
+        if args.workers is not None and args.workers > 1:
+            raise CLIError("--reload runs one process: drop --workers")
+        from .reload import run_reloading
+
+        return run_reloading(args.server, [arg for arg in args.argv[1:] if arg != "--reload"])
     server = load_server(args.server)
     if args.host is not None:
         server.addr = args.host
@@ -87,7 +100,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         server.port = args.port
     if args.log_level is not None:
         server.logging_level = getattr(logging, args.log_level.upper())
+    if args.access_log or args.access_log_file:
+        server.access_log = args.access_log_file or True
     try:
+        if args.metrics_port is not None:
+            server.metrics_port = _check_metrics_port(args.metrics_port)
         if args.workers is not None:
             server.workers = _check_workers(args.workers)
         if args.uvloop:
@@ -129,6 +146,50 @@ def cmd_schema(args: argparse.Namespace) -> int:
     else:
         with open(args.output, "w", encoding="utf-8") as out:
             out.write(text)
+    return 0
+
+
+# -- docs ---------------------------------------------------------------------------------
+
+
+def _add_docs(commands: Any) -> None:
+    docs = commands.add_parser(
+        "docs", help="write (or serve) the API documentation of MODULE:SERVER as one HTML page", description=cmd_docs.__doc__
+    )
+    docs.add_argument("server", metavar="MODULE:SERVER", help="where the Server is, e.g. myapp.api:server")
+    docs.add_argument("-o", "--output", metavar="FILE", help="write the page to FILE (default: api.html unless --serve)")
+    docs.add_argument("--serve", action="store_true", help="serve the page over HTTP until SIGINT/SIGTERM")
+    docs.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
+    docs.add_argument("--port", type=int, default=8000, help="port to serve on (default: %(default)s)")
+    docs.add_argument("--title", default="asyncapy API", help="the page's title (default: %(default)s)")
+    docs.add_argument("--api-version", default="1.0.0", help="the API version shown (default: %(default)s)")
+    docs.set_defaults(command=cmd_docs)
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    """Render SERVER's AsyncAPI document as one self-contained HTML page (it renders offline).
+
+    The page shows every operation with its group, filters, request and reply schemas
+    and an example packet of each, the models, and the error codes. With --serve it is
+    served at http://HOST:PORT/ (and the AsyncAPI document at /asyncapi.json).
+    """
+    from .docspage import render
+
+    server = load_server(args.server)
+    doc = server.asyncapi(title=args.title, version=args.api_version)
+    page = render(doc)
+    if args.output is not None or not args.serve:
+        path = args.output or "api.html"
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(page)
+        print(f"wrote {path}", file=sys.stderr)
+    if args.serve:
+        from .docserve import serve_page
+
+        try:
+            serve_page(page, json.dumps(doc, indent=2), args.host, args.port)
+        except OSError as exc:
+            raise CLIError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", EXIT_UNREACHABLE) from None
     return 0
 
 

@@ -87,6 +87,8 @@ class ServingContext:
     handler_timeout: float | None = None
     #: False: error replies are exactly ``{"status": "failure", "error": CODE}`` (AsyncAPY 0.5).
     error_details: bool = True
+    #: The access log / metrics' observer (``asyncapy.observe``); None: nothing observed.
+    observer: Any = None
     #: ``session_limit`` across servers (``shared_state``): admits each new session (``asyncapy.proxied``).
     admission: SharedSessions | None = None
     # Worked out once here rather than once per connection:

@@ -11,7 +11,7 @@ import signal
 import socket
 import ssl as _ssl
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .codecs import get_codec
 from .config import load_config
@@ -22,6 +22,8 @@ from .proxied import connection_factory
 from .ratelimit import RateLimit
 from .state import SharedSessions, SharedState
 from .proxy import Network, check_trusted_proxies
+from .logs import AccessLog, configure_logging
+from .observe import make_observer, observed_context, observed_factory
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
 from .errors import LifespanError
 from .lifespan import Lifespan, LifespanRun, State
@@ -32,15 +34,15 @@ from .routing import Explanation, Plan, Router, compile_routes
 from .sessions import SessionRegistry
 from .workers import STARTUP_FAILED, run_workers
 
+if TYPE_CHECKING:
+    from .metrics import ServingMetrics, SnapshotDir
+
 logger = logging.getLogger("asyncapy")
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[Any]])
 R = TypeVar("R")
 E = TypeVar("E", bound=BaseException)
 MiddlewareT = TypeVar("MiddlewareT", bound=Middleware)
-
-LOG_FORMAT = "[%(levelname)s] %(asctime)s %(message)s"
-LOG_DATEFMT = "%d/%m/%Y %I:%M:%S %p"
 
 #: While stopping, a connection is closed once it has been quiet this long: longer than a
 #: LAN round trip, so packets the peer sent before the stop are read and answered,
@@ -67,7 +69,13 @@ class Server:
         max_connections: concurrent connections allowed in all (0: no limit).
         ssl: an ``ssl.SSLContext`` to serve TLS.
         config: a ``server.ini`` path; its ``[AsyncAPY]`` keys override these arguments.
-        logging_level: the level of the ``asyncapy`` logger.
+        logging_level: the level of the ``asyncapy`` logger; ``start()`` sets the root
+            logger's too, with a readable format, unless logging is configured already
+            (``asyncapy.logs``).
+        access_log: one line per packet on the ``asyncapy.access`` logger (peer,
+            handlers, outcome code, microseconds); a path: to that file only.
+        metrics_port: serve Prometheus ``/metrics`` on this port of ``addr`` (0: one the
+            OS picks); ``pip install 'asyncapy[prometheus]'``; see ``asyncapy.metrics``.
         encoding: the encoding of error replies sent before a session declared one.
         shutdown_timeout: seconds running handlers get to finish when the server stops.
         backlog: connections the kernel may queue before ``accept`` (bursts of connects).
@@ -130,6 +138,8 @@ class Server:
         shared_state: SharedState | None = None,
         rate_limit: RateLimit | None = None,
         lifespan: Lifespan | None = None,
+        access_log: bool | str | os.PathLike[str] = False,
+        metrics_port: int | None = None,
     ) -> None:
         settings: dict[str, Any] = dict(
             addr=addr,
@@ -187,6 +197,11 @@ class Server:
         #: A plain namespace for the application's resources (set them in the lifespan).
         self.state = State()
         self._lifespan_run = LifespanRun(None)
+        self.access_log = access_log
+        self.metrics_port = _check_metrics_port(metrics_port)
+        self._metrics: ServingMetrics | None = None
+        self._access: AccessLog | None = None
+        self._metrics_dir: SnapshotDir | None = None  # set in the parent of workers
         self.router = Router()
         self._middleware: list[Middleware] = []
         self._exception_handlers: dict[type[BaseException], ExceptionHandler[Any]] = {}
@@ -324,12 +339,31 @@ class Server:
 
     def start(self) -> None:
         """Serve until SIGINT or SIGTERM, then stop cleanly (blocking)."""
-        _configure_logging(self.logging_level)
+        configure_logging(self.logging_level, pid=self.workers > 1)
         if self.workers > 1:
             self.compile()  # once, in the parent: a bad route fails before any fork
-            run_workers(self.workers, self._serve_in_worker, self.addr, self.port)
+            if self.metrics_port is None:
+                run_workers(self.workers, self._serve_in_worker, self.addr, self.port)
+            else:
+                self._run_workers_with_metrics(self.metrics_port)
             return
         self._run_until_signal()
+
+    def _run_workers_with_metrics(self, port: int) -> None:
+        """Workers write snapshots of their counters; this process serves their sum."""
+        from .metrics import Exporter, SnapshotDir
+
+        directory = self._metrics_dir = SnapshotDir()
+        exporters: list[Exporter] = []
+        try:
+            run_workers(
+                self.workers, self._serve_in_worker, self.addr, self.port,
+                started=lambda: exporters.append(Exporter(self.addr, port, directory.read)),
+            )  # fmt: skip
+        finally:
+            for exporter in exporters:
+                exporter.close()
+            directory.remove()
 
     def _serve_in_worker(self, sock: socket.socket | None) -> None:
         """A worker's life: its own loop, listening on ``sock`` or on a SO_REUSEPORT socket."""
@@ -361,12 +395,42 @@ class Server:
         plan = self.compile()
         self._stop_requested = asyncio.Event()
         await self._begin_lifespan()
-        self._ctx = ctx = self._serving_context(plan)
+        observer = self._observer()  # None unless the access log, metrics or a tracing middleware is on
+        if observer is None:
+            self._ctx = ctx = self._serving_context(plan)
+        else:
+            self._ctx = ctx = observed_context(self._serving_context, plan, observer)
         loop = asyncio.get_running_loop()
         trusted = self.trusted_proxies if self.proxy_protocol else None
-        self._listener = await self._listen(loop, connection_factory(ctx, trusted))
+        factory = connection_factory(ctx, trusted) if observer is None else observed_factory(ctx, trusted)
+        try:
+            self._listener = await self._listen(loop, factory)
+        except BaseException:
+            self._stop_observing()
+            raise
         self.port = self._listener.sockets[0].getsockname()[1]
         logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
+
+    def _observer(self) -> Any:
+        """What observes packets for this serving run (``asyncapy.observe``), chosen once."""
+        self._access = AccessLog(self.access_log, pid=self.workers > 1) if self.access_log else None
+        if self.metrics_port is not None:
+            from .metrics import ServingMetrics
+
+            self._metrics = ServingMetrics(self.addr, self.metrics_port, self._metrics_dir)
+            if self._metrics_dir is None:
+                self.metrics_port = self._metrics.port
+        access = self._access.line if self._access is not None else None
+        traced = any(getattr(mw, "needs_handler_names", False) for mw in self._middleware)
+        return make_observer(access, self._metrics.counters if self._metrics is not None else None, traced)
+
+    def _stop_observing(self) -> None:
+        if self._access is not None:
+            self._access.close()
+            self._access = None
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
 
     def _serving_context(self, plan: Plan) -> ServingContext:
         """What the connections of one serving run share; ``asyncapy.testing`` builds one too."""
@@ -427,6 +491,7 @@ class Server:
             ctx.sweeper.cancel()
             ctx.sweeper = None
         await self._end_lifespan()
+        self._stop_observing()
         logger.info("Server stopped")
 
     async def _close_when_quiet(self, ctx: ServingContext) -> None:
@@ -495,6 +560,18 @@ def _check_workers(workers: int) -> int:
     return workers
 
 
+def _check_metrics_port(port: int | None) -> int | None:
+    """Fail when the server is made if metrics are asked for but prometheus-client is missing."""
+    if port is None:
+        return None
+    if not isinstance(port, int) or not 0 <= port < 65536:
+        raise ValueError(f"metrics_port must be a port number (0: one the OS picks), not {port!r}")
+    from .metrics import check_installed
+
+    check_installed()
+    return port
+
+
 def _check_uvloop(enabled: bool) -> bool:
     """Fail when the server is made, not when it starts, if uvloop is asked for but missing."""
     if enabled:
@@ -520,12 +597,3 @@ def _run(main: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
     finally:
         asyncio.set_event_loop(None)
         loop.close()
-
-
-def _configure_logging(level: int) -> None:
-    """Give the ``asyncapy`` logger AsyncAPY's console format unless logging is configured."""
-    logger.setLevel(level)
-    if not logging.getLogger().handlers and not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
-        logger.addHandler(handler)

@@ -38,11 +38,18 @@ def bind_socket(addr: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def run_workers(count: int, serve: Callable[[socket.socket | None], None], addr: str, port: int) -> int:
+def run_workers(
+    count: int,
+    serve: Callable[[socket.socket | None], None],
+    addr: str,
+    port: int,
+    started: Callable[[], None] | None = None,
+) -> int:
     """Fork ``count`` workers that each call ``serve(shared_socket_or_None)``; wait for them all.
 
     Returns the port served (useful with port 0). ``serve`` runs in the worker and
-    binds with ``reuse_port=True`` when it gets None.
+    binds with ``reuse_port=True`` when it gets None. ``started`` runs in the parent
+    once every worker is forked (threads are safe to start there then).
     """
     # Bound but never listening, this socket reserves the port (port 0 included) without
     # taking connections: only listening sockets of a SO_REUSEPORT group get them.
@@ -58,6 +65,8 @@ def run_workers(count: int, serve: Callable[[socket.socket | None], None], addr:
                 _worker_main(serve, None if HAS_REUSEPORT else sock)
             children.append(pid)
         logger.info("Started %d workers on port %d: %s", count, port, " ".join(map(str, children)))
+        if started is not None:
+            started()
         failed = _wait_all(children)
     finally:
         sock.close()

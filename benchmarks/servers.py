@@ -188,6 +188,10 @@ def build(kind: str, port: int, workers: int, uvloop: bool) -> Server:
         return app_server("dep" in kind, "mw" in kind, **kw)
     if kind == "typed-test":
         return typed_test_server(**kw)
+    if kind.startswith("typed-"):  # the typed handler with an operating feature on (run_operating.py)
+        from operating import operating_server
+
+        return operating_server(kind[len("typed-") :], typed_server, **kw)
     if kind.startswith("tagged"):
         return tagged_server(int(kind[len("tagged") :]), **kw)
     raise SystemExit(f"unknown server kind {kind!r}")
