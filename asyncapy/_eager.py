@@ -11,9 +11,10 @@ While handlers run eagerly the host task is entered as the current task and its
 context is the active one, so ``asyncio.current_task()``, ``asyncio.timeout()`` and
 context variables behave in a handler as they do in a task: the host task is the task
 that runs the rest of a handler that waits. Python 3.12's eager tasks would give the
-same with a Task per packet; one parked task per connection is cheaper and works on
-3.11+ (on 3.10 the host task runs every burst, one loop iteration later: correct,
-slower).
+same with a Task per packet; one parked task per connection is cheaper. Python 3.10
+cannot create a task in a given context, so there the host task runs each step of a
+worker inside ``host.context`` itself (``_drive``): the same behaviour, one
+``Context.run`` more per wait.
 """
 
 from __future__ import annotations
@@ -40,21 +41,15 @@ _CURRENT_TASKS: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = (
 
 Worker = Coroutine[Any, Any, None]
 
-#: Eager starts need ``create_task(context=...)`` (Python 3.11): the eager part and the
-#: host task must share one context. Before 3.11 every burst starts in the host task.
-_EAGER: Final = sys.version_info >= (3, 11)
-
-
-def _never_eager(loop: asyncio.AbstractEventLoop) -> Any:
-    return True  # before 3.11: "some task is running", so every burst goes to the host task
-
+#: The eager part and the host task share one context: from 3.11 the host task is
+#: created in it (``create_task(context=...)``); on 3.10 ``_drive`` enters it around
+#: every step of a worker.
+_TASK_CONTEXT: Final = sys.version_info >= (3, 11)
 
 #: ``running_task(loop)``: the task running on ``loop``, or None; eager handling is
-#: possible only when it is None. One C call on 3.11 and later.
+#: possible only when it is None. One C call.
 running_task: Callable[[asyncio.AbstractEventLoop], Any]
-if not _EAGER:
-    running_task = _never_eager
-elif _CURRENT_TASKS is not None:
+if _CURRENT_TASKS is not None:
     running_task = _CURRENT_TASKS.get
 else:
     running_task = tasks.current_task
@@ -83,7 +78,7 @@ class Host:
         self._inbox: asyncio.Future[Worker | None] = loop.create_future()
         self.context = contextvars.copy_context()
         self._pristine = self.context.copy()  # what the context holds before any handler ran
-        if _EAGER:
+        if _TASK_CONTEXT:
             self.task = loop.create_task(self._serve(), context=self.context)  # type: ignore[call-arg,unused-ignore]
         else:
             self.task = loop.create_task(self._serve())
@@ -92,13 +87,12 @@ class Host:
         """Parked, never cancelled, and no handler left a context variable set: as good as new."""
         task = self.task
         return (
-            _EAGER
-            and not self._busy
+            not self._busy
             and not self._closed
             and not self._inbox.done()
             and not task.done()
             and task.get_loop() is loop
-            and task.cancelling() == 0  # type: ignore[attr-defined,unused-ignore]  # 3.11+, as _EAGER
+            and _cancelling(task) == 0
             and self.context == self._pristine
         )
 
@@ -131,7 +125,7 @@ class Host:
             self._busy = True
             self._on_resume()
             try:
-                await _drive(worker, self._on_suspend, self._on_resume)
+                await _drive(worker, self._on_suspend, self._on_resume, None if _TASK_CONTEXT else self.context)
             except asyncio.CancelledError:
                 # cancel_worker(): the worker has ended; this task serves the next ones.
                 uncancel = getattr(self.task, "uncancel", None)
@@ -144,14 +138,31 @@ class Host:
                 self._on_suspend()
 
 
+def _cancelling(task: asyncio.Task[Any]) -> int:
+    """``task.cancelling()`` (3.11+); on 3.10 a cancelled host task sees it as its inbox cancelled."""
+    cancelling = getattr(task, "cancelling", None)
+    return 0 if cancelling is None else int(cancelling())
+
+
 @types.coroutine
-def _drive(coro: Worker, on_suspend: Callable[[], None], on_resume: Callable[[], None]) -> Generator[Any, Any, None]:
-    """``await coro``, calling ``on_suspend``/``on_resume`` around each of its waits."""
+def _drive(
+    coro: Worker,
+    on_suspend: Callable[[], None],
+    on_resume: Callable[[], None],
+    context: contextvars.Context | None = None,
+) -> Generator[Any, Any, None]:
+    """``await coro``, calling ``on_suspend``/``on_resume`` around each of its waits.
+
+    With ``context`` (Python 3.10), each step of ``coro`` runs inside it.
+    """
     value: Any = None
     error: BaseException | None = None
     while True:
         try:
-            yielded = coro.send(value) if error is None else coro.throw(error)
+            if context is None:
+                yielded = coro.send(value) if error is None else coro.throw(error)
+            else:
+                yielded = context.run(coro.send, value) if error is None else context.run(coro.throw, error)
         except StopIteration:
             return
         on_suspend()

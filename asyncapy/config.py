@@ -56,6 +56,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "shutdown_timeout": float,
     "max_pending": int,
     "handler_timeout": float,  # 0: no limit
+    "error_details": _boolean,
     "proxy_protocol": _boolean,
     "trusted_proxies": _list,
     # AsyncAPY's read size; asyncio picks its own, so the value is read and ignored.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
@@ -31,6 +32,7 @@ from .errors import (
     StopPropagation,
     error_payload,
 )
+from .liveness import peer_left
 from .packet import Packet, received_packet
 from .peer import REPLY_ENCODERS, Client, Session, reply_encoder
 from .protocol import FRAME_TAIL, PROTOCOL_VERSION, Batch, Byteorder, FrameDecoder, FrameError, RawFrame, header_packer
@@ -83,6 +85,8 @@ class ServingContext:
     debug: bool = False
     max_pending: int = DEFAULT_MAX_PENDING
     handler_timeout: float | None = None
+    #: False: error replies are exactly ``{"status": "failure", "error": CODE}`` (AsyncAPY 0.5).
+    error_details: bool = True
     #: The access log / metrics' observer (``asyncapy.observe``); None: nothing observed.
     observer: Any = None
     #: ``session_limit`` across servers (``shared_state``): admits each new session (``asyncapy.proxied``).
@@ -172,7 +176,8 @@ class Connection(asyncio.Protocol):
         if ctx.max_connections and len(ctx.connections) >= ctx.max_connections:
             self._refuse(ERR_SERVER_BUSY, f"the server is at its limit of {ctx.max_connections} connections")
             return
-        if not ctx.sessions.open(session):
+        opened = ctx.sessions.open(session, self) or (_let_departed_go(ctx, host) and ctx.sessions.open(session, self))
+        if not opened:
             self._refuse(ERR_SESSION_LIMIT_REACHED, f"{host} is at its limit of {ctx.sessions.limit} sessions")
             return
         self._registered = True
@@ -489,11 +494,10 @@ class Connection(asyncio.Protocol):
                 encode = reply_encoder(kind, name)  # a first reply of this type (or an unknown encoding)
             if encode is None or self.closing:
                 return
-            payload = encode(result)
-        except Exception as exc:  # a reply the codec cannot carry is the handler's failure
+            # A reply the codec cannot carry, or too long for header_size, is the handler's failure.
+            self.write_payload(encode(result), CODEC_IDS[name])
+        except Exception as exc:
             self._failed(exc, encoding)
-            return
-        self.write_payload(payload, CODEC_IDS[name])
 
     def _failed(self, exc: BaseException, encoding: int) -> None:
         """A handler raised ``exc``: StopPropagation is no error; anything else is ERR_INTERNAL."""
@@ -546,7 +550,12 @@ class Connection(asyncio.Protocol):
         if self._ctx.debug:
             assert self.session is not None
             logger.debug("(%s) Replying %s: %s", self.session.id, code, detail)
-        self.write_payload(codec.encode(error_payload(code, detail, errors)), encoding)
+        if not self._ctx.error_details:
+            detail = errors = None
+        try:
+            self.write_payload(codec.encode(error_payload(code, detail, errors)), encoding)
+        except (OverflowError, struct.error):  # the detail is too long for header_size: the bare error fits
+            self.write_payload(codec.encode(error_payload(code)), encoding)
 
     # -- helpers --------------------------------------------------------------
 
@@ -672,6 +681,23 @@ def _sweep(ctx: ServingContext, loop: asyncio.AbstractEventLoop) -> None:
     for conn in [c for c in ctx.connections if c._mark <= deadline and not c._working and not c.closing]:
         conn._timed_out()
     ctx.sweeper = loop.call_later(ctx.sweep_every, _sweep, ctx, loop)
+
+
+def _let_departed_go(ctx: ServingContext, address: str) -> bool:
+    """Before refusing ``address`` a session: free the sessions whose peer already left (see ``liveness``).
+
+    Only idle connections are let go (a running handler still owns its session);
+    they are closed now rather than when their EOF is read. True if any was freed.
+    """
+    freed = False
+    for conn in ctx.sessions.owners_of(address):  # at most session_limit of them
+        if isinstance(conn, Connection) and not conn._working and conn._transport is not None and peer_left(conn._transport):
+            conn._registered = False
+            ctx.sessions.close(conn.session)  # type: ignore[arg-type]  # set with the client
+            ctx.connections.discard(conn)
+            conn.close()
+            freed = True
+    return freed
 
 
 def _clock_of(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:

@@ -72,9 +72,13 @@ class App:
 
     @classmethod
     def build(
-        cls, plan: Plan, middleware: tuple[Middleware, ...], handlers: Mapping[type[BaseException], ExceptionHandler[Any]]
+        cls,
+        plan: Plan,
+        middleware: tuple[Middleware, ...],
+        handlers: Mapping[type[BaseException], ExceptionHandler[Any]],
+        error_details: bool = True,
     ) -> App:
-        return cls(_chain(plan, middleware), dict(handlers))
+        return cls(_chain(plan, middleware, error_details), dict(handlers))
 
     async def _mapped(self, client: Client, packet: Packet[Any]) -> None:
         """Route ``packet`` through the middleware; map what escapes them to a reply."""
@@ -99,9 +103,9 @@ class App:
         return None
 
 
-def _chain(plan: Plan, middleware: tuple[Middleware, ...]) -> Route:
+def _chain(plan: Plan, middleware: tuple[Middleware, ...], error_details: bool = True) -> Route:
     """The outermost level: each level calls its middleware with the next level as ``call_next``."""
-    call = _simple_route(plan) if plan.groups_simple else _full_route(plan)
+    call = _simple_route(plan, error_details) if plan.groups_simple else _full_route(plan, error_details)
     for mw in reversed(middleware):
         call = _level(mw, call)
     return call
@@ -114,23 +118,23 @@ def _level(mw: Middleware, inner: Route) -> Route:
     return level
 
 
-def _full_route(plan: Plan) -> Route:
+def _full_route(plan: Plan, error_details: bool = True) -> Route:
     async def route(client: Client, packet: Packet[Any]) -> None:
         miss = await plan.route(client, packet)
         if miss is not None:
-            send_miss(client, packet, miss)
+            send_miss(client, packet, miss, error_details)
 
     return route
 
 
-def _simple_route(plan: Plan) -> Route:
+def _simple_route(plan: Plan, error_details: bool = True) -> Route:
     """One group and no custom filters: ``start`` picks the handler, as the connection's own fast path does."""
     start = plan.start
 
     async def route(client: Client, packet: Packet[Any]) -> None:
         started = start(client, packet)
         if type(started) is Miss:
-            send_miss(client, packet, started)
+            send_miss(client, packet, started, error_details)
             return
         try:
             reply = await started  # type: ignore[misc]
@@ -142,8 +146,10 @@ def _simple_route(plan: Plan) -> Route:
     return route
 
 
-def send_miss(client: Client, packet: Packet[Any], miss: Miss) -> None:
-    client.send_nowait(error_payload(ERR_NO_HANDLER, miss.detail, miss.errors), encoding=packet.encoding)
+def send_miss(client: Client, packet: Packet[Any], miss: Miss, error_details: bool = True) -> None:
+    """ERR_NO_HANDLER for ``miss``; without its detail and errors under ``Server(error_details=False)``."""
+    payload = error_payload(ERR_NO_HANDLER, miss.detail, miss.errors) if error_details else error_payload(ERR_NO_HANDLER)
+    client.send_nowait(payload, encoding=packet.encoding)
 
 
 def check_middleware(mw: Any) -> None:

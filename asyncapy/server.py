@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .codecs import get_codec
 from .config import load_config
+from .listener import Listener, listen
 from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
 from .limited import limited_plan
 from .proxied import connection_factory
@@ -86,6 +87,8 @@ class Server:
         workers: processes serving the port for ``start()`` (each with its own sessions,
             limits and ``setup()``); see ``asyncapy.workers``.
         uvloop: run ``start()`` on uvloop (``pip install asyncapy[uvloop]``).
+        error_details: False sends error replies as exactly ``{"status": "failure",
+            "error": CODE}``, as AsyncAPY 0.5 did (its clients compare them whole).
         proxy_protocol: every connection starts with a PROXY header (v1 or v2) from a
             load balancer; the client's real address is what handlers, filters,
             limits and logs see (``asyncapy.proxied``).
@@ -129,6 +132,7 @@ class Server:
         handler_timeout: float | None = None,
         workers: int = 1,
         uvloop: bool = False,
+        error_details: bool = True,
         proxy_protocol: bool = False,
         trusted_proxies: Sequence[str] | None = None,
         shared_state: SharedState | None = None,
@@ -151,6 +155,7 @@ class Server:
             shutdown_timeout=shutdown_timeout,
             max_pending=max_pending,
             handler_timeout=handler_timeout,
+            error_details=error_details,
             proxy_protocol=proxy_protocol,
             trusted_proxies=trusted_proxies,
         )
@@ -175,6 +180,7 @@ class Server:
         self.handler_timeout: float | None = settings["handler_timeout"] or None
         if self.handler_timeout is not None:
             _non_negative("handler_timeout", self.handler_timeout)
+        self.error_details = bool(settings["error_details"])
         self.ssl = ssl
         self.backlog = backlog
         self.workers = _check_workers(workers)
@@ -200,7 +206,7 @@ class Server:
         self._middleware: list[Middleware] = []
         self._exception_handlers: dict[type[BaseException], ExceptionHandler[Any]] = {}
         self._plan: Plan | None = None
-        self._listener: asyncio.Server | None = None
+        self._listener: Listener | asyncio.Server | None = None
         self._ctx: ServingContext | None = None
         self._stop_requested: asyncio.Event | None = None
         self._sock: socket.socket | None = None
@@ -429,7 +435,7 @@ class Server:
     def _serving_context(self, plan: Plan) -> ServingContext:
         """What the connections of one serving run share; ``asyncapy.testing`` builds one too."""
         if self._middleware or self._exception_handlers:
-            app = App.build(plan, tuple(self._middleware), self._exception_handlers)
+            app = App.build(plan, tuple(self._middleware), self._exception_handlers, self.error_details)
             plan = dataclasses.replace(plan, app=app)
         admission = None
         if self.shared_state is not None and self.session_limit:
@@ -447,15 +453,15 @@ class Server:
             debug=logger.isEnabledFor(logging.DEBUG),
             max_pending=self.max_pending,
             handler_timeout=self.handler_timeout,
+            error_details=self.error_details,
         )
 
-    async def _listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], Connection]) -> asyncio.Server:
-        if self._sock is not None:
-            return await loop.create_server(factory, sock=self._sock, ssl=self.ssl, backlog=self.backlog)
-        reuse_port = self._reuse_port or None
-        return await loop.create_server(
-            factory, self.addr, self.port, ssl=self.ssl, backlog=self.backlog, reuse_port=reuse_port
-        )
+    async def _listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], Connection]) -> Listener | asyncio.Server:
+        """``asyncapy.listener.listen``: accept with a back-off when out of descriptors; ``timeout`` bounds TLS handshakes."""
+        return await listen(
+            loop, factory, self.addr, self.port, sock=self._sock, ssl=self.ssl, backlog=self.backlog,
+            reuse_port=self._reuse_port or None, handshake_timeout=self.timeout or None,
+        )  # fmt: skip
 
     def request_stop(self) -> None:
         """Ask ``serve()`` / ``start()`` to stop; safe to call from a signal handler."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .peer import Session
 
 
@@ -18,17 +20,17 @@ class SessionRegistry:
         if limit < 0:
             raise ValueError("session_limit must be 0 (no limit) or positive")
         self.limit = limit
-        self._by_address: dict[str, dict[Session, None]] = {}
+        self._by_address: dict[str, dict[Session, Any]] = {}
 
-    def open(self, session: Session) -> bool:
-        """Register ``session``; False (and nothing registered) when its address is at the limit."""
+    def open(self, session: Session, owner: Any = None) -> bool:
+        """Register ``session`` (held by ``owner``, its connection); False when its address is at the limit."""
         sessions = self._by_address.get(session.address)
         if sessions is None:
-            self._by_address[session.address] = {session: None}
+            self._by_address[session.address] = {session: owner}
             return True
         if self.limit and len(sessions) >= self.limit:
             return False
-        sessions[session] = None
+        sessions[session] = owner
         return True
 
     def close(self, session: Session) -> None:
@@ -39,6 +41,10 @@ class SessionRegistry:
         sessions.pop(session, None)
         if not sessions:
             del self._by_address[session.address]
+
+    def owners_of(self, address: str) -> list[Any]:
+        """The owners given to ``open`` for the open sessions of ``address``, oldest first."""
+        return list(self._by_address.get(address, {}).values())
 
     def sessions_of(self, address: str) -> list[Session]:
         """The open sessions of ``address``, oldest first."""
