@@ -53,6 +53,11 @@ MAX_SWEEP_INTERVAL: Final = 1.0
 #: A cancelled handler gets this long to run its ``finally`` blocks; one that ignores
 #: cancellation is left behind so that the connection can move on.
 HANDLER_CANCEL_GRACE: Final = 1.0
+#: After an error that closes the connection (ERR_TIMED_OUT, a fatal frame error), the
+#: server half-closes and reads (and drops) what the peer still sends for at most this
+#: long: closing a socket with unread input makes the kernel send a reset, which can
+#: destroy the error reply before the peer reads it.
+LINGER_AFTER_ERROR: Final = 1.0
 
 # Why reading is paused; reading resumes when no reason is left.
 _HOLD_QUEUE: Final = "queue"  # max_pending packets wait to be handled
@@ -270,6 +275,24 @@ class Connection(asyncio.Protocol):
         self.closing = True
         if self._transport is not None:
             self._transport.close()
+
+    def close_after_error(self) -> None:
+        """Close after an error reply so that the peer reads it rather than a reset.
+
+        Half-closes (the reply, then EOF), drops whatever the peer still sends, and closes
+        at its EOF or after ``LINGER_AFTER_ERROR`` seconds. TLS and a peer that does not
+        read get a plain ``close``/``abort`` as before.
+        """
+        transport = self._transport
+        if self.closing or transport is None or self._write_paused or not transport.can_write_eof():
+            self.close()
+            return
+        self._flush()
+        self.closing = True  # data_received drops the peer's input from now on
+        transport.write_eof()
+        if not transport.is_reading():
+            transport.resume_reading()
+        self._loop.call_later(LINGER_AFTER_ERROR, transport.close)
 
     def drain(self) -> Awaitable[None]:
         """Wait while the socket's write buffer is above its high-water mark.
@@ -541,7 +564,7 @@ class Connection(asyncio.Protocol):
     def _handle_frame_error(self, error: FrameError) -> None:
         self._send_error(error.code, error.detail, error.encoding)
         if error.fatal:
-            self.close()
+            self.close_after_error()
 
     def _send_error(self, code: str, detail: Any, encoding: int | None, errors: Any = None) -> None:
         if encoding is None:
@@ -573,7 +596,7 @@ class Connection(asyncio.Protocol):
         if self._write_paused:
             self.abort()  # the peer does not read: close() would wait forever to flush
         else:
-            self.close()
+            self.close_after_error()
 
     # -- flow control: bounded memory per connection --------------------------------
 

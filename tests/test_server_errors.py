@@ -110,6 +110,22 @@ async def test_payload_too_large_answers_before_the_body_and_closes() -> None:
         await assert_still_serving(server)
 
 
+async def test_payload_too_large_reply_survives_a_body_already_on_its_way() -> None:
+    """A peer that sends an oversized header with its body in one write gets the error, not a reset.
+
+    Closing a socket with unread input makes the kernel reset the connection, which may
+    discard the error reply before the peer reads it; the server half-closes and drains.
+    """
+    for _ in range(5):
+        async with running(echo_server(max_packet_size=1000)) as server:
+            reader, writer = await connect(server)
+            writer.write((300_001).to_bytes(4, "big") + b"\x16\x00" + b"x" * 300_000)
+            error = await asyncio.wait_for(reply(reader), 5)
+            assert error["error"] == "ERR_PAYLOAD_TOO_LARGE"
+            await assert_closed(reader)
+            writer.close()
+
+
 async def test_idle_timeout_answers_and_closes() -> None:
     async with running(echo_server(timeout=0.3)) as server:
         reader, writer = await connect(server)
