@@ -33,6 +33,17 @@ def wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 15) -
     raise TimeoutError(f"nothing listened on port {port} within {timeout} s")
 
 
+def stop_process(proc: subprocess.Popen[str], timeout: float = 20) -> str:
+    """SIGTERM ``proc`` (killed if it outlives ``timeout``) and return its stderr."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err
+
+
 @contextlib.contextmanager
 def server_process(args: list[str], port: int) -> Iterator[subprocess.Popen[str]]:
     """Start ``python args...`` in the repo root, wait until it listens, SIGTERM it afterwards."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from asyncapy.connection import Connection
 from asyncapy.observe import ObservedConnection
 
 from .conftest import make_server, running
-from .procs import ROOT, free_port, wait_for_port
+from .procs import ROOT, free_port, stop_process, wait_for_port
 
 TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -35,12 +34,7 @@ def run_and_stop(*args: str, requests: list[dict[str, object]]) -> str:
             for request in requests:
                 client.request(request)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
+        err = stop_process(proc)
     assert proc.returncode == 0, err
     return err
 

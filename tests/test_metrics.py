@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import signal
 import subprocess
 import sys
 import textwrap
@@ -29,7 +28,7 @@ from asyncapy.observe import ObservedConnection, observed_class
 from asyncapy.proxied import GatedConnection
 
 from .conftest import make_server, read_frame, running
-from .procs import ROOT, free_port, wait_for_port
+from .procs import ROOT, free_port, stop_process, wait_for_port
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -102,12 +101,7 @@ def test_two_workers_are_summed() -> None:
             time.sleep(0.2)
         assert seen == sent
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
+        err = stop_process(proc)
     assert proc.returncode == 0, err
 
 

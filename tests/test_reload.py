@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from asyncapy.client import Client
 from asyncapy.errors import ClientError
 from asyncapy.reload import app_directory
 
-from .procs import ROOT, free_port, wait_for_port
+from .procs import ROOT, free_port, stop_process, wait_for_port
 
 APP = '''
 from asyncapy import Client, Packet, Server
@@ -58,12 +57,7 @@ def test_reload_serves_the_edited_handler(tmp_path: Path) -> None:
                 continue  # restarting
         assert seen == 2
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
+        err = stop_process(proc)
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert "api.py changed: restarting" in err, err
     # The watcher stopped its server: nothing listens any more.
