@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import pytest
-
-api = pytest.importorskip("mypy.api")
-
-HERE = Path(__file__).parent
-CONFIG = HERE.parent.parent / "mypy.ini"
-
-
-def _mypy(path: Path) -> tuple[str, int]:
-    stdout, stderr, status = api.run(["--strict", "--config-file", str(CONFIG), "--no-incremental", str(path)])
-    return stdout + stderr, status
+from . import HERE
+from . import run_mypy as _mypy
 
 
 def test_user_code_type_checks() -> None:

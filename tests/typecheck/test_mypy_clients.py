@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mypy import api
-
-HERE = Path(__file__).parent
-CONFIG = HERE.parent.parent / "mypy.ini"
+from . import HERE, run_mypy
 
 
 def test_request_returns_the_reply_model_to_mypy() -> None:
-    stdout, stderr, status = api.run(["--strict", "--config-file", str(CONFIG), "--no-incremental", str(HERE / "clients.py")])
-    assert status == 0, stdout + stderr
+    output, status = run_mypy(HERE / "clients.py")
+    assert status == 0, output
 
 
 def test_a_wrong_reply_type_is_reported(tmp_path: Path) -> None:
@@ -22,6 +19,6 @@ def test_a_wrong_reply_type_is_reported(tmp_path: Path) -> None:
     )
     path = tmp_path / "wrong_clients.py"
     path.write_text(code, encoding="utf-8")
-    stdout, stderr, status = api.run(["--strict", "--config-file", str(CONFIG), "--no-incremental", str(path)])
-    assert status == 1, stdout + stderr
-    assert 'Expression is of type "Welcome", not "Login"' in stdout, stdout
+    output, status = run_mypy(path)
+    assert status == 1, output
+    assert 'Expression is of type "Welcome", not "Login"' in output, output
