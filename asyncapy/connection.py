@@ -289,10 +289,14 @@ class Connection(asyncio.Protocol):
             return
         self._flush()
         self.closing = True  # data_received drops the peer's input from now on
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError:  # the peer is already gone (reset): nothing to linger for
+            transport.abort()
+            return
+        self._loop.call_later(LINGER_AFTER_ERROR, transport.close)
         if not transport.is_reading():
             transport.resume_reading()
-        self._loop.call_later(LINGER_AFTER_ERROR, transport.close)
 
     def drain(self) -> Awaitable[None]:
         """Wait while the socket's write buffer is above its high-water mark.

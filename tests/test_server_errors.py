@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import logging
+import random
 from typing import Any
 
 import orjson
@@ -124,6 +127,30 @@ async def test_payload_too_large_reply_survives_a_body_already_on_its_way() -> N
             assert error["error"] == "ERR_PAYLOAD_TOO_LARGE"
             await assert_closed(reader)
             writer.close()
+
+
+async def test_peers_that_vanish_after_a_fatal_header_leave_no_connection_behind() -> None:
+    """The half-close after a fatal error may meet a socket the peer already reset: it is closed at once."""
+    rng = random.Random(2)
+    async with running(echo_server(max_packet_size=1000)) as server:
+        for _ in range(200):  # bounded: about 2 s
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(rng.randbytes(rng.randrange(6, 64)))  # mostly a huge Content-Length: fatal
+            await writer.drain()
+            if rng.random() < 0.5:
+                sock = writer.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+            else:
+                writer.close()
+            await asyncio.sleep(0.005)
+        assert server._ctx is not None
+        for _ in range(100):  # bounded: 5 s at most (lingering ends after 1 s)
+            if not server._ctx.connections:
+                break
+            await asyncio.sleep(0.05)
+        assert not server._ctx.connections
+        await assert_still_serving(server)
 
 
 async def test_idle_timeout_answers_and_closes() -> None:
