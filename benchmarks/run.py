@@ -20,8 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -373,6 +375,18 @@ def select(rows: list[Scenario], only: list[str], peers: bool) -> list[Scenario]
     return [sc for sc in rows if sc.name in wanted]
 
 
+
+def stop_servers(servers: Iterable[tuple[subprocess.Popen[Any], int]]) -> None:
+    """Terminate every benchmark server at once, then wait for each (killed past 10 s)."""
+    procs = [proc for proc, _ in servers]
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
 def main() -> None:
     args = parse_args()
     zip_file = HERE / ".ziproto-payload.bin"
@@ -404,13 +418,7 @@ def main() -> None:
                     measure(sc, proc, port, args, results[sc.name], Path(tmp))
                 print(f"repetition {rep + 1}/{args.runs} done", file=sys.stderr)
     finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-        for proc, _ in servers.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_servers(servers.values())
         zip_file.unlink(missing_ok=True)
     command = shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]])
     print(f"`{command}`: {args.runs} run(s) of {args.duration:g} s, {args.conns} connections with one request in flight each,"

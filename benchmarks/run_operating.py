@@ -69,13 +69,7 @@ def main() -> None:
                 run.measure(sc, proc, port, args, results[sc.name], Path(tempfile.gettempdir()))  # tmp: for h2load/wrk only
             print(f"repetition {rep + 1}/{args.runs} done", file=sys.stderr)
     finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-        for proc, _ in servers.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        run.stop_servers(servers.values())
     print(f"# {args.runs} run(s) of {args.duration:g} s, {args.conns} connections, pinned={args.pin}, python {sys.version.split()[0]}")
     report(rows, results)
 
