@@ -13,29 +13,29 @@ import ssl as _ssl
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from .codecs import get_codec
-from .config import load_config
-from .listener import Listener, listen
-from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
-from .limited import limited_plan
-from .proxied import connection_factory
-from .ratelimit import RateLimit
-from .state import SharedSessions, SharedState
-from .proxy import Network, check_trusted_proxies
-from .logs import AccessLog, configure_logging
-from .observe import make_observer, observed_context, observed_factory
-from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
-from .errors import LifespanError
-from .lifespan import Lifespan, LifespanRun, State
-from .middleware import App, ExceptionHandler, Middleware, check_exception_handler, check_middleware
-from .packet import Packet
-from .peer import CLOSED_LINK, Client, Session
-from .routing import Explanation, Plan, Router, compile_routes
-from .sessions import SessionRegistry
-from .workers import STARTUP_FAILED, run_workers
+from .wire.codecs import get_codec
+from .app.config import load_config
+from .serve.listener import Listener, listen
+from .serve.connection import DEFAULT_MAX_PENDING, Connection, ServingContext
+from .serve.limited import limited_plan
+from .serve.proxied import connection_factory
+from .shared.ratelimit import RateLimit
+from .shared.state import SharedSessions, SharedState
+from .wire.proxy import Network, check_trusted_proxies
+from .ops.logs import AccessLog, configure_logging
+from .ops.observe import make_observer, observed_context, observed_factory
+from .wire.protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
+from .wire.errors import LifespanError
+from .app.lifespan import Lifespan, LifespanRun, State
+from .app.middleware import App, ExceptionHandler, Middleware, check_exception_handler, check_middleware
+from .model.packet import Packet
+from .model.peer import CLOSED_LINK, Client, Session
+from .app.routing import Explanation, Plan, Router, compile_routes
+from .model.sessions import SessionRegistry
+from .serve.workers import STARTUP_FAILED, run_workers
 
 if TYPE_CHECKING:
-    from .metrics import ServingMetrics, SnapshotDir
+    from .ops.metrics import ServingMetrics, SnapshotDir
 
 logger = logging.getLogger("asyncapy")
 
@@ -71,11 +71,11 @@ class Server:
         config: a ``server.ini`` path; its ``[AsyncAPY]`` keys override these arguments.
         logging_level: the level of the ``asyncapy`` logger; ``start()`` sets the root
             logger's too, with a readable format, unless logging is configured already
-            (``asyncapy.logs``).
+            (``asyncapy.ops.logs``).
         access_log: one line per packet on the ``asyncapy.access`` logger (peer,
             handlers, outcome code, microseconds); a path: to that file only.
         metrics_port: serve Prometheus ``/metrics`` on this port of ``addr`` (0: one the
-            OS picks); ``pip install 'asyncapy[prometheus]'``; see ``asyncapy.metrics``.
+            OS picks); ``pip install 'asyncapy[prometheus]'``; see ``asyncapy.ops.metrics``.
         encoding: the encoding of error replies sent before a session declared one.
         shutdown_timeout: seconds running handlers get to finish when the server stops.
         backlog: connections the kernel may queue before ``accept`` (bursts of connects).
@@ -85,20 +85,20 @@ class Server:
             past it they are cancelled and the peer gets ERR_TIMED_OUT. The connection
             stays open: its framing is intact, only that packet failed.
         workers: processes serving the port for ``start()`` (each with its own sessions,
-            limits and ``setup()``); see ``asyncapy.workers``.
+            limits and ``setup()``); see ``asyncapy.serve.workers``.
         uvloop: run ``start()`` on uvloop (``pip install asyncapy[uvloop]``).
         error_details: False sends error replies as exactly ``{"status": "failure",
             "error": CODE}``, as AsyncAPY 0.5 did (its clients compare them whole).
         proxy_protocol: every connection starts with a PROXY header (v1 or v2) from a
             load balancer; the client's real address is what handlers, filters,
-            limits and logs see (``asyncapy.proxied``).
+            limits and logs see (``asyncapy.serve.proxied``).
         trusted_proxies: addresses or networks allowed to send that header (default:
             this host, 127.0.0.0/8 and ::1); other connections are closed unanswered.
         shared_state: a ``SharedState`` (``asyncapy.redis.RedisState``) that makes
             ``session_limit`` hold across every server sharing it.
         rate_limit: a ``RateLimit`` every packet is checked against before routing.
         lifespan: ``lifespan(server)``, an async context manager entered before serving
-            (in each worker, and in the TestClients) and exited after; see ``asyncapy.lifespan``.
+            (in each worker, and in the TestClients) and exited after; see ``asyncapy.app.lifespan``.
             ``server.state`` is a namespace for what it opens.
 
     Example:
@@ -245,7 +245,7 @@ class Server:
         """Run ``middleware`` around the routing of every packet (decorator or call; returns it unchanged).
 
         ``async def mw(client, packet, call_next: CallNext) -> None``: ``await call_next()``
-        routes the packet; the first registered is the outermost (see ``asyncapy.middleware``).
+        routes the packet; the first registered is the outermost (see ``asyncapy.app.middleware``).
         """
         self._check_not_serving()
         check_middleware(middleware)
@@ -282,15 +282,15 @@ class Server:
         return self._plan
 
     def schema(self) -> dict[str, Any]:
-        """The JSON Schema of every route: filters, accepted packets, replies (``asyncapy.schema``)."""
-        from .schema import compiled_routes, schema_document
+        """The JSON Schema of every route: filters, accepted packets, replies (``asyncapy.docs.schema``)."""
+        from .docs.schema import compiled_routes, schema_document
 
         return schema_document(compiled_routes(self))
 
     def asyncapi(self, title: str = "asyncapy API", version: str = "1.0.0", description: str | None = None) -> dict[str, Any]:
-        """An AsyncAPI 3.0.0 document of this server (``asyncapy.asyncapi``)."""
-        from .asyncapi import asyncapi_document
-        from .schema import compiled_routes
+        """An AsyncAPI 3.0.0 document of this server (``asyncapy.docs.asyncapi``)."""
+        from .docs.asyncapi import asyncapi_document
+        from .docs.schema import compiled_routes
 
         return asyncapi_document(self, compiled_routes(self), title=title, version=version, description=description)
 
@@ -351,7 +351,7 @@ class Server:
 
     def _run_workers_with_metrics(self, port: int) -> None:
         """Workers write snapshots of their counters; this process serves their sum."""
-        from .metrics import Exporter, SnapshotDir
+        from .ops.metrics import Exporter, SnapshotDir
 
         directory = self._metrics_dir = SnapshotDir()
         exporters: list[Exporter] = []
@@ -412,10 +412,10 @@ class Server:
         logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
 
     def _observer(self) -> Any:
-        """What observes packets for this serving run (``asyncapy.observe``), chosen once."""
+        """What observes packets for this serving run (``asyncapy.ops.observe``), chosen once."""
         self._access = AccessLog(self.access_log, pid=self.workers > 1) if self.access_log else None
         if self.metrics_port is not None:
-            from .metrics import ServingMetrics
+            from .ops.metrics import ServingMetrics
 
             self._metrics = ServingMetrics(self.addr, self.metrics_port, self._metrics_dir)
             if self._metrics_dir is None:
@@ -457,7 +457,7 @@ class Server:
         )
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], Connection]) -> Listener | asyncio.Server:
-        """``asyncapy.listener.listen``: accept with a back-off when out of descriptors; ``timeout`` bounds TLS handshakes."""
+        """``asyncapy.serve.listener.listen``: accept with a back-off when out of descriptors; ``timeout`` bounds TLS handshakes."""
         return await listen(
             loop, factory, self.addr, self.port, sock=self._sock, ssl=self.ssl, backlog=self.backlog,
             reuse_port=self._reuse_port or None, handshake_timeout=self.timeout or None,
@@ -566,7 +566,7 @@ def _check_metrics_port(port: int | None) -> int | None:
         return None
     if not isinstance(port, int) or not 0 <= port < 65536:
         raise ValueError(f"metrics_port must be a port number (0: one the OS picks), not {port!r}")
-    from .metrics import check_installed
+    from .ops.metrics import check_installed
 
     check_installed()
     return port

@@ -34,8 +34,8 @@ import operating  # noqa: E402
 import servers  # noqa: E402
 
 from asyncapy import Server  # noqa: E402
-from asyncapy.connection import Connection  # noqa: E402
-from asyncapy.observe import ObservedConnection, make_observer, observed_context  # noqa: E402
+from asyncapy.serve.connection import Connection  # noqa: E402
+from asyncapy.ops.observe import ObservedConnection, make_observer, observed_context  # noqa: E402
 
 Factory = Callable[[], Callable[[], asyncio.Protocol]]
 
@@ -66,7 +66,7 @@ def rows() -> dict[str, Factory]:
 
 def metrics_protocol() -> Callable[[], asyncio.Protocol]:
     """The metrics' per-packet work without the HTTP endpoint (it costs nothing per packet)."""
-    from asyncapy.metrics import ProcessMetrics
+    from asyncapy.ops.metrics import ProcessMetrics
 
     server = servers.typed_server()
     observer = make_observer(None, ProcessMetrics())

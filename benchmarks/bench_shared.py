@@ -41,9 +41,9 @@ from bench_connection import SinkTransport, frame  # noqa: E402
 from loadgen_build import build_loadgen  # noqa: E402
 
 from asyncapy import APIKeyFactory, Server  # noqa: E402
-from asyncapy.proxied import connection_factory  # noqa: E402
-from asyncapy.filters import RateLimit  # noqa: E402
-from asyncapy.redis import RedisState  # noqa: E402
+from asyncapy.serve.proxied import connection_factory  # noqa: E402
+from asyncapy.app.filters import RateLimit  # noqa: E402
+from asyncapy.shared.redis import RedisState  # noqa: E402
 from examples.deploy.stack import find_tool, free_port, running_stack  # noqa: E402
 
 PERSON = b'{"name": "Ada Lovelace", "age": 36, "email": "ada@example.org", "score": 9.5, "active": true}'

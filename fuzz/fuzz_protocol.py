@@ -12,7 +12,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from asyncapy.protocol import NEED_DATA, Frame, FrameDecoder, FrameError
+    from asyncapy.wire.protocol import NEED_DATA, Frame, FrameDecoder, FrameError
 
 #: Small limit so fuzzed lengths land on both sides of it.
 MAX_PACKET = 256

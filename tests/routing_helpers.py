@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from asyncapy import Client, Session
-from asyncapy.peer import encode_payload
+from asyncapy.model.peer import encode_payload
 
 
 class RecordingLink:

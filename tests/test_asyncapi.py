@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from asyncapy.asyncapi import asyncapi_document, asyncapi_schema, operation_ids
+from asyncapy.docs.asyncapi import asyncapi_document, asyncapi_schema, operation_ids
 from examples.typed_api import server as typed_server
 
 from .asyncapi_validation import json_schema_errors, parse_with_official_parser, require_parser

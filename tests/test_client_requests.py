@@ -21,7 +21,7 @@ import asyncapy
 from asyncapy import Client, ClientError, ConnectionClosed, ErrorReply, Packet, Server
 from asyncapy.client import AsyncClient, ReplyValidationError
 from asyncapy.client import Client as SyncClient
-from asyncapy.errors import ClientTimeout
+from asyncapy.wire.errors import ClientTimeout
 from asyncapy.testing import AsyncTestClient, TestClient
 
 from .conftest import make_server, running

@@ -10,7 +10,7 @@ import ziproto
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asyncapy.codecs import _BY_NAME, CODECS, DecodeError, EncodeError, get_codec, register_codec
+from asyncapy.wire.codecs import _BY_NAME, CODECS, DecodeError, EncodeError, get_codec, register_codec
 
 ZIPROTO = get_codec("ziproto")
 JSON = get_codec("json")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from asyncapy import Client, Packet
-from asyncapy.codecs import get_codec
-from asyncapy.protocol import encode_frame
+from asyncapy.wire.codecs import get_codec
+from asyncapy.wire.protocol import encode_frame
 
 from .conftest import make_server, read_frame, running
 

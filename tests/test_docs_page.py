@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from asyncapy.cli import load_server
-from asyncapy.docspage import example, render
+from asyncapy.docs.docspage import example, render
 
 from .procs import ROOT, free_port
 

@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel, field_validator
 
 from asyncapy import Client, Packet, Server
-from asyncapy.protocol import encode_frame
+from asyncapy.wire.protocol import encode_frame
 
 from .conftest import make_server, read_frame, running
 

@@ -11,8 +11,8 @@ from pydantic import BaseModel
 
 import asyncapy
 from asyncapy import APIKeyFactory, Client, Packet, Router
-from asyncapy.filters import ApiKey, Fields, Filter, Filters, Ip, as_filter
-from asyncapy.routing import compile_routes
+from asyncapy.app.filters import ApiKey, Fields, Filter, Filters, Ip, as_filter
+from asyncapy.app.routing import compile_routes
 
 from .routing_helpers import fake_client
 
@@ -87,7 +87,7 @@ async def test_api_key() -> None:
 
 async def test_api_key_check_is_one_hash_and_one_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same work with 3 keys or 100,000: the candidate hashed once, its digest looked up once."""
-    import asyncapy.apikeys as apikeys
+    import asyncapy.shared.apikeys as apikeys
 
     for count in (3, 100_000):
         keys = APIKeyFactory(f"key-{n}" for n in range(count))

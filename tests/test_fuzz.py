@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from asyncapy import Client, Packet
 from asyncapy.client import AsyncClient
-from asyncapy.codecs import CODECS, DecodeError, get_codec
-from asyncapy.protocol import NEED_DATA, Frame, FrameDecoder, FrameError, encode_frame
+from asyncapy.wire.codecs import CODECS, DecodeError, get_codec
+from asyncapy.wire.protocol import NEED_DATA, Frame, FrameDecoder, FrameError, encode_frame
 
 from .conftest import make_server, running
 

@@ -19,8 +19,8 @@ from pydantic import BaseModel
 from asyncapy import ApiError, CallNext, Client, Packet, Server
 from asyncapy.client import AsyncClient
 from asyncapy.client import Client as SyncClient
-from asyncapy.codecs import get_codec
-from asyncapy.protocol import encode_frame
+from asyncapy.wire.codecs import get_codec
+from asyncapy.wire.protocol import encode_frame
 
 from .conftest import make_server, read_frame, running
 

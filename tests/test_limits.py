@@ -8,9 +8,9 @@ from typing import Any
 
 from asyncapy import Client, Packet, Server
 from asyncapy.client import AsyncClient
-from asyncapy.codecs import get_codec
-from asyncapy.connection import Connection
-from asyncapy.protocol import encode_frame
+from asyncapy.wire.codecs import get_codec
+from asyncapy.serve.connection import Connection
+from asyncapy.wire.protocol import encode_frame
 
 from .conftest import make_server, read_frame, running
 

@@ -13,8 +13,8 @@ import pytest
 
 from asyncapy import Client, Packet, Server
 from asyncapy.client import AsyncClient, Client as SyncClient
-from asyncapy.connection import Connection
-from asyncapy.observe import ObservedConnection
+from asyncapy.serve.connection import Connection
+from asyncapy.ops.observe import ObservedConnection
 
 from .conftest import make_server, running
 from .procs import ROOT, free_port, stop_process, wait_for_port
@@ -145,7 +145,7 @@ async def test_observed_when_on(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("level", [logging.DEBUG, logging.WARNING])
 def test_configure_logging_leaves_a_configured_root_alone(level: int) -> None:
-    from asyncapy.logs import configure_logging
+    from asyncapy.ops.logs import configure_logging
 
     root = logging.getLogger()
     handler = logging.NullHandler()

@@ -22,10 +22,10 @@ from pydantic import BaseModel
 
 from asyncapy import Client, Depends, Packet
 from asyncapy.client import AsyncClient
-from asyncapy.connection import Connection
-from asyncapy.metrics import BUCKETS, ProcessMetrics, merge
-from asyncapy.observe import ObservedConnection, observed_class
-from asyncapy.proxied import GatedConnection
+from asyncapy.serve.connection import Connection
+from asyncapy.ops.metrics import BUCKETS, ProcessMetrics, merge
+from asyncapy.ops.observe import ObservedConnection, observed_class
+from asyncapy.serve.proxied import GatedConnection
 
 from .conftest import make_server, read_frame, running
 from .procs import ROOT, free_port, stop_process, wait_for_port
@@ -227,7 +227,7 @@ def test_the_observed_write_payload_repeats_the_connections() -> None:
     assert base[closing + 1] == "        return"
     body = [line.replace("len(payload)", "size") for line in base[closing + 2 :]]
     marker = next(i for i, line in enumerate(observed) if "Connection.write_payload's body" in line)
-    assert observed[marker + 1 :] == body, "Connection.write_payload changed: repeat its body in asyncapy/observe.py"
+    assert observed[marker + 1 :] == body, "Connection.write_payload changed: repeat its body in asyncapy/ops/observe.py"
     assert observed_class(GatedConnection).write_payload is ObservedConnection.write_payload
 
 

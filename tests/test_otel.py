@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from asyncapy import ApiError, Client, Packet, Server
 from asyncapy.client import AsyncClient
-from asyncapy.otel import TracingMiddleware
+from asyncapy.ops.otel import TracingMiddleware
 from asyncapy.testing import AsyncTestClient
 
 from .conftest import make_server, running

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from asyncapy.client import ClientCore
-from asyncapy.errors import ERR_HEADER_INVALID, ERR_PAYLOAD_TOO_LARGE
-from asyncapy.protocol import NEED_DATA, check_byteorder, Frame, FrameDecoder, FrameError, encode_frame
+from asyncapy.wire.errors import ERR_HEADER_INVALID, ERR_PAYLOAD_TOO_LARGE
+from asyncapy.wire.protocol import NEED_DATA, check_byteorder, Frame, FrameDecoder, FrameError, encode_frame
 
 DOC_PACKET = b'\x00\x00\x00\r\x16\x00{"test": 1}'
 

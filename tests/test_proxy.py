@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asyncapy.protocol import NEED_DATA, encode_frame
-from asyncapy.proxy import (
+from asyncapy.wire.protocol import NEED_DATA, encode_frame
+from asyncapy.wire.proxy import (
     V1_MAX_LENGTH,
     V2_FIXED_LENGTH,
     V2_MAX_BODY,

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from asyncapy import Client, Packet, Server, filters
-from asyncapy.codecs import get_codec
-from asyncapy.proxy import encode_v1, encode_v2
-from asyncapy.protocol import encode_frame
+from asyncapy.wire.codecs import get_codec
+from asyncapy.wire.proxy import encode_v1, encode_v2
+from asyncapy.wire.protocol import encode_frame
 
 from .conftest import make_server, read_frame, running
 from .procs import free_port, server_process

@@ -9,9 +9,9 @@ import pytest
 from pydantic import BaseModel
 
 from asyncapy import Client, Packet, Router, Server, Session
-from asyncapy.filters import RateLimit
-from asyncapy.peer import CLOSED_LINK
-from asyncapy.ratelimit import RateLimited, parse_rate
+from asyncapy.app.filters import RateLimit
+from asyncapy.model.peer import CLOSED_LINK
+from asyncapy.shared.ratelimit import RateLimited, parse_rate
 from asyncapy.testing import TestClient
 
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from asyncapy.redis import RedisState
-from asyncapy.state import SharedStateUnavailable
+from asyncapy.shared.redis import RedisState
+from asyncapy.shared.state import SharedStateUnavailable
 
 from .services import RedisProcess, redis_server  # noqa: F401  (fixture)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from asyncapy.client import Client
-from asyncapy.errors import ClientError
-from asyncapy.reload import app_directory
+from asyncapy.wire.errors import ClientError
+from asyncapy.ops.reload import app_directory
 
 from .procs import ROOT, free_port, stop_process, wait_for_port
 

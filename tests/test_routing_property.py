@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from asyncapy import CallNext, Client, Packet, Router, StopPropagation
-from asyncapy.middleware import App
-from asyncapy.filters import Fields, Filter, Ip, as_filter
-from asyncapy.routing import Miss, Plan, compile_routes
-from asyncapy.routing.discriminator import literal_fields
+from asyncapy.app.middleware import App
+from asyncapy.app.filters import Fields, Filter, Ip, as_filter
+from asyncapy.app.routing import Miss, Plan, compile_routes
+from asyncapy.app.routing.discriminator import literal_fields
 
 from .routing_helpers import fake_client
 

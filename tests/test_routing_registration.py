@@ -9,8 +9,8 @@ import pytest
 from pydantic import BaseModel
 
 from asyncapy import Client, Packet, Router, UsageError
-from asyncapy.filters import Fields, Ip
-from asyncapy.routing import compile_routes
+from asyncapy.app.filters import Fields, Ip
+from asyncapy.app.routing import compile_routes
 
 from .conftest import make_server
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from asyncapy import APIKeyFactory, Client, Packet, StopPropagation
 from asyncapy.client import AsyncClient
-from asyncapy.filters import ApiKey, Fields
+from asyncapy.app.filters import ApiKey, Fields
 
 from .conftest import make_server, running
 

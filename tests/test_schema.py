@@ -1,8 +1,8 @@
-"""``server.schema()`` and ``asyncapy.schema``: routes, filters, accepted packets, replies."""
+"""``server.schema()`` and ``asyncapy.docs.schema``: routes, filters, accepted packets, replies."""
 
 from __future__ import annotations
 
-from asyncapy.schema import describe_filter, schema_document
+from asyncapy.docs.schema import describe_filter, schema_document
 
 from .routing_cases import build_server
 from .schema_routes import ROUTES, NameFilter

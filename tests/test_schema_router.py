@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, Field
 
 from asyncapy import Client, Packet
-from asyncapy.filters import ApiKey, Fields, Ip
+from asyncapy.app.filters import ApiKey, Fields, Ip
 
 from .conftest import make_server
 

@@ -14,8 +14,8 @@ import pytest
 
 from asyncapy import Client, Packet, Server
 from asyncapy.client import AsyncClient
-from asyncapy.codecs import get_codec
-from asyncapy.protocol import encode_frame
+from asyncapy.wire.codecs import get_codec
+from asyncapy.wire.protocol import encode_frame
 
 from .conftest import make_server, read_frame, running
 

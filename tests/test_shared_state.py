@@ -12,9 +12,9 @@ import pytest
 
 from asyncapy import APIKeyFactory, Client, Packet, Server, UsageError
 from asyncapy.client import AsyncClient
-from asyncapy.filters import ApiKey, RateLimit
-from asyncapy.redis import RedisState
-from asyncapy.state import SHARED_STATE_UNAVAILABLE
+from asyncapy.app.filters import ApiKey, RateLimit
+from asyncapy.shared.redis import RedisState
+from asyncapy.shared.state import SHARED_STATE_UNAVAILABLE
 
 from .conftest import make_server, running
 from .services import RedisProcess, redis_server  # noqa: F401  (fixture)
@@ -165,8 +165,8 @@ def test_store_factories_are_async_only() -> None:
 
 async def test_proxied_connection_waits_for_admission(redis_server: RedisProcess) -> None:  # noqa: F811
     """Header and packets in one write: the packets wait until Redis admitted the real address."""
-    from asyncapy.proxy import encode_v2
-    from asyncapy.protocol import encode_frame
+    from asyncapy.wire.proxy import encode_v2
+    from asyncapy.wire.protocol import encode_frame
 
     from .conftest import read_frame
 
@@ -189,7 +189,7 @@ async def test_proxied_connection_waits_for_admission(redis_server: RedisProcess
 
 async def test_packets_and_eof_sent_during_admission_are_answered(redis_server: RedisProcess) -> None:  # noqa: F811
     """A client that sends its packets and half-closes at once, before Redis admitted it."""
-    from asyncapy.protocol import encode_frame
+    from asyncapy.wire.protocol import encode_frame
 
     from .conftest import read_frame
 
@@ -208,8 +208,8 @@ async def test_packets_and_eof_sent_during_admission_are_answered(redis_server: 
 
 async def test_the_proxys_own_health_checks_skip_the_shared_admission(redis_server: RedisProcess) -> None:  # noqa: F811
     """A LOCAL header (HAProxy's health check) is served even while Redis is down."""
-    from asyncapy.proxy import encode_v2
-    from asyncapy.protocol import encode_frame
+    from asyncapy.wire.proxy import encode_v2
+    from asyncapy.wire.protocol import encode_frame
 
     from .conftest import read_frame
 

@@ -8,8 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
-from asyncapy.codecs import get_codec
-from asyncapy.protocol import encode_frame
+from asyncapy.wire.codecs import get_codec
+from asyncapy.wire.protocol import encode_frame
 
 from .conftest import read_frame
 

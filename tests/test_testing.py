@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from asyncapy import Client, ErrorReply, Packet, Server
-from asyncapy.errors import ClientTimeout, ConnectionClosed
+from asyncapy.wire.errors import ClientTimeout, ConnectionClosed
 from asyncapy.testing import AsyncTestClient, TestClient
 
 from .conftest import make_server

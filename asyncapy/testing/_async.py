@@ -9,8 +9,8 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from ..client import AsyncClient, Sendable
-from ..connection import Connection, ServingContext
-from ..proxied import connection_factory
+from ..serve.connection import Connection, ServingContext
+from ..serve.proxied import connection_factory
 from ..server import Server
 from ._recording import CallLog, Handler, recording_plan
 from ._transport import MemoryStream
