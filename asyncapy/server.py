@@ -16,18 +16,17 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from .codecs import get_codec
 from .config import load_config
 from .listener import Listener, listen
-from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
-from .limited import limited_plan
-from .proxied import connection_factory
+from .connection import DEFAULT_MAX_PENDING, ServingContext
+from .pipeline import Settings, build_pipeline
 from .ratelimit import RateLimit
 from .state import SharedSessions, SharedState
 from .proxy import Network, check_trusted_proxies
 from .logs import AccessLog, configure_logging
-from .observe import make_observer, observed_context, observed_factory
+from .observe import Observer, make_observer
 from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
 from .errors import LifespanError
 from .lifespan import Lifespan, LifespanRun, State
-from .middleware import App, ExceptionHandler, Middleware, check_exception_handler, check_middleware
+from .middleware import ExceptionHandler, Middleware, check_exception_handler, check_middleware
 from .packet import Packet
 from .peer import CLOSED_LINK, Client, Session
 from .routing import Explanation, Plan, Router, compile_routes
@@ -396,22 +395,17 @@ class Server:
         self._stop_requested = asyncio.Event()
         await self._begin_lifespan()
         observer = self._observer()  # None unless the access log, metrics or a tracing middleware is on
-        if observer is None:
-            self._ctx = ctx = self._serving_context(plan)
-        else:
-            self._ctx = ctx = observed_context(self._serving_context, plan, observer)
+        self._ctx = ctx = self._serving_context(plan, observer)
         loop = asyncio.get_running_loop()
-        trusted = self.trusted_proxies if self.proxy_protocol else None
-        factory = connection_factory(ctx, trusted) if observer is None else observed_factory(ctx, trusted)
         try:
-            self._listener = await self._listen(loop, factory)
+            self._listener = await self._listen(loop, ctx.protocol_factory())
         except BaseException:
             self._stop_observing()
             raise
         self.port = self._listener.sockets[0].getsockname()[1]
         logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
 
-    def _observer(self) -> Any:
+    def _observer(self) -> Observer | None:
         """What observes packets for this serving run (``asyncapy.observe``), chosen once."""
         self._access = AccessLog(self.access_log, pid=self.workers > 1) if self.access_log else None
         if self.metrics_port is not None:
@@ -432,31 +426,43 @@ class Server:
             self._metrics.close()
             self._metrics = None
 
-    def _serving_context(self, plan: Plan) -> ServingContext:
-        """What the connections of one serving run share; ``asyncapy.testing`` builds one too."""
-        if self._middleware or self._exception_handlers:
-            app = App.build(plan, tuple(self._middleware), self._exception_handlers, self.error_details)
-            plan = dataclasses.replace(plan, app=app)
+    def _serving_context(self, plan: Plan, observer: Observer | None = None) -> ServingContext:
+        """What the connections of one serving run share, its pipeline built once (``asyncapy.pipeline``).
+
+        ``Server.serve`` and ``asyncapy.testing`` build it alike.
+        """
         admission = None
         if self.shared_state is not None and self.session_limit:
             admission = SharedSessions(self.shared_state, self.session_limit)
-        return ServingContext(
-            plan=limited_plan(plan, self.rate_limit),
-            admission=admission,
+        settings = Settings(
+            plan=plan,
+            default_encoding=get_codec(self.encoding).id,
             sessions=SessionRegistry(self.session_limit),
+            max_connections=self.max_connections,
+            error_details=self.error_details,
+            debug=logger.isEnabledFor(logging.DEBUG),
+            handler_timeout=self.handler_timeout,
+            rate_limit=self.rate_limit,
+            middleware=tuple(self._middleware),
+            exception_handlers=dict(self._exception_handlers),
+            trusted_proxies=self.trusted_proxies if self.proxy_protocol else None,
+            admission=admission,
+            observer=observer,
+        )
+        ctx = ServingContext(
+            pipeline=build_pipeline(settings),
             header_size=self.header_size,
             byteorder=self.byteorder,
             max_packet_size=self.max_packet_size,
             timeout=self.timeout,
-            max_connections=self.max_connections,
-            default_encoding=get_codec(self.encoding).id,
-            debug=logger.isEnabledFor(logging.DEBUG),
             max_pending=self.max_pending,
-            handler_timeout=self.handler_timeout,
-            error_details=self.error_details,
         )
+        if observer is not None and observer.metrics is not None:
+            observer.metrics.open_connections = ctx.connections.__len__
+            observer.metrics.traffic = ctx.traffic
+        return ctx
 
-    async def _listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], Connection]) -> Listener | asyncio.Server:
+    async def _listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol]) -> Listener | asyncio.Server:
         """``asyncapy.listener.listen``: accept with a back-off when out of descriptors; ``timeout`` bounds TLS handshakes."""
         return await listen(
             loop, factory, self.addr, self.port, sock=self._sock, ssl=self.ssl, backlog=self.backlog,
@@ -484,8 +490,8 @@ class Server:
         logger.info("Stopping: waiting for %d connection(s) to finish their packets", len(ctx.connections))
         await self._close_when_quiet(ctx)
         await self._flush_or_abort(ctx)
-        if ctx.admission is not None:
-            await ctx.admission.aclose()  # the closed sessions are forgotten in the shared state
+        if ctx.pipeline.admission is not None:
+            await ctx.pipeline.admission.aclose()  # the closed sessions are forgotten in the shared state
         ctx.hosts.close()
         if ctx.sweeper is not None:
             ctx.sweeper.cancel()

@@ -14,7 +14,6 @@ import pytest
 from asyncapy import Client, Packet, Server
 from asyncapy.client import AsyncClient, Client as SyncClient
 from asyncapy.connection import Connection
-from asyncapy.observe import ObservedConnection
 
 from .conftest import make_server, running
 from .procs import ROOT, free_port, stop_process, wait_for_port
@@ -113,7 +112,7 @@ async def test_access_log_to_a_file(tmp_path: Path) -> None:
 
 
 async def test_nothing_observed_when_off() -> None:
-    """Off is decided when serving starts: plain connections and the plan as compiled."""
+    """Off is decided when serving starts: no observation layer, no record, the plan as compiled."""
     server = make_server()
 
     @server.add_handler()
@@ -124,8 +123,10 @@ async def test_nothing_observed_when_off() -> None:
         async with AsyncClient("127.0.0.1", server.port) as client:
             assert await client.request({"a": 1}) == {"a": 1}
             ctx = server._ctx
-            assert ctx is not None and ctx.observer is None and ctx.plan is server.compile()
+            assert ctx is not None and ctx.pipeline.observer is None and ctx.pipeline.plan is server.compile()
+            assert "observation" not in ctx.pipeline.layers
             assert {type(conn) for conn in ctx.connections} == {Connection}
+            assert all(conn._ex is not None and conn._ex.record is None for conn in ctx.connections)
 
 
 async def test_observed_when_on(tmp_path: Path) -> None:
@@ -139,8 +140,10 @@ async def test_observed_when_on(tmp_path: Path) -> None:
         async with AsyncClient("127.0.0.1", server.port) as client:
             assert await client.request({"a": 1}) == {"a": 1}
             ctx = server._ctx
-            assert ctx is not None and ctx.observer is not None
-            assert {type(conn) for conn in ctx.connections} == {ObservedConnection}
+            assert ctx is not None and ctx.pipeline.observer is not None
+            assert ctx.pipeline.layers[-1] == "observation"
+            assert {type(conn) for conn in ctx.connections} == {Connection}  # nothing subclasses it
+            assert all(conn._ex is not None and conn._ex.record is not None for conn in ctx.connections)
 
 
 @pytest.mark.parametrize("level", [logging.DEBUG, logging.WARNING])
