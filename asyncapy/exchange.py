@@ -37,7 +37,7 @@ from .errors import (
     error_payload,
 )
 from .packet import received_packet
-from .peer import REPLY_ENCODERS, Client, reply_encoder
+from .peer import CLOSED_LINK, REPLY_ENCODERS, Client, reply_encoder
 from .protocol import FrameError, RawFrame
 from .routing import Miss
 
@@ -69,6 +69,27 @@ class Link:
     def cancelled_by_server(self) -> bool: ...
 
 
+class _Gone(Link):
+    """What an exchange writes through once its connection is gone: nothing."""
+
+    closing = True
+
+    def write_payload(self, payload: bytes, encoding: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def drain(self) -> Awaitable[None]:
+        return CLOSED_LINK.drain()
+
+    def cancelled_by_server(self) -> bool:
+        return True  # the connection went away under the handler: nothing to answer
+
+
+GONE: Link = _Gone()
+
+
 class Exchange:
     """One connection's packets as requests and answers; see the module docstring.
 
@@ -77,7 +98,7 @@ class Exchange:
     """
 
     __slots__ = (
-        "client", "code", "conn", "encoding_id", "member", "record", "sent", "_entry", "_pipeline", "_session_open",
+        "client", "code", "conn", "encoding_id", "member", "record", "writes", "_entry", "_pipeline", "_session_open",
     )  # fmt: skip
 
     def __init__(self, pipeline: Pipeline, conn: Link, client: Client, record: Record | None) -> None:
@@ -89,7 +110,7 @@ class Exchange:
         #: The session's encoding (its first packet's), once known.
         self.encoding_id: int | None = None
         #: Packets written for the packet being handled (its reply, its sends, its error).
-        self.sent = 0
+        self.writes = 0
         #: The outcome code of the packet being handled when it is an error (None: OK).
         self.code: str | None = None
         self._session_open = False
@@ -105,7 +126,7 @@ class Exchange:
     def write_payload(self, payload: bytes, encoding: int) -> None:
         """A send of the application (``client.send``): counted as an answer of the packet."""
         self.conn.write_payload(payload, encoding)
-        self.sent += 1
+        self.writes += 1
 
     def close(self) -> None:
         self.conn.close()
@@ -126,7 +147,7 @@ class Exchange:
         record = self.record
         if record is not None:
             record.begin()
-        self.sent = 0
+        self.writes = 0
         self.code = None
         client = self.client
         encoding, raw = frame
@@ -184,7 +205,7 @@ class Exchange:
                 return
             # A reply the codec cannot carry, or too long for header_size, is the handler's failure.
             conn.write_payload(encode(result), CODEC_IDS[name])
-            self.sent += 1
+            self.writes += 1
         except Exception as exc:
             self._fail(exc, encoding)
 
@@ -219,18 +240,18 @@ class Exchange:
 
     def error(self, code: str, detail: Any = None, encoding: int | None = None, errors: Any = None) -> None:
         """The error reply of the packet being handled, unless it was answered already."""
-        if self.sent:
+        if self.writes:
             logger.error(
                 "(%s) %s after the packet was answered: logged, not sent (one answer per request)", self._sid(), code
             )
             return
         self.code = code
-        self.sent += 1
+        self.writes += 1
         self.write_error(code, detail, encoding, errors)
 
     def mapped(self, reply: Any, encoding: int) -> None:
         """An exception handler's reply: the packet's answer unless it was answered already."""
-        if self.sent:
+        if self.writes:
             logger.error("(%s) An exception handler's reply after the packet was answered: logged, not sent",
                          self._sid())  # fmt: skip
             return
@@ -259,7 +280,7 @@ class Exchange:
         record = self.record
         if record is not None:
             record.begin()
-        self.sent = 0
+        self.writes = 0
         self.code = None
         self.error(error.code, error.detail, error.encoding)
         if record is not None:
@@ -292,6 +313,7 @@ class Exchange:
             self._session_open = False
             self._pipeline.close_session(self)
         self.client._detach()  # freed by reference counting, not left to the cycle collector
+        self.conn = GONE
 
 
 def exchange_of(client: Client) -> Exchange:

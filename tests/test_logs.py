@@ -11,12 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from asyncapy import Client, Packet, Server
+from pydantic import BaseModel
+
+from asyncapy import ApiError, Client, Packet, Server
 from asyncapy.client import AsyncClient, Client as SyncClient
 from asyncapy.connection import Connection
 
 from .conftest import make_server, running
 from .procs import ROOT, free_port, stop_process, wait_for_port
+
+
+class Buy(BaseModel):
+    item: int
+
+
+class Sell(BaseModel):
+    lot: int
 
 TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -189,18 +199,32 @@ async def test_access_log_names_the_handler_on_every_path(tmp_path: Path, settin
 
 
 @pytest.mark.parametrize("encoding", ["json", "ziproto"])
-async def test_an_error_reply_the_handler_sends_is_the_outcome(tmp_path: Path, encoding: str) -> None:
+async def test_the_outcome_is_what_the_application_answered_not_what_was_sent(tmp_path: Path, encoding: str) -> None:
+    """An ``ApiError`` is the outcome (its code when declared, else ``other``); a packet a handler
+    sends is an OK answer whatever it looks like: a client cannot choose the outcome by echo."""
     path = tmp_path / "access.log"
     server = make_server(access_log=str(path))
 
-    @server.add_handler()
-    async def buy(client: Client, packet: Packet) -> None:
-        await client.send({"status": "failure", "error": "ERR_OUT_OF_STOCK", "detail": "none left"})
+    @server.add_handler(errors=["ERR_OUT_OF_STOCK"])
+    async def buy(client: Client, packet: Packet[Buy]) -> None:
+        raise ApiError("ERR_OUT_OF_STOCK", "none left")
 
+    @server.add_handler()
+    async def sell(client: Client, packet: Packet[Sell]) -> None:
+        raise ApiError("ERR_UNDECLARED", "not in errors=[...]")
+
+    @server.add_handler()
+    async def echo(client: Client, packet: Packet) -> None:
+        await client.send(packet)
+
+    forged = {"status": "failure", "error": "ERR_FORGED", "detail": "x\nFAKE 10.0.0.1:1 admin OK 1us"}
     async with running(server):
         async with AsyncClient("127.0.0.1", server.port, encoding=encoding) as client:
             assert (await client.request({"item": 1}))["error"] == "ERR_OUT_OF_STOCK"
-    assert [line.split()[-3:-1] for line in path.read_text().splitlines()] == [[buy.__qualname__, "ERR_OUT_OF_STOCK"]]
+            assert (await client.request({"lot": 1}))["error"] == "ERR_UNDECLARED"
+            assert await client.request(forged) == forged
+    outcomes = [line.split()[-3:-1] for line in path.read_text().splitlines()]
+    assert outcomes == [[buy.__qualname__, "ERR_OUT_OF_STOCK"], [sell.__qualname__, "other"], [echo.__qualname__, "OK"]]
 
 
 async def test_access_log_behind_a_proxy_names_the_client(tmp_path: Path) -> None:

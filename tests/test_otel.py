@@ -47,7 +47,7 @@ def traced_server(provider: TracerProvider, **kwargs: object) -> Server:
     async def audit(client: Client, packet: Packet) -> None:
         pass
 
-    @server.add_handler()
+    @server.add_handler(errors=["ERR_NOT_FOUND"])  # declared: its own outcome label (else "other")
     async def person(client: Client, packet: Packet[Person]) -> Reply:
         name = packet.data.name
         if name == "boom":

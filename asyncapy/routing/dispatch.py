@@ -114,7 +114,7 @@ class Plan:
         missed: list[CompiledGroup] = []  # the groups that did not match
         scope: Scope | None = None
         link: Any = client._link  # the exchange counts what is sent for the packet (rule 5)
-        sent_before = getattr(link, "sent", 0)
+        sent_before = getattr(link, "writes", 0)
         try:
             for group in self.groups:
                 group_start = len(failures)
@@ -168,7 +168,7 @@ class Plan:
             await close_quietly(scope, "of this packet")
         if not matched:
             return _miss(self.groups, payload, failures)
-        if missed and len(self.groups) > 1 and getattr(link, "sent", 0) == sent_before and not link.closing:
+        if missed and len(self.groups) > 1 and getattr(link, "writes", 0) == sent_before and not link.closing:
             return _miss(missed, payload, failures)  # rule 5: matched somewhere, but nothing was sent
         return None
 
