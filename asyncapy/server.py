@@ -16,18 +16,17 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from .wire.codecs import get_codec
 from .app.config import load_config
 from .serve.listener import Listener, listen
-from .serve.connection import DEFAULT_MAX_PENDING, Connection, ServingContext
-from .serve.limited import limited_plan
-from .serve.proxied import connection_factory
+from .serve.connection import DEFAULT_MAX_PENDING, ServingContext
+from .serve.pipeline import Settings, build_pipeline
 from .shared.ratelimit import RateLimit
 from .shared.state import SharedSessions, SharedState
 from .wire.proxy import Network, check_trusted_proxies
 from .ops.logs import AccessLog, configure_logging
-from .ops.observe import make_observer, observed_context, observed_factory
+from .ops.observe import Observer, make_observer
 from .wire.protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
 from .wire.errors import LifespanError
 from .app.lifespan import Lifespan, LifespanRun, State
-from .app.middleware import App, ExceptionHandler, Middleware, check_exception_handler, check_middleware
+from .app.middleware import ExceptionHandler, Middleware, check_exception_handler, check_middleware
 from .model.packet import Packet
 from .model.peer import CLOSED_LINK, Client, Session
 from .app.routing import Explanation, Plan, Router, compile_routes
@@ -71,11 +70,11 @@ class Server:
         config: a ``server.ini`` path; its ``[AsyncAPY]`` keys override these arguments.
         logging_level: the level of the ``asyncapy`` logger; ``start()`` sets the root
             logger's too, with a readable format, unless logging is configured already
-            (``asyncapy.ops.logs``).
+            (``asyncapy.logs``).
         access_log: one line per packet on the ``asyncapy.access`` logger (peer,
             handlers, outcome code, microseconds); a path: to that file only.
         metrics_port: serve Prometheus ``/metrics`` on this port of ``addr`` (0: one the
-            OS picks); ``pip install 'asyncapy[prometheus]'``; see ``asyncapy.ops.metrics``.
+            OS picks); ``pip install 'asyncapy[prometheus]'``; see ``asyncapy.metrics``.
         encoding: the encoding of error replies sent before a session declared one.
         shutdown_timeout: seconds running handlers get to finish when the server stops.
         backlog: connections the kernel may queue before ``accept`` (bursts of connects).
@@ -85,20 +84,20 @@ class Server:
             past it they are cancelled and the peer gets ERR_TIMED_OUT. The connection
             stays open: its framing is intact, only that packet failed.
         workers: processes serving the port for ``start()`` (each with its own sessions,
-            limits and ``setup()``); see ``asyncapy.serve.workers``.
+            limits and ``setup()``); see ``asyncapy.workers``.
         uvloop: run ``start()`` on uvloop (``pip install asyncapy[uvloop]``).
         error_details: False sends error replies as exactly ``{"status": "failure",
             "error": CODE}``, as AsyncAPY 0.5 did (its clients compare them whole).
         proxy_protocol: every connection starts with a PROXY header (v1 or v2) from a
             load balancer; the client's real address is what handlers, filters,
-            limits and logs see (``asyncapy.serve.proxied``).
+            limits and logs see (``asyncapy.proxied``).
         trusted_proxies: addresses or networks allowed to send that header (default:
             this host, 127.0.0.0/8 and ::1); other connections are closed unanswered.
         shared_state: a ``SharedState`` (``asyncapy.redis.RedisState``) that makes
             ``session_limit`` hold across every server sharing it.
         rate_limit: a ``RateLimit`` every packet is checked against before routing.
         lifespan: ``lifespan(server)``, an async context manager entered before serving
-            (in each worker, and in the TestClients) and exited after; see ``asyncapy.app.lifespan``.
+            (in each worker, and in the TestClients) and exited after; see ``asyncapy.lifespan``.
             ``server.state`` is a namespace for what it opens.
 
     Example:
@@ -245,7 +244,7 @@ class Server:
         """Run ``middleware`` around the routing of every packet (decorator or call; returns it unchanged).
 
         ``async def mw(client, packet, call_next: CallNext) -> None``: ``await call_next()``
-        routes the packet; the first registered is the outermost (see ``asyncapy.app.middleware``).
+        routes the packet; the first registered is the outermost (see ``asyncapy.middleware``).
         """
         self._check_not_serving()
         check_middleware(middleware)
@@ -282,13 +281,13 @@ class Server:
         return self._plan
 
     def schema(self) -> dict[str, Any]:
-        """The JSON Schema of every route: filters, accepted packets, replies (``asyncapy.docs.schema``)."""
+        """The JSON Schema of every route: filters, accepted packets, replies (``asyncapy.schema``)."""
         from .docs.schema import compiled_routes, schema_document
 
         return schema_document(compiled_routes(self))
 
     def asyncapi(self, title: str = "asyncapy API", version: str = "1.0.0", description: str | None = None) -> dict[str, Any]:
-        """An AsyncAPI 3.0.0 document of this server (``asyncapy.docs.asyncapi``)."""
+        """An AsyncAPI 3.0.0 document of this server (``asyncapy.asyncapi``)."""
         from .docs.asyncapi import asyncapi_document
         from .docs.schema import compiled_routes
 
@@ -396,23 +395,18 @@ class Server:
         self._stop_requested = asyncio.Event()
         await self._begin_lifespan()
         observer = self._observer()  # None unless the access log, metrics or a tracing middleware is on
-        if observer is None:
-            self._ctx = ctx = self._serving_context(plan)
-        else:
-            self._ctx = ctx = observed_context(self._serving_context, plan, observer)
+        self._ctx = ctx = self._serving_context(plan, observer)
         loop = asyncio.get_running_loop()
-        trusted = self.trusted_proxies if self.proxy_protocol else None
-        factory = connection_factory(ctx, trusted) if observer is None else observed_factory(ctx, trusted)
         try:
-            self._listener = await self._listen(loop, factory)
+            self._listener = await self._listen(loop, ctx.protocol_factory())
         except BaseException:
             self._stop_observing()
             raise
         self.port = self._listener.sockets[0].getsockname()[1]
         logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
 
-    def _observer(self) -> Any:
-        """What observes packets for this serving run (``asyncapy.ops.observe``), chosen once."""
+    def _observer(self) -> Observer | None:
+        """What observes packets for this serving run (``asyncapy.observe``), chosen once."""
         self._access = AccessLog(self.access_log, pid=self.workers > 1) if self.access_log else None
         if self.metrics_port is not None:
             from .ops.metrics import ServingMetrics
@@ -432,32 +426,44 @@ class Server:
             self._metrics.close()
             self._metrics = None
 
-    def _serving_context(self, plan: Plan) -> ServingContext:
-        """What the connections of one serving run share; ``asyncapy.testing`` builds one too."""
-        if self._middleware or self._exception_handlers:
-            app = App.build(plan, tuple(self._middleware), self._exception_handlers, self.error_details)
-            plan = dataclasses.replace(plan, app=app)
+    def _serving_context(self, plan: Plan, observer: Observer | None = None) -> ServingContext:
+        """What the connections of one serving run share, its pipeline built once (``asyncapy.pipeline``).
+
+        ``Server.serve`` and ``asyncapy.testing`` build it alike.
+        """
         admission = None
         if self.shared_state is not None and self.session_limit:
             admission = SharedSessions(self.shared_state, self.session_limit)
-        return ServingContext(
-            plan=limited_plan(plan, self.rate_limit),
-            admission=admission,
+        settings = Settings(
+            plan=plan,
+            default_encoding=get_codec(self.encoding).id,
             sessions=SessionRegistry(self.session_limit),
+            max_connections=self.max_connections,
+            error_details=self.error_details,
+            debug=logger.isEnabledFor(logging.DEBUG),
+            handler_timeout=self.handler_timeout,
+            rate_limit=self.rate_limit,
+            middleware=tuple(self._middleware),
+            exception_handlers=dict(self._exception_handlers),
+            trusted_proxies=self.trusted_proxies if self.proxy_protocol else None,
+            admission=admission,
+            observer=observer,
+        )
+        ctx = ServingContext(
+            pipeline=build_pipeline(settings),
             header_size=self.header_size,
             byteorder=self.byteorder,
             max_packet_size=self.max_packet_size,
             timeout=self.timeout,
-            max_connections=self.max_connections,
-            default_encoding=get_codec(self.encoding).id,
-            debug=logger.isEnabledFor(logging.DEBUG),
             max_pending=self.max_pending,
-            handler_timeout=self.handler_timeout,
-            error_details=self.error_details,
         )
+        if observer is not None and observer.metrics is not None:
+            observer.metrics.open_connections = ctx.connections.__len__
+            observer.metrics.traffic = ctx.traffic
+        return ctx
 
-    async def _listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], Connection]) -> Listener | asyncio.Server:
-        """``asyncapy.serve.listener.listen``: accept with a back-off when out of descriptors; ``timeout`` bounds TLS handshakes."""
+    async def _listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol]) -> Listener | asyncio.Server:
+        """``asyncapy.listener.listen``: accept with a back-off when out of descriptors; ``timeout`` bounds TLS handshakes."""
         return await listen(
             loop, factory, self.addr, self.port, sock=self._sock, ssl=self.ssl, backlog=self.backlog,
             reuse_port=self._reuse_port or None, handshake_timeout=self.timeout or None,
@@ -484,8 +490,8 @@ class Server:
         logger.info("Stopping: waiting for %d connection(s) to finish their packets", len(ctx.connections))
         await self._close_when_quiet(ctx)
         await self._flush_or_abort(ctx)
-        if ctx.admission is not None:
-            await ctx.admission.aclose()  # the closed sessions are forgotten in the shared state
+        if ctx.pipeline.admission is not None:
+            await ctx.pipeline.admission.aclose()  # the closed sessions are forgotten in the shared state
         ctx.hosts.close()
         if ctx.sweeper is not None:
             ctx.sweeper.cancel()

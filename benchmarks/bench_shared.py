@@ -166,8 +166,8 @@ async def per_connection(server: Server, connections: int) -> float:
         await _until(transport, lambda: transport.writes >= 1)
         conn.connection_lost(None)
     elapsed = time.perf_counter() - start
-    if ctx.admission is not None:
-        await ctx.admission.aclose()
+    if ctx.pipeline.admission is not None:
+        await ctx.pipeline.admission.aclose()
     return elapsed / connections * 1e6
 
 

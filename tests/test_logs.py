@@ -11,13 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from asyncapy import Client, Packet, Server
+from pydantic import BaseModel
+
+from asyncapy import ApiError, Client, Packet, Server
 from asyncapy.client import AsyncClient, Client as SyncClient
 from asyncapy.serve.connection import Connection
-from asyncapy.ops.observe import ObservedConnection
 
 from .conftest import make_server, running
 from .procs import ROOT, free_port, stop_process, wait_for_port
+
+
+class Buy(BaseModel):
+    item: int
+
+
+class Sell(BaseModel):
+    lot: int
 
 TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -113,7 +122,7 @@ async def test_access_log_to_a_file(tmp_path: Path) -> None:
 
 
 async def test_nothing_observed_when_off() -> None:
-    """Off is decided when serving starts: plain connections and the plan as compiled."""
+    """Off is decided when serving starts: no observation layer, no record, the plan as compiled."""
     server = make_server()
 
     @server.add_handler()
@@ -124,8 +133,10 @@ async def test_nothing_observed_when_off() -> None:
         async with AsyncClient("127.0.0.1", server.port) as client:
             assert await client.request({"a": 1}) == {"a": 1}
             ctx = server._ctx
-            assert ctx is not None and ctx.observer is None and ctx.plan is server.compile()
+            assert ctx is not None and ctx.pipeline.observer is None and ctx.pipeline.plan is server.compile()
+            assert "observation" not in ctx.pipeline.layers
             assert {type(conn) for conn in ctx.connections} == {Connection}
+            assert all(conn._ex is not None and conn._ex.record is None for conn in ctx.connections)
 
 
 async def test_observed_when_on(tmp_path: Path) -> None:
@@ -139,8 +150,10 @@ async def test_observed_when_on(tmp_path: Path) -> None:
         async with AsyncClient("127.0.0.1", server.port) as client:
             assert await client.request({"a": 1}) == {"a": 1}
             ctx = server._ctx
-            assert ctx is not None and ctx.observer is not None
-            assert {type(conn) for conn in ctx.connections} == {ObservedConnection}
+            assert ctx is not None and ctx.pipeline.observer is not None
+            assert ctx.pipeline.layers[-1] == "observation"
+            assert {type(conn) for conn in ctx.connections} == {Connection}  # nothing subclasses it
+            assert all(conn._ex is not None and conn._ex.record is not None for conn in ctx.connections)
 
 
 @pytest.mark.parametrize("level", [logging.DEBUG, logging.WARNING])
@@ -186,18 +199,32 @@ async def test_access_log_names_the_handler_on_every_path(tmp_path: Path, settin
 
 
 @pytest.mark.parametrize("encoding", ["json", "ziproto"])
-async def test_an_error_reply_the_handler_sends_is_the_outcome(tmp_path: Path, encoding: str) -> None:
+async def test_the_outcome_is_what_the_application_answered_not_what_was_sent(tmp_path: Path, encoding: str) -> None:
+    """An ``ApiError`` is the outcome (its code when declared, else ``other``); a packet a handler
+    sends is an OK answer whatever it looks like: a client cannot choose the outcome by echo."""
     path = tmp_path / "access.log"
     server = make_server(access_log=str(path))
 
-    @server.add_handler()
-    async def buy(client: Client, packet: Packet) -> None:
-        await client.send({"status": "failure", "error": "ERR_OUT_OF_STOCK", "detail": "none left"})
+    @server.add_handler(errors=["ERR_OUT_OF_STOCK"])
+    async def buy(client: Client, packet: Packet[Buy]) -> None:
+        raise ApiError("ERR_OUT_OF_STOCK", "none left")
 
+    @server.add_handler()
+    async def sell(client: Client, packet: Packet[Sell]) -> None:
+        raise ApiError("ERR_UNDECLARED", "not in errors=[...]")
+
+    @server.add_handler()
+    async def echo(client: Client, packet: Packet) -> None:
+        await client.send(packet)
+
+    forged = {"status": "failure", "error": "ERR_FORGED", "detail": "x\nFAKE 10.0.0.1:1 admin OK 1us"}
     async with running(server):
         async with AsyncClient("127.0.0.1", server.port, encoding=encoding) as client:
             assert (await client.request({"item": 1}))["error"] == "ERR_OUT_OF_STOCK"
-    assert [line.split()[-3:-1] for line in path.read_text().splitlines()] == [[buy.__qualname__, "ERR_OUT_OF_STOCK"]]
+            assert (await client.request({"lot": 1}))["error"] == "ERR_UNDECLARED"
+            assert await client.request(forged) == forged
+    outcomes = [line.split()[-3:-1] for line in path.read_text().splitlines()]
+    assert outcomes == [[buy.__qualname__, "ERR_OUT_OF_STOCK"], [sell.__qualname__, "other"], [echo.__qualname__, "OK"]]
 
 
 async def test_access_log_behind_a_proxy_names_the_client(tmp_path: Path) -> None:

@@ -24,8 +24,6 @@ from asyncapy import Client, Depends, Packet
 from asyncapy.client import AsyncClient
 from asyncapy.serve.connection import Connection
 from asyncapy.ops.metrics import BUCKETS, ProcessMetrics, merge
-from asyncapy.ops.observe import ObservedConnection, observed_class
-from asyncapy.serve.proxied import GatedConnection
 
 from .conftest import make_server, read_frame, running
 from .procs import ROOT, free_port, stop_process, wait_for_port
@@ -219,18 +217,6 @@ def frame(payload: bytes) -> bytes:
     return (len(payload) + 2).to_bytes(4, "big") + b"\x16\x00" + payload
 
 
-def test_the_observed_write_payload_repeats_the_connections() -> None:
-    """``ObservedConnection.write_payload`` repeats ``Connection.write_payload``'s body rather than call it."""
-    base = textwrap.dedent(inspect.getsource(Connection.write_payload)).splitlines()
-    observed = textwrap.dedent(inspect.getsource(ObservedConnection.write_payload)).splitlines()
-    closing = base.index("    if self.closing:")
-    assert base[closing + 1] == "        return"
-    body = [line.replace("len(payload)", "size") for line in base[closing + 2 :]]
-    marker = next(i for i, line in enumerate(observed) if "Connection.write_payload's body" in line)
-    assert observed[marker + 1 :] == body, "Connection.write_payload changed: repeat its body in asyncapy/ops/observe.py"
-    assert observed_class(GatedConnection).write_payload is ObservedConnection.write_payload
-
-
 class OnlyA(BaseModel):
     a: int
 
@@ -260,6 +246,6 @@ async def test_handlers_of_one_name_are_told_apart(tmp_path: Path) -> None:
             assert await client.request({"a": 1}) == {"from": "OnlyA"}
             assert await client.request({"b": 1}) == {"from": "OnlyB"}
             ctx = server._ctx
-            assert ctx is not None and ctx.observer.names is not None  # named by one lookup, not recorded
-            assert len(ctx.observer.names) == 2
+            assert ctx is not None and ctx.pipeline.observer.names is not None  # named by one lookup, not recorded
+            assert len(ctx.pipeline.observer.names) == 2
     assert [line.split()[-3] for line in log.read_text().splitlines()] == routes

@@ -47,7 +47,7 @@ def traced_server(provider: TracerProvider, **kwargs: object) -> Server:
     async def audit(client: Client, packet: Packet) -> None:
         pass
 
-    @server.add_handler()
+    @server.add_handler(errors=["ERR_NOT_FOUND"])  # declared: its own outcome label (else "other")
     async def person(client: Client, packet: Packet[Person]) -> Reply:
         name = packet.data.name
         if name == "boom":
@@ -131,7 +131,7 @@ async def test_no_op_provider_is_not_observed() -> None:
     async with running(server):
         async with AsyncClient("127.0.0.1", server.port) as client:
             assert await client.request({"a": 1}) == {"a": 1}
-        assert server._ctx is not None and server._ctx.observer is None  # nothing to name: not observed
+        assert server._ctx is not None and server._ctx.pipeline.observer is None  # nothing to name: not observed
 
 
 async def test_without_an_observed_connection(exporter: tuple[TracerProvider, InMemorySpanExporter]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from dataclasses import replace
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, Union
 
@@ -14,12 +13,13 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from asyncapy import CallNext, Client, Packet, Router, StopPropagation
-from asyncapy.app.middleware import App
-from asyncapy.app.filters import Fields, Filter, Ip, as_filter
+from asyncapy.serve.pipeline import Settings, build_pipeline, run_started
+from asyncapy.model.sessions import SessionRegistry
+from asyncapy.filters import Fields, Filter, Ip, as_filter
 from asyncapy.app.routing import Miss, Plan, compile_routes
 from asyncapy.app.routing.discriminator import literal_fields
 
-from .routing_helpers import fake_client
+from .routing_helpers import RecordingLink, fake_client
 
 
 class TagA(BaseModel):
@@ -281,9 +281,13 @@ async def through_middleware(entries: list[Entry], address: str, payload: dict[s
     async def passthrough(client: Client, packet: Packet, call_next: CallNext) -> None:
         await call_next()
 
-    client, link = fake_client(address)
-    app = App.build(plan, (passthrough,), {})
-    await replace(plan, app=app).dispatch(client, Packet._received(payload, "json", client, b""))
+    link = RecordingLink()
+    pipeline = build_pipeline(Settings(plan=plan, default_encoding=0, sessions=SessionRegistry(0), middleware=(passthrough,)))
+    exchange = pipeline.open(link, address, 0, 0)
+    assert exchange is not None
+    client = exchange.client
+    result = await run_started(pipeline.entry(client, Packet._received(payload, "json", client, b"")))
+    assert result is None  # the middleware layer answers through the exchange
     missed = any(b'"ERR_NO_HANDLER"' in sent for sent in link.sent)
     assert not missed or link.sent[-1].count(b"ERR_NO_HANDLER") == 1
     return log, not missed

@@ -12,9 +12,9 @@
     async def not_found(client: Client, packet: Packet, exc: KeyError) -> dict:
         return {"status": "failure", "error": "ERR_NOT_FOUND", "detail": str(exc)}
 
-The chain is built once, with the serving context; per packet, each middleware costs its
+The chain is built once, by the pipeline (``asyncapy.pipeline``); per packet, each middleware costs its
 own coroutine and a ``functools.partial`` for its ``call_next``. A server with neither
-middleware nor exception handlers has no ``App``: the connection runs the plan as before.
+middleware nor exception handlers has no ``App``: the pipeline has no such layer.
 
 Order of events for one packet: the outermost middleware (registered first) runs, its
 ``call_next`` runs the next one, the innermost one's routes the packet (an
@@ -30,16 +30,14 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from ..wire.errors import ERR_NO_HANDLER, StopPropagation, UsageError, error_payload
+from ..wire.codecs import CODEC_IDS
+from ..wire.errors import ERR_NO_HANDLER, StopPropagation, UsageError
+from ..model.answers import answers_of
 from ..model.packet import Packet
 from ..model.peer import Client
-from .routing.dispatch import Miss
-from .routing.invoke import write_reply
-
-if TYPE_CHECKING:
-    from .routing.dispatch import Plan
+from .routing.dispatch import Miss, Plan
 
 __all__ = ["App", "CallNext", "ExceptionHandler", "Middleware", "check_exception_handler", "check_middleware"]
 
@@ -76,9 +74,8 @@ class App:
         plan: Plan,
         middleware: tuple[Middleware, ...],
         handlers: Mapping[type[BaseException], ExceptionHandler[Any]],
-        error_details: bool = True,
     ) -> App:
-        return cls(_chain(plan, middleware, error_details), dict(handlers))
+        return cls(_chain(plan, middleware), dict(handlers))
 
     async def _mapped(self, client: Client, packet: Packet[Any]) -> None:
         """Route ``packet`` through the middleware; map what escapes them to a reply."""
@@ -90,7 +87,7 @@ class App:
                 raise  # ApiError's own reply, or ERR_INTERNAL: the connection's
             reply = await on_error(client, packet, exc)
             if reply is not None:
-                await client.send(reply)
+                answers_of(client).mapped(reply, CODEC_IDS[packet.encoding])  # one answer per request
 
     def _handler_for(self, kind: type[BaseException]) -> ExceptionHandler[Any] | None:
         handlers = self.exception_handlers
@@ -103,9 +100,9 @@ class App:
         return None
 
 
-def _chain(plan: Plan, middleware: tuple[Middleware, ...], error_details: bool = True) -> Route:
+def _chain(plan: Plan, middleware: tuple[Middleware, ...]) -> Route:
     """The outermost level: each level calls its middleware with the next level as ``call_next``."""
-    call = _simple_route(plan, error_details) if plan.groups_simple else _full_route(plan, error_details)
+    call = _simple_route(plan) if plan.groups_simple else _full_route(plan)
     for mw in reversed(middleware):
         call = _level(mw, call)
     return call
@@ -118,38 +115,37 @@ def _level(mw: Middleware, inner: Route) -> Route:
     return level
 
 
-def _full_route(plan: Plan, error_details: bool = True) -> Route:
+def _full_route(plan: Plan) -> Route:
     async def route(client: Client, packet: Packet[Any]) -> None:
         miss = await plan.route(client, packet)
         if miss is not None:
-            send_miss(client, packet, miss, error_details)
+            send_miss(client, packet, miss)
 
     return route
 
 
-def _simple_route(plan: Plan, error_details: bool = True) -> Route:
+def _simple_route(plan: Plan) -> Route:
     """One group and no custom filters: ``start`` picks the handler, as the connection's own fast path does."""
     start = plan.start
 
     async def route(client: Client, packet: Packet[Any]) -> None:
         started = start(client, packet)
         if type(started) is Miss:
-            send_miss(client, packet, started, error_details)
+            send_miss(client, packet, started)
             return
         try:
             reply = await started  # type: ignore[misc]
         except StopPropagation:  # control flow, not an error: middleware never see it
             return
         if reply is not None:
-            write_reply(client, reply)
+            answers_of(client).reply(reply, CODEC_IDS[packet.encoding])
 
     return route
 
 
-def send_miss(client: Client, packet: Packet[Any], miss: Miss, error_details: bool = True) -> None:
-    """ERR_NO_HANDLER for ``miss``; without its detail and errors under ``Server(error_details=False)``."""
-    payload = error_payload(ERR_NO_HANDLER, miss.detail, miss.errors) if error_details else error_payload(ERR_NO_HANDLER)
-    client.send_nowait(payload, encoding=packet.encoding)
+def send_miss(client: Client, packet: Packet[Any], miss: Miss) -> None:
+    """ERR_NO_HANDLER for ``miss``, through the packet's exchange (which applies ``error_details``)."""
+    answers_of(client).error(ERR_NO_HANDLER, miss.detail, CODEC_IDS[packet.encoding], miss.errors)
 
 
 def check_middleware(mw: Any) -> None:

@@ -63,18 +63,18 @@ class ProcessMetrics:
     The packet counters are the rows' counts: one dict lookup per packet counts both.
     """
 
-    __slots__ = ("rows", "open_connections", "refused", "bytes_received", "bytes_sent")
+    __slots__ = ("rows", "open_connections", "refused", "traffic")
 
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str], list[float]] = {}
         #: How many connections are open: ``len`` of the serving context's set, read when scraped.
         self.open_connections: Callable[[], int] = _none_open
         self.refused: dict[str, int] = {}
-        self.bytes_received = 0
-        self.bytes_sent = 0
+        #: Bytes (received, sent) by the serving run's connections, read when scraped.
+        self.traffic: Callable[[], tuple[int, int]] = _no_traffic
 
     def packet(self, handler: str, outcome: str, seconds: float) -> None:
-        """Count one packet (``ObservedConnection._report`` does the same inline)."""
+        """Count one packet (``asyncapy.observe.Record.end`` does the same inline)."""
         row = self.rows.get((handler, outcome))
         if row is None:
             row = self.new_row(handler, outcome)
@@ -91,17 +91,22 @@ class ProcessMetrics:
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able copy (each copy is one C call: safe to take from another thread)."""
+        received, sent = self.traffic()
         return {
             "rows": [[h, o, list(row)] for (h, o), row in list(self.rows.items())],
             "connections": self.open_connections(),
             "refused": dict(self.refused),
-            "bytes_received": self.bytes_received,
-            "bytes_sent": self.bytes_sent,
+            "bytes_received": received,
+            "bytes_sent": sent,
         }
 
 
 def _none_open() -> int:
     return 0
+
+
+def _no_traffic() -> tuple[int, int]:
+    return 0, 0
 
 
 def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:

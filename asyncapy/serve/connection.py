@@ -2,17 +2,17 @@
 
 It moves bytes between the socket and the sans-IO ``FrameDecoder``, keeps the packets
 of its connection in order (one at a time per connection, connections run
-concurrently), applies the connection rules of DESIGN §1 and hands each decoded
-packet to the compiled plan: ``plan.start`` for a simple plan (the handler's coroutine,
-stepped right in ``data_received``), else one ``plan.dispatch`` call. Handlers that wait
-go on in the connection's host task (``_eager``).
+concurrently), bounds what a peer can make it hold, and times out idle peers. What the
+bytes mean is its ``Exchange``'s (``asyncapy.exchange``): the connection hands it each
+frame and runs the coroutine it gets back (stepped right in ``data_received``; handlers
+that wait go on in the connection's host task, ``_eager``), then hands it the result.
+It knows none of the pipeline's layers (``asyncapy.pipeline``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
@@ -20,25 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 from ._eager import DONE, Host, HostPool, enter_task, leave_task, new_stepper, resume_stepper, running_task
-from ..wire.codecs import CODEC_IDS, CODECS, DecodeError, get_codec
-from ..wire.errors import (
-    ERR_INTERNAL,
-    ERR_NO_HANDLER,
-    ERR_REQUEST_MALFORMED,
-    ERR_SERVER_BUSY,
-    ERR_SESSION_LIMIT_REACHED,
-    ERR_TIMED_OUT,
-    ApiError,
-    StopPropagation,
-    error_payload,
-)
-from .liveness import peer_left
-from ..model.packet import Packet, received_packet
-from ..model.peer import REPLY_ENCODERS, Client, Session, reply_encoder
+from ..wire.codecs import CODECS
+from ..wire.errors import ERR_TIMED_OUT
+from .exchange import Exchange
+from .gate import Gate
+from ..model.peer import Client, Session
+from .pipeline import Pipeline
 from ..wire.protocol import FRAME_TAIL, PROTOCOL_VERSION, Batch, Byteorder, FrameDecoder, FrameError, RawFrame, header_packer
-from ..app.routing import Miss, Plan
-from ..model.sessions import SessionRegistry
-from ..shared.state import SharedSessions
 
 logger = logging.getLogger("asyncapy")
 
@@ -50,9 +38,6 @@ DEFAULT_MAX_PENDING: Final = 64
 #: period (so a timeout fires at most an eighth of it late), and at least once a second.
 SWEEPS_PER_TIMEOUT: Final = 8
 MAX_SWEEP_INTERVAL: Final = 1.0
-#: A cancelled handler gets this long to run its ``finally`` blocks; one that ignores
-#: cancellation is left behind so that the connection can move on.
-HANDLER_CANCEL_GRACE: Final = 1.0
 #: After an error that closes the connection (ERR_TIMED_OUT, a fatal frame error), the
 #: server half-closes and reads (and drops) what the peer still sends for at most this
 #: long: closing a socket with unread input makes the kernel send a reset, which can
@@ -70,38 +55,23 @@ _HOLD_FATAL: Final = "fatal"  # a fatal frame error: the connection is closing
 _FLUSH_AT: Final = 64 * 1024
 
 
-class _HandlerTimedOut(Exception):
-    """The handlers of one packet ran past ``handler_timeout``."""
-
-
 @dataclass(eq=False)
 class ServingContext:
     """What every connection of one running server shares."""
 
-    plan: Plan
-    sessions: SessionRegistry
+    pipeline: Pipeline
     header_size: int
     byteorder: Byteorder
     max_packet_size: int
     timeout: float
-    max_connections: int
-    default_encoding: int
     connections: set[Connection] = field(default_factory=set)
-    debug: bool = False
     max_pending: int = DEFAULT_MAX_PENDING
-    handler_timeout: float | None = None
-    #: False: error replies are exactly ``{"status": "failure", "error": CODE}`` (AsyncAPY 0.5).
-    error_details: bool = True
-    #: The access log / metrics' observer (``asyncapy.ops.observe``); None: nothing observed.
-    observer: Any = None
-    #: ``session_limit`` across servers (``shared_state``): admits each new session (``asyncapy.serve.proxied``).
-    admission: SharedSessions | None = None
+    #: Bytes read from and written to the connections closed so far (``traffic``).
+    bytes_in: int = 0
+    bytes_out: int = 0
     # Worked out once here rather than once per connection:
     pack_header: Callable[[int, int, int], bytes] = field(init=False)
     encodings: frozenset[int] = field(init=False)
-    default_encoding_name: str = field(init=False)
-    #: No debug logging, no handler_timeout and a simple plan: handlers are called directly.
-    direct: bool = field(init=False)
     #: The one timer that enforces ``timeout`` for every connection (see ``_sweep``).
     sweeper: asyncio.TimerHandle | None = field(init=False, default=None)
     sweep_every: float = field(init=False)
@@ -112,9 +82,24 @@ class ServingContext:
     def __post_init__(self) -> None:
         self.pack_header = header_packer(self.header_size, self.byteorder)
         self.encodings = frozenset(CODECS)
-        self.default_encoding_name = get_codec(self.default_encoding).name
-        self.direct = self.plan.simple and self.handler_timeout is None and not self.debug
         self.sweep_every = min(self.timeout / SWEEPS_PER_TIMEOUT, MAX_SWEEP_INTERVAL)
+
+    def protocol_factory(self) -> Callable[[], asyncio.Protocol]:
+        """What the listener makes per accepted socket: a ``Connection``, or the gate in front of one."""
+        pipeline = self.pipeline
+        if not pipeline.gated:
+            return lambda: Connection(self)
+        make = lambda: Connection(self)  # noqa: E731
+        trusted, admission, timeout = pipeline.trusted_proxies, pipeline.admission, self.timeout
+        return lambda: Gate(make, trusted, admission, timeout)
+
+    def traffic(self) -> tuple[int, int]:
+        """Bytes read and written by every connection so far (open ones included)."""
+        received, sent = self.bytes_in, self.bytes_out
+        for conn in self.connections:
+            received += conn.bytes_in
+            sent += conn.bytes_out
+        return received, sent
 
     def done_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
         """A future of ``loop`` that is already done: what ``drain`` returns when it need not wait."""
@@ -130,10 +115,10 @@ class Connection(asyncio.Protocol):
 
     # Slots: every packet reads and writes a dozen of these (slot access is the fastest).
     __slots__ = (
-        "_clock", "_corked", "_ctx", "_decoder", "_direct", "_drain_waiters", "_encoding_id", "_eof",
-        "_holds", "_host", "_idle_waiters", "_loop", "_mark", "_max_pending", "_out", "_out_size",
-        "_pack_header", "_pending", "_plan_start", "_ready", "_registered", "_seen", "_stepper",
-        "_transport", "_working", "_write_paused", "client", "closing", "session", "__weakref__",
+        "_cancelled", "_clock", "_corked", "_ctx", "_decoder", "_drain_waiters", "_eof", "_ex", "_holds", "_host",
+        "_idle_waiters", "_loop", "_mark", "_max_pending", "_out", "_out_size", "_overhead", "_pack_header", "_pending",
+        "_ready", "_registered", "_seen", "_stepper", "_transport", "_working", "_write_paused", "bytes_in",
+        "bytes_out", "closing", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, ctx: ServingContext) -> None:
@@ -141,9 +126,8 @@ class Connection(asyncio.Protocol):
         self._loop = loop = asyncio.get_running_loop()
         self._clock = _clock_of(loop)
         self._pack_header = ctx.pack_header
+        self._overhead = ctx.header_size + FRAME_TAIL
         self._max_pending = ctx.max_pending
-        self._direct = ctx.direct
-        self._plan_start = ctx.plan.start
         self._ready = ctx.done_future(loop)
         self._stepper: Generator[Any, Any, None] | None = None  # made on the first packet
         self._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, ctx.encodings)
@@ -162,33 +146,46 @@ class Connection(asyncio.Protocol):
         self.closing = False
         self._eof = False
         self._registered = False
-        self._encoding_id: int | None = None
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
-        self.client: Client | None = None
-        self.session: Session | None = None
+        self._ex: Exchange | None = None
+        #: The server cancelled the running handler (shutdown): its CancelledError is no handler failure.
+        self._cancelled = False
+        #: Bytes read and written (the metrics' traffic counters, ``ServingContext.traffic``).
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    @property
+    def client(self) -> Client | None:
+        """The peer as handlers see it (None before the connection opened or once refused)."""
+        return None if self._ex is None else self._ex.client
+
+    @property
+    def session(self) -> Session | None:
+        return None if self._ex is None else self._ex.client.session
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._transport
 
     # -- asyncio callbacks -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport; they have its methods.
-        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("unknown", 0)
-        host, port = str(peer[0]), int(peer[1])
+        # uvloop's transports do not subclass asyncio.Transport; they have its methods.
+        self.open(cast(asyncio.Transport, transport), str(peer[0]), int(peer[1]))
+
+    def open(self, transport: asyncio.Transport, host: str, port: int, refusal: tuple[str, str] | None = None,
+             member: str | None = None) -> None:  # fmt: skip
+        """Serve the client at ``host:port`` on ``transport`` (from ``connection_made``, or from the gate)."""
+        self._transport = transport
         ctx = self._ctx
-        self.session = session = Session(host, port)
-        self.client = Client(host, port, session, self, ctx.sessions, ctx.default_encoding_name)
-        if ctx.max_connections and len(ctx.connections) >= ctx.max_connections:
-            self._refuse(ERR_SERVER_BUSY, f"the server is at its limit of {ctx.max_connections} connections")
-            return
-        opened = ctx.sessions.open(session, self) or (_let_departed_go(ctx, host) and ctx.sessions.open(session, self))
-        if not opened:
-            self._refuse(ERR_SESSION_LIMIT_REACHED, f"{host} is at its limit of {ctx.sessions.limit} sessions")
+        self._ex = ctx.pipeline.open(self, host, port, len(ctx.connections), refusal, member)
+        if self._ex is None:  # refused: its error reply is written
+            self.close()
             return
         self._registered = True
         ctx.connections.add(self)
-        if logger.isEnabledFor(logging.INFO):  # session.id makes a UUID: only when it is logged
-            logger.info("(%s) New session started from %s:%d", session.id, host, port)
         self._mark = self._clock()
         if ctx.timeout and ctx.sweeper is None:
             ctx.sweeper = self._loop.call_later(ctx.sweep_every, _sweep, ctx, self._loop)
@@ -202,6 +199,7 @@ class Connection(asyncio.Protocol):
         """
         if self.closing:
             return
+        self.bytes_in += len(data)
         self._seen = now = self._clock()
         decoder = self._decoder
         if not decoder.in_frame:
@@ -230,16 +228,26 @@ class Connection(asyncio.Protocol):
         if self._host is not None:
             self._ctx.hosts.give_back(self._host, self._loop)
             self._host = None
+        self._unregister()
+        self._wake_drainers()
+        if self._ex is not None:
+            self._ex.lost()
+
+    def _unregister(self) -> None:
         if self._registered:
             self._registered = False
-            assert self.session is not None
-            self._ctx.sessions.close(self.session)
-            self._ctx.connections.discard(self)
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("(%s) The connection was closed", self.session.id)
-        self._wake_drainers()
-        if self.client is not None:
-            self.client._detach()  # freed by reference counting, not left to the cycle collector
+            ctx = self._ctx
+            ctx.connections.discard(self)
+            ctx.bytes_in += self.bytes_in
+            ctx.bytes_out += self.bytes_out
+            self.bytes_in = self.bytes_out = 0
+
+    def let_go(self) -> None:
+        """Close an idle connection whose peer already left, and end its session now (``Pipeline.open``)."""
+        self._unregister()
+        if self._ex is not None:
+            self._ex.lost()
+        self.close()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -255,12 +263,14 @@ class Connection(asyncio.Protocol):
     def write_payload(self, payload: bytes, encoding: int) -> None:
         if self.closing:
             return
-        header = self._pack_header(len(payload) + FRAME_TAIL, PROTOCOL_VERSION, encoding)
+        size = len(payload)
+        header = self._pack_header(size + FRAME_TAIL, PROTOCOL_VERSION, encoding)
+        self.bytes_out += size + self._overhead
         if self._corked:
             out = self._out
             out.append(header)
             out.append(payload)
-            self._out_size += len(payload)
+            self._out_size += size
             if self._out_size > _FLUSH_AT:
                 self._flush()
             return
@@ -343,7 +353,12 @@ class Connection(asyncio.Protocol):
     def cancel_work(self) -> None:
         """Cancel the running handler (shutdown past its deadline)."""
         if self._working and self._host is not None:
+            self._cancelled = True
             self._host.cancel_worker()
+
+    def cancelled_by_server(self) -> bool:
+        """True when the server cancelled the running handler (``cancel_work``), not the handler itself."""
+        return self._cancelled
 
     def abort(self) -> None:
         """Drop the connection now, unsent replies included (a peer that never reads)."""
@@ -379,6 +394,7 @@ class Connection(asyncio.Protocol):
         stepper = self._stepper
         if stepper is None:
             stepper = self._stepper = new_stepper()
+        ex: Exchange = self._ex  # type: ignore[assignment]  # set by open, before any data
         while events:
             rest = iter(events)
             for event in rest:
@@ -387,20 +403,19 @@ class Connection(asyncio.Protocol):
                     self._hand_over(rest, self._work())
                     return
                 if type(event) is not tuple:
-                    self._handle_frame_error(event)  # type: ignore[arg-type]
+                    self._frame_error(event)  # type: ignore[arg-type]
                     continue
-                coro = self._begin(event)
+                coro = ex.begin(event)
                 if coro is None:
                     continue
                 try:
                     out = stepper.send(coro)
-                except (Exception, asyncio.CancelledError) as exc:
+                except BaseException as exc:  # whatever handler code raises, the packet is answered
                     stepper = self._stepper = new_stepper()  # the old one is spent
-                    self._failed(exc, event[0])
+                    ex.failed(exc, event[0])
                     continue
                 if type(out) is tuple and out[0] is DONE:
-                    if out[1] is not None:
-                        self._finish(out[1], event[0])
+                    ex.finish(out[1], event[0])
                     continue
                 self._stepper = new_stepper()  # the host task finishes this one
                 self._hand_over(rest, self._after_wait(stepper, out, event[0]))
@@ -421,21 +436,22 @@ class Connection(asyncio.Protocol):
 
     async def _after_wait(self, stepper: Generator[Any, Any, None], waiting_on: Any, encoding: int) -> None:
         """In the host task: finish the handler that waited, then the rest of the queue."""
+        ex: Exchange = self._ex  # type: ignore[assignment]
         try:
             result = await resume_stepper(stepper, waiting_on)
-        except Exception as exc:
-            self._failed(exc, encoding)
-        except BaseException:
-            self._done()
-            raise
+        except BaseException as exc:
+            ex.failed(exc, encoding)
+            if self._stop_on(exc):
+                self._done()
+                raise
         else:
-            if result is not None:
-                self._finish(result, encoding)
+            ex.finish(result, encoding)
         await self._work()
 
     async def _work(self) -> None:
         """In the host task: handle the queue, waiting for each handler and for relief of held reading."""
         pending = self._pending
+        ex: Exchange = self._ex  # type: ignore[assignment]
         try:
             while True:
                 if not pending:
@@ -444,21 +460,30 @@ class Connection(asyncio.Protocol):
                         break
                 event = pending.popleft()
                 if type(event) is tuple:
-                    coro = self._begin(event)
+                    coro = ex.begin(event)
                     if coro is not None:
                         try:
                             result = await coro
-                        except Exception as exc:
-                            self._failed(exc, event[0])
+                        except BaseException as exc:
+                            ex.failed(exc, event[0])
+                            if self._stop_on(exc):
+                                raise
                         else:
-                            if result is not None:
-                                self._finish(result, event[0])
+                            ex.finish(result, event[0])
                 else:
-                    self._handle_frame_error(event)  # type: ignore[arg-type]
+                    self._frame_error(event)  # type: ignore[arg-type]
                 if self._holds:  # rare: reading is paused, see _relieve
                     await self._relieve()
         finally:
             self._done()
+
+    def _stop_on(self, exc: BaseException) -> bool:
+        """The server cancelled this connection's work (shutdown): stop handling its queue.
+
+        Any other exception was the handler's (a ``CancelledError`` it raised itself, even
+        ``SystemExit``): answered, and the next packet is handled.
+        """
+        return self._cancelled and isinstance(exc, asyncio.CancelledError)
 
     def _done(self) -> None:
         """Every queued packet is handled."""
@@ -469,134 +494,17 @@ class Connection(asyncio.Protocol):
         if self._eof:
             self.close()
 
-    def _begin(self, frame: RawFrame) -> Coroutine[Any, Any, Any] | None:
-        """Decode and route ``frame``: the coroutine that handles it, or None when it was answered.
-
-        The coroutine is the chosen handler itself for a simple plan (it returns the
-        reply), else ``plan.dispatch`` (it sends replies and returns a ``Miss`` or None).
-        """
-        client: Client = self.client  # type: ignore[assignment]  # set by connection_made
-        encoding, raw = frame
-        codec = CODECS[encoding]
-        if self._encoding_id is None:
-            self._encoding_id = encoding
-            client.encoding = codec.name
-        try:
-            payload = codec.decode(raw)
-        except DecodeError as exc:
-            self._send_error(ERR_REQUEST_MALFORMED, str(exc), encoding)
-            return None
-        if type(payload) is not dict:
-            self._send_error(ERR_REQUEST_MALFORMED, f"the payload must be a map, not {_kind(payload)}", encoding)
-            return None
-        packet = received_packet(payload, codec.name, client, raw)
-        if self._direct:
-            try:
-                started = self._plan_start(client, packet)
-            except Exception as exc:  # a filter or validator of the application raised (not a miss)
-                self._failed(exc, encoding)
-                return None
-            if type(started) is Miss:
-                self._send_error(ERR_NO_HANDLER, started.detail, encoding, started.errors)
-                return None
-            return started  # type: ignore[return-value]
-        ctx = self._ctx
-        if ctx.debug:
-            self._log_packet(frame, codec.name)
-        if ctx.handler_timeout is not None:
-            return self._dispatch_bounded(client, packet, ctx.handler_timeout)
-        return ctx.plan.dispatch(client, packet)
-
-    def _finish(self, result: Any, encoding: int) -> None:
-        """A handler returned ``result``: send it if it is a reply; report a dispatch's miss."""
-        kind = type(result)
-        if kind is Miss:
-            self._send_error(ERR_NO_HANDLER, result.detail, encoding, result.errors)
-            return
-        name = self.client.encoding  # type: ignore[union-attr]
-        try:
-            try:
-                encode = REPLY_ENCODERS[name][kind]
-            except KeyError:
-                encode = reply_encoder(kind, name)  # a first reply of this type (or an unknown encoding)
-            if encode is None or self.closing:
-                return
-            # A reply the codec cannot carry, or too long for header_size, is the handler's failure.
-            self.write_payload(encode(result), CODEC_IDS[name])
-        except Exception as exc:
-            self._failed(exc, encoding)
-
-    def _failed(self, exc: BaseException, encoding: int) -> None:
-        """A handler raised ``exc``: StopPropagation is no error; anything else is ERR_INTERNAL."""
-        if isinstance(exc, StopPropagation):
-            return
-        if isinstance(exc, ApiError):  # the application's own error reply
-            self._send_error(exc.code, exc.detail, encoding)
-            return
-        if isinstance(exc, _HandlerTimedOut):
-            self._handler_timed_out(encoding)
-            return
-        assert self.session is not None
-        if isinstance(exc, asyncio.CancelledError):
-            logger.info("(%s) A handler was cancelled", self.session.id)
-            return
-        logger.error("(%s) A handler raised while handling a packet", self.session.id, exc_info=exc)
-        self._send_error(ERR_INTERNAL, "the handler failed; the error is in the server's log", encoding)
-
-    async def _dispatch_bounded(self, client: Client, packet: Packet[Any], timeout: float) -> Any:
-        """``plan.dispatch`` in a task cancelled after ``timeout`` (a handler's own TimeoutError stays ERR_INTERNAL)."""
-        task = self._loop.create_task(self._ctx.plan.dispatch(client, packet))
-        try:
-            done, _ = await asyncio.wait({task}, timeout=timeout)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        if not done:
-            task.cancel()
-            await asyncio.wait({task}, timeout=HANDLER_CANCEL_GRACE)
-            task.add_done_callback(_ignore_result)
-            raise _HandlerTimedOut
-        return task.result()
-
-    def _handler_timed_out(self, encoding: int) -> None:
-        """The connection stays open: its framing is intact and the hung handler is cancelled."""
-        assert self.session is not None
-        timeout = self._ctx.handler_timeout
-        logger.warning("(%s) A handler ran past handler_timeout (%s s) and was cancelled", self.session.id, timeout)
-        self._send_error(ERR_TIMED_OUT, f"the handler did not finish within {timeout} seconds", encoding)
-
-    def _handle_frame_error(self, error: FrameError) -> None:
-        self._send_error(error.code, error.detail, error.encoding)
+    def _frame_error(self, error: FrameError) -> None:
+        self._ex.frame_error(error)  # type: ignore[union-attr]
         if error.fatal:
             self.close_after_error()
-
-    def _send_error(self, code: str, detail: Any, encoding: int | None, errors: Any = None) -> None:
-        if encoding is None:
-            encoding = self._encoding_id if self._encoding_id is not None else self._ctx.default_encoding
-        codec = CODECS[encoding]
-        if self._ctx.debug:
-            assert self.session is not None
-            logger.debug("(%s) Replying %s: %s", self.session.id, code, detail)
-        if not self._ctx.error_details:
-            detail = errors = None
-        try:
-            self.write_payload(codec.encode(error_payload(code, detail, errors)), encoding)
-        except (OverflowError, struct.error):  # the detail is too long for header_size: the bare error fits
-            self.write_payload(codec.encode(error_payload(code)), encoding)
-
-    # -- helpers --------------------------------------------------------------
-
-    def _refuse(self, code: str, detail: str) -> None:
-        logger.info("Refused a connection from %s: %s", self.client.address if self.client else "?", code)
-        self._send_error(code, detail, None)
-        self.close()
 
     def _timed_out(self) -> None:
         """No complete packet within ``timeout`` (checked by ``_sweep``): answer and close."""
         timeout = self._ctx.timeout
-        assert self.session is not None
-        logger.info("(%s) Timed out after %s seconds without a complete packet", self.session.id, timeout)
-        self._send_error(ERR_TIMED_OUT, f"no complete packet within {timeout} seconds", None)
+        ex: Exchange = self._ex  # type: ignore[assignment]  # only registered connections time out
+        logger.info("(%s) Timed out after %s seconds without a complete packet", ex.client.session.id, timeout)
+        ex.connection_error(ERR_TIMED_OUT, f"no complete packet within {timeout} seconds")
         if self._write_paused:
             self.abort()  # the peer does not read: close() would wait forever to flush
         else:
@@ -685,12 +593,6 @@ class Connection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _log_packet(self, frame: RawFrame, encoding: str) -> None:
-        assert self.session is not None
-        logger.debug(
-            "(%s) Packet of %d bytes, Content-Encoding is %s", self.session.id, len(frame[1]), encoding
-        )
-
 
 def _sweep(ctx: ServingContext, loop: asyncio.AbstractEventLoop) -> None:
     """Time out the connections that have had no complete packet for ``ctx.timeout`` seconds.
@@ -710,36 +612,8 @@ def _sweep(ctx: ServingContext, loop: asyncio.AbstractEventLoop) -> None:
     ctx.sweeper = loop.call_later(ctx.sweep_every, _sweep, ctx, loop)
 
 
-def _let_departed_go(ctx: ServingContext, address: str) -> bool:
-    """Before refusing ``address`` a session: free the sessions whose peer already left (see ``liveness``).
-
-    Only idle connections are let go (a running handler still owns its session);
-    they are closed now rather than when their EOF is read. True if any was freed.
-    """
-    freed = False
-    for conn in ctx.sessions.owners_of(address):  # at most session_limit of them
-        if isinstance(conn, Connection) and not conn._working and conn._transport is not None and peer_left(conn._transport):
-            conn._registered = False
-            ctx.sessions.close(conn.session)  # type: ignore[arg-type]  # set with the client
-            ctx.connections.discard(conn)
-            conn.close()
-            freed = True
-    return freed
-
-
 def _clock_of(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
     """``loop.time``, or the ``time.monotonic`` it calls when that is all it does (one call less)."""
     if type(loop).time is asyncio.BaseEventLoop.time:
         return time.monotonic
     return loop.time
-
-
-def _ignore_result(task: asyncio.Task[Any]) -> None:
-    """Retrieve a cancelled handler's outcome so asyncio does not log it as never retrieved."""
-    if not task.cancelled():
-        task.exception()
-
-
-def _kind(value: object) -> str:
-    names = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
-    return names.get(type(value), "null" if value is None else type(value).__name__)

@@ -15,7 +15,7 @@ A backend that cannot answer (down, or slower than its timeout) raises
 ``SHARED_STATE_UNAVAILABLE`` as detail, and everything else goes on.
 
 ``SharedSessions`` enforces ``Server(session_limit=N, shared_state=state)``: a new
-connection is held unread until the backend admitted it.
+connection waits at the gate (``asyncapy.gate``) until the backend admitted it.
 """
 
 from __future__ import annotations
@@ -26,12 +26,9 @@ import itertools
 import logging
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from ..wire.errors import ERR_INTERNAL, ERR_SESSION_LIMIT_REACHED, ApiError
-
-if TYPE_CHECKING:
-    from ..serve.connection import Connection
+from ..wire.errors import ERR_INTERNAL, ApiError
 
 logger = logging.getLogger("asyncapy")
 
@@ -43,8 +40,6 @@ DEFAULT_TTL: Final = 30.0
 #: Live sessions are refreshed this many times per ``ttl``, so one late refresh
 #: never lets a live session expire.
 REFRESHES_PER_TTL: Final = 3
-#: Why a connection's reading is held while its session is being admitted.
-_HOLD_ADMISSION: Final = "admission"
 
 
 class SharedStateUnavailable(ApiError):
@@ -99,7 +94,7 @@ class SharedState(abc.ABC):
 
     @abc.abstractmethod
     async def hit(self, bucket: str, interval: float, burst: int) -> float:
-        """Count one event in ``bucket`` (a GCRA, see ``asyncapy.shared.ratelimit``) if it fits.
+        """Count one event in ``bucket`` (a GCRA, see ``asyncapy.ratelimit``) if it fits.
 
         Returns 0.0 when it was counted, else the seconds until one would fit (nothing
         is counted then).
@@ -119,51 +114,35 @@ class SharedSessions:
         self.limit = limit
         self.instance = uuid.uuid4().hex
         self._numbers = itertools.count()
-        self._members: dict[Connection, tuple[str, str]] = {}
+        self._members: dict[str, str] = {}  # member -> address
         self._tasks: set[asyncio.Task[None]] = set()
         self._refresher: asyncio.Task[None] | None = None
 
-    def admit(self, conn: Connection) -> None:
-        """Hold ``conn``'s reading until the shared state counted its session (or refused it)."""
-        conn._hold_reading(_HOLD_ADMISSION)
-        self._spawn(self._admit(conn))
+    async def admit(self, address: str) -> str | None:
+        """Count a new session of ``address``: its member name, or None when ``address`` is at the limit.
 
-    def leave(self, conn: Connection) -> None:
-        """``conn`` closed: forget its session in the shared state."""
-        counted = self._members.pop(conn, None)
-        if counted is not None:
-            self._spawn(self._close(*counted))
+        Raises ``SharedStateUnavailable`` when the backend cannot answer.
+        """
+        member = f"{self.instance}:{next(self._numbers)}"
+        if not await self.state.open_session(address, member, self.limit):
+            return None
+        self._members[member] = address
+        if self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh())
+        return member
+
+    def leave(self, address: str, member: str) -> None:
+        """A counted session closed: forget it in the shared state."""
+        if self._members.pop(member, None) is not None:
+            self._spawn(self._close(address, member))
 
     async def aclose(self) -> None:
-        """Wait for the admissions and closes under way (each is bounded by the backend's timeout)."""
+        """Wait for the closes under way (each is bounded by the backend's timeout)."""
         if self._refresher is not None:
             self._refresher.cancel()
             self._refresher = None
         while self._tasks:
             await asyncio.wait(set(self._tasks))
-
-    async def _admit(self, conn: Connection) -> None:
-        session = conn.session
-        assert session is not None
-        address = session.address
-        member = f"{self.instance}:{next(self._numbers)}"
-        try:
-            admitted = await self.state.open_session(address, member, self.limit)
-        except SharedStateUnavailable:
-            if not conn.closing:
-                conn._refuse(ERR_INTERNAL, SHARED_STATE_UNAVAILABLE)
-            return
-        if conn.closing:  # the peer left while we asked
-            if admitted:
-                await self._close(address, member)
-            return
-        if not admitted:
-            conn._refuse(ERR_SESSION_LIMIT_REACHED, f"{address} is at its limit of {self.limit} sessions")
-            return
-        self._members[conn] = (address, member)
-        if self._refresher is None:
-            self._refresher = asyncio.get_running_loop().create_task(self._refresh())
-        conn._release_reading(_HOLD_ADMISSION)
 
     async def _close(self, address: str, member: str) -> None:
         try:
@@ -177,7 +156,7 @@ class SharedSessions:
         while self._members:
             await asyncio.sleep(every)
             members: dict[str, list[str]] = {}
-            for address, member in self._members.values():
+            for member, address in self._members.items():
                 members.setdefault(address, []).append(member)
             try:
                 await self.state.refresh_sessions(members)

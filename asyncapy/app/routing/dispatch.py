@@ -12,9 +12,9 @@ without a ``dispatch`` coroutine around it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -26,9 +26,6 @@ from .compiled import CompiledGroup, CompiledRoute, candidates
 from .evaluate import failing_cheap, failing_custom
 from .explain import Explanation, Failure, explain_plan, miss_errors, miss_reasons
 from .invoke import close_quietly
-
-if TYPE_CHECKING:
-    from ..middleware import App
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,19 +54,17 @@ class Plan:
     """
 
     groups: tuple[CompiledGroup, ...]
-    #: Middleware and exception handlers around the routing (``asyncapy.app.middleware``), if any.
-    app: App | None = None
     routes: tuple[CompiledRoute, ...] = field(init=False)
     #: One group (or none) and no custom filters: ``start`` can choose the one handler to run.
     groups_simple: bool = field(init=False)
-    #: ``groups_simple`` and no ``app``: ``start`` may stand in for ``dispatch``.
+    #: The same as ``groups_simple``: ``start`` may stand in for ``dispatch``.
     simple: bool = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "routes", tuple(r for g in self.groups for r in g.routes))
         groups_simple = len(self.groups) <= 1 and not any(r.post for r in self.routes)
         object.__setattr__(self, "groups_simple", groups_simple)
-        object.__setattr__(self, "simple", groups_simple and self.app is None)
+        object.__setattr__(self, "simple", groups_simple)
 
     def start(self, client: Client, packet: Packet[Any]) -> Coroutine[Any, Any, Any] | Miss:
         """For a simple plan: the chosen handler's coroutine, not yet started, or the ``Miss``.
@@ -102,14 +97,8 @@ class Plan:
         return _miss(self.groups, payload, failures or ())
 
     def dispatch(self, client: Client, packet: Packet[Any]) -> Coroutine[Any, Any, Miss | None]:
-        """Run ``packet`` through the middleware (if any) and every group: a coroutine, which
-        returns a ``Miss`` when the packet gets ERR_NO_HANDLER (the middleware send their own).
-
-        Not a coroutine function itself: it returns the coroutine that does the work,
-        one coroutine fewer per packet.
-        """
-        if self.app is not None:
-            return self.app.handle(client, packet)  # type: ignore[return-value]
+        """Run ``packet`` through every group: a coroutine, which returns a ``Miss`` when the
+        packet gets ERR_NO_HANDLER (the pipeline's layers around it: ``asyncapy.pipeline``)."""
         return self.route(client, packet)
 
     async def route(self, client: Client, packet: Packet[Any]) -> Miss | None:
@@ -124,10 +113,8 @@ class Plan:
         matched = False
         missed: list[CompiledGroup] = []  # the groups that did not match
         scope: Scope | None = None
-        counter: _CountingLink | None = None
-        if len(self.groups) > 1:  # rule 5 can only apply across groups: count what is sent
-            counter = _CountingLink(client._link)
-            client._link = counter
+        link: Any = client._link  # the exchange counts what is sent for the packet (rule 5)
+        sent_before = getattr(link, "writes", 0)
         try:
             for group in self.groups:
                 group_start = len(failures)
@@ -177,14 +164,11 @@ class Plan:
             if scope is not None and scope.exits:
                 await scope.close(exc)
             raise
-        finally:
-            if counter is not None and client._link is counter:
-                client._link = counter.link
         if scope is not None and scope.exits:
             await close_quietly(scope, "of this packet")
         if not matched:
             return _miss(self.groups, payload, failures)
-        if missed and counter is not None and counter.sent == 0 and not counter.link.closing:
+        if missed and len(self.groups) > 1 and getattr(link, "writes", 0) == sent_before and not link.closing:
             return _miss(missed, payload, failures)  # rule 5: matched somewhere, but nothing was sent
         return None
 
@@ -195,30 +179,6 @@ class Plan:
 
 def _miss(groups: Sequence[CompiledGroup], payload: Mapping[str, Any], failures: Sequence[Failure]) -> Miss:
     return Miss(miss_reasons(groups, payload, failures), miss_errors(failures))
-
-
-class _CountingLink:
-    """Stands between a ``Client`` and its connection while a packet is routed: counts the replies."""
-
-    __slots__ = ("link", "sent")
-
-    def __init__(self, link: Any) -> None:
-        self.link = link
-        self.sent = 0
-
-    def write_payload(self, payload: bytes, encoding: int) -> None:
-        self.sent += 1
-        self.link.write_payload(payload, encoding)
-
-    def close(self) -> None:
-        self.link.close()
-
-    @property
-    def closing(self) -> bool:
-        return bool(self.link.closing)
-
-    def drain(self) -> Awaitable[None]:
-        return self.link.drain()  # type: ignore[no-any-return]
 
 
 def _add(failures: list[Failure] | None, failure: Failure) -> list[Failure]:
