@@ -1,6 +1,6 @@
 """asyncapy: typed API servers over AsyncAProto, on asyncio."""
 
-from .app import filters
+from . import filters
 from .shared.apikeys import APIKeyFactory
 from .client import AsyncClient
 from .app.depends import Depends
