@@ -34,9 +34,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..wire.errors import ERR_NO_HANDLER, StopPropagation, UsageError, error_payload
 from ..model.packet import Packet
-from ..model.peer import Client
+from ..model.peer import Client, write_reply
 from .routing.dispatch import Miss
-from .routing.invoke import write_reply
 
 if TYPE_CHECKING:
     from .routing.dispatch import Plan

@@ -26,12 +26,10 @@ import itertools
 import logging
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
+from ..model.peer import Session
 from ..wire.errors import ERR_INTERNAL, ERR_SESSION_LIMIT_REACHED, ApiError
-
-if TYPE_CHECKING:
-    from ..serve.connection import Connection
 
 logger = logging.getLogger("asyncapy")
 
@@ -45,6 +43,22 @@ DEFAULT_TTL: Final = 30.0
 REFRESHES_PER_TTL: Final = 3
 #: Why a connection's reading is held while its session is being admitted.
 _HOLD_ADMISSION: Final = "admission"
+
+
+class Connection(Protocol):
+    """What ``SharedSessions`` needs of a connection (``asyncapy.serve.connection``, a layer above)."""
+
+    @property
+    def session(self) -> Session | None: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+    def _hold_reading(self, reason: str) -> None: ...
+
+    def _release_reading(self, reason: str) -> None: ...
+
+    def _refuse(self, code: str, detail: str) -> None: ...
 
 
 class SharedStateUnavailable(ApiError):

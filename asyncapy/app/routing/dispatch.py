@@ -12,9 +12,9 @@ without a ``dispatch`` coroutine around it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
@@ -27,8 +27,12 @@ from .evaluate import failing_cheap, failing_custom
 from .explain import Explanation, Failure, explain_plan, miss_errors, miss_reasons
 from .invoke import close_quietly
 
-if TYPE_CHECKING:
-    from ..middleware import App
+
+class App(Protocol):
+    """The middleware and exception handlers around a plan (``asyncapy.app.middleware.App``, which imports this module)."""
+
+    @property
+    def handle(self) -> Callable[[Client, Packet[Any]], Awaitable[None]]: ...
 
 
 @dataclass(frozen=True, slots=True)
