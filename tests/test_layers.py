@@ -47,10 +47,12 @@ def imports(path: Path, name: str, known: set[str]) -> Iterator[tuple[int, str]]
     """``(line, module)`` for every import of a module of the package in ``path``, wherever it stands."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
+        else:
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")
