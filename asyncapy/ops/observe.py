@@ -341,7 +341,7 @@ class ObservedConnection(Connection):
         """``Connection.write_payload`` with the bytes counted and error replies spotted.
 
         Its body is repeated here rather than called (one frame less per reply);
-        ``tests/test_metrics.py`` checks that the two stay the same, and ``observed_class``
+        ``tests/ops/test_metrics.py`` checks that the two stay the same, and ``observed_class``
         uses ``_forwarding_write_payload`` over a base that has its own.
         """
         if self.closing:
