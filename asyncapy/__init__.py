@@ -1,6 +1,6 @@
 """asyncapy: typed API servers over AsyncAProto, on asyncio."""
 
-from .app import filters
+from . import filters
 from .shared.apikeys import APIKeyFactory
 from .client import AsyncClient
 from .app.depends import Depends
@@ -22,8 +22,7 @@ from .model.packet import Packet
 from .model.peer import Client, Session
 from .app.routing import Router
 from .server import Server
-
-__version__ = "0.1.0"
+from .wire.version import __version__
 
 __all__ = [
     "APIKeyFactory",

@@ -136,7 +136,7 @@ class Server:
         trusted_proxies: Sequence[str] | None = None,
         shared_state: SharedState | None = None,
         rate_limit: RateLimit | None = None,
-        lifespan: Lifespan | None = None,
+        lifespan: Lifespan[Server] | None = None,
         access_log: bool | str | os.PathLike[str] = False,
         metrics_port: int | None = None,
     ) -> None:
@@ -195,7 +195,7 @@ class Server:
         self.lifespan = lifespan
         #: A plain namespace for the application's resources (set them in the lifespan).
         self.state = State()
-        self._lifespan_run = LifespanRun(None)
+        self._lifespan_run: LifespanRun[Server] = LifespanRun(None)
         self.access_log = access_log
         self.metrics_port = _check_metrics_port(metrics_port)
         self._metrics: ServingMetrics | None = None
@@ -281,17 +281,16 @@ class Server:
         return self._plan
 
     def schema(self) -> dict[str, Any]:
-        """The JSON Schema of every route: filters, accepted packets, replies (``asyncapy.schema``)."""
-        from .docs.schema import compiled_routes, schema_document
+        """The JSON Schema of every route: filters, accepted packets, replies (``asyncapy.docs.schema``)."""
+        from .docs.schema import schema_document
 
-        return schema_document(compiled_routes(self))
+        return schema_document(self.compile().routes)
 
     def asyncapi(self, title: str = "asyncapy API", version: str = "1.0.0", description: str | None = None) -> dict[str, Any]:
         """An AsyncAPI 3.0.0 document of this server (``asyncapy.asyncapi``)."""
         from .docs.asyncapi import asyncapi_document
-        from .docs.schema import compiled_routes
 
-        return asyncapi_document(self, compiled_routes(self), title=title, version=version, description=description)
+        return asyncapi_document(self, self.compile().routes, title=title, version=version, description=description)
 
     async def explain(self, payload: Mapping[str, Any], address: str = "127.0.0.1") -> Explanation:
         """What the routes would do with ``payload`` from ``address``, calling no handler.

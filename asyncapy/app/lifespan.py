@@ -20,19 +20,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, TypeVar
 
 from ..wire.errors import LifespanError
-
-if TYPE_CHECKING:
-    from ..server import Server
 
 __all__ = ["Lifespan", "LifespanRun", "State"]
 
 logger = logging.getLogger("asyncapy")
 
+#: The server a lifespan is given (``asyncapy.Server``, a layer above this module).
+S = TypeVar("S")
+
 #: ``lifespan(server)`` -> an async context manager (``@asynccontextmanager`` makes one).
-Lifespan = Callable[["Server"], AbstractAsyncContextManager[Any]]
+Lifespan = Callable[[S], AbstractAsyncContextManager[Any]]
 
 
 class State:
@@ -58,14 +58,14 @@ class State:
         return f"State({', '.join(sorted(self.__dict__))})"
 
 
-class LifespanRun:
+class LifespanRun(Generic[S]):
     """One entry into a server's lifespan and, later, the exit from it."""
 
-    def __init__(self, lifespan: Lifespan | None) -> None:
+    def __init__(self, lifespan: Lifespan[S] | None) -> None:
         self._lifespan = lifespan
         self._entered: AbstractAsyncContextManager[Any] | None = None
 
-    async def enter(self, server: Server) -> None:
+    async def enter(self, server: S) -> None:
         """Run the lifespan up to its ``yield``; ``LifespanError`` (logged) if it raises."""
         if self._lifespan is None:
             return

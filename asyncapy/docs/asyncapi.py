@@ -11,15 +11,12 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..wire.codecs import CODECS
 from ..wire.errors import ERROR_CODES
 from ..wire.protocol import PROTOCOL_VERSION
 from .schema import RouteSchema, describe_routes
-
-if TYPE_CHECKING:
-    from ..server import Server
 
 ASYNCAPI_VERSION = "3.0.0"
 CHANNEL = "connection"
@@ -32,8 +29,33 @@ _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitio
 _DATA = frozenset({"const", "default", "enum", "examples", "example"})
 
 
+class Endpoint(Protocol):
+    """What the document tells of the server: where it listens and how it frames packets.
+
+    ``asyncapy.Server`` is one; this layer never imports it (it sits above).
+    """
+
+    @property
+    def addr(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def ssl(self) -> object: ...
+
+    @property
+    def header_size(self) -> int: ...
+
+    @property
+    def byteorder(self) -> str: ...
+
+    @property
+    def max_packet_size(self) -> int: ...
+
+
 def asyncapi_document(
-    server: Server, routes: Sequence[Any], *, title: str, version: str, description: str | None = None
+    server: Endpoint, routes: Sequence[Any], *, title: str, version: str, description: str | None = None
 ) -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document of ``server`` whose compiled routes are ``routes``."""
     described, defs = describe_routes(routes, COMPONENT_REF)
@@ -99,7 +121,7 @@ def operation_ids(handlers: Sequence[str]) -> list[str]:
     return ids
 
 
-def _server(server: Server) -> dict[str, Any]:
+def _server(server: Endpoint) -> dict[str, Any]:
     return {
         "host": f"{server.addr}:{server.port}",
         "protocol": "asyncaproto",

@@ -10,14 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
-
-if TYPE_CHECKING:
-    from ..app.routing import CompiledRoute
-    from ..server import Server
 
 DEFS_REF = "#/$defs/{model}"
 ANY_MAP: dict[str, Any] = {"type": "object"}
@@ -46,11 +42,6 @@ class RouteSchema:
             "reply": self.reply,
             "errors": self.errors,
         }
-
-
-def compiled_routes(server: Server) -> tuple[CompiledRoute, ...]:
-    """The plan's routes, in group-then-registration order (the order dispatch tries them)."""
-    return server.compile().routes
 
 
 def schema_document(routes: Sequence[Any]) -> dict[str, Any]:

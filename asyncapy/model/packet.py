@@ -3,19 +3,41 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Generic, overload
+from collections.abc import Awaitable, Iterator, Mapping
+from typing import Any, Generic, Protocol, overload
 
 from pydantic import BaseModel
 from typing_extensions import TypeVar
 
 from ..wire.codecs import get_codec
 
-if TYPE_CHECKING:
-    from .peer import Client
-
 T = TypeVar("T", default=dict[str, Any])
 M = TypeVar("M", bound=BaseModel)
+
+
+class Sender(Protocol):
+    """The peer a received packet came from: an ``asyncapy.Client``, as a packet sees it.
+
+    A protocol, so that this module needs nothing above it (``peer.py`` imports it).
+    """
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def encoding(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def send(
+        self, packet: Packet[Any] | Mapping[str, Any] | BaseModel, close: bool = False, *, encoding: str | None = None
+    ) -> Awaitable[None]: ...
+
+    async def close(self) -> None: ...
 
 
 class Packet(Mapping[str, Any], Generic[T]):
@@ -31,12 +53,12 @@ class Packet(Mapping[str, Any], Generic[T]):
     data: T
     payload: Mapping[str, Any]
     encoding: str
-    sender: Client | None
+    sender: Sender | None
     raw: bytes | None
 
     @overload
     def __init__(
-        self: Packet[M], payload: M, encoding: str = ..., *, sender: Client | None = ..., raw: bytes | None = ...
+        self: Packet[M], payload: M, encoding: str = ..., *, sender: Sender | None = ..., raw: bytes | None = ...
     ) -> None: ...
 
     @overload
@@ -45,7 +67,7 @@ class Packet(Mapping[str, Any], Generic[T]):
         payload: Mapping[str, Any],
         encoding: str = ...,
         *,
-        sender: Client | None = ...,
+        sender: Sender | None = ...,
         raw: bytes | None = ...,
     ) -> None: ...
 
@@ -54,7 +76,7 @@ class Packet(Mapping[str, Any], Generic[T]):
         payload: Mapping[str, Any] | BaseModel,
         encoding: str = "json",
         *,
-        sender: Client | None = None,
+        sender: Sender | None = None,
         raw: bytes | None = None,
     ) -> None:
         get_codec(encoding)  # fail early on an unknown encoding name
@@ -72,7 +94,7 @@ class Packet(Mapping[str, Any], Generic[T]):
         self._stopped = False
 
     @staticmethod
-    def _received(payload: dict[str, Any], encoding: str, sender: Client, raw: bytes) -> Packet[Any]:
+    def _received(payload: dict[str, Any], encoding: str, sender: Sender, raw: bytes) -> Packet[Any]:
         """Build a received packet without re-validating what the server just decoded."""
         return received_packet(payload, encoding, sender, raw)
 
@@ -118,7 +140,7 @@ class Packet(Mapping[str, Any], Generic[T]):
 _new_object = object.__new__
 
 
-def received_packet(payload: dict[str, Any], encoding: str, sender: Client, raw: bytes) -> Packet[Any]:
+def received_packet(payload: dict[str, Any], encoding: str, sender: Sender, raw: bytes) -> Packet[Any]:
     """A received packet, built without ``__init__``'s checks (one per packet on the hot path)."""
     packet: Packet[Any] = _new_object(Packet)
     packet.payload = payload

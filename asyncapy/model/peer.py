@@ -6,15 +6,18 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
 from pydantic import BaseModel
 
 from ..wire.codecs import CODEC_IDS, get_codec
 from .packet import Packet
 
-if TYPE_CHECKING:
-    from .sessions import SessionRegistry
+
+class _Sessions(Protocol):
+    """What a ``Client`` needs from the ``SessionRegistry`` (``sessions.py``, which imports this module)."""
+
+    def sessions_of(self, address: str) -> list[Session]: ...
 
 
 class _Link(Protocol):
@@ -107,7 +110,7 @@ class Client:
         port: int,
         session: Session | None = None,
         link: _Link = CLOSED_LINK,
-        registry: SessionRegistry | None = None,
+        registry: _Sessions | None = None,
         encoding: str = "json",
     ) -> None:
         if not isinstance(session, Session):
@@ -267,3 +270,14 @@ def reply_encoder(kind: type, encoding: str) -> Callable[[Any], bytes] | None:
 REPLY_ENCODERS: dict[str, dict[type, Callable[[Any], bytes] | None]] = {}
 #: Types seen by ``encode_payload``; they are classes of the application, a bounded set.
 _ENCODERS: dict[type, Callable[[Any, str], bytes]] = {}
+
+
+def write_reply(client: Client, reply: Any) -> None:
+    """Write what a handler returned, as the connection does: a dict or a model is sent, anything else ignored."""
+    name = client.encoding
+    try:
+        encode = REPLY_ENCODERS[name][type(reply)]
+    except KeyError:
+        encode = reply_encoder(type(reply), name)
+    if encode is not None:
+        client._link.write_payload(encode(reply), CODEC_IDS[name])  # a closing link ignores it

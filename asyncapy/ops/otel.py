@@ -31,6 +31,7 @@ from ..app.middleware import CallNext
 from .observe import handlers_of, when_reported
 from ..model.packet import Packet
 from ..model.peer import Client
+from ..wire.version import __version__
 
 __all__ = ["TracingMiddleware"]
 
@@ -50,8 +51,6 @@ class TracingMiddleware:
     """
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
-        from .. import __version__
-
         self._tracer = trace.get_tracer("asyncapy", __version__, tracer_provider=tracer_provider)
         self._noop = isinstance(self._tracer, trace.NoOpTracer)
 

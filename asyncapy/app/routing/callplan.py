@@ -38,8 +38,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from ..depends import ASYNC, ASYNC_GEN, CLIENT, GEN, PACKET, Steps, close_exits, close_exits_sync
+from ...model.peer import write_reply
 from ...model.replies import Checker
-from .invoke import write_reply
 
 logger = logging.getLogger("asyncapy")
 

@@ -19,11 +19,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ...wire.codecs import CODEC_IDS
 from ..depends import Scope, Steps, resolve
 from ...model.packet import Packet
-from ...model.peer import REPLY_ENCODERS, Client, reply_encoder
+from ...model.peer import Client
 from ...model.replies import Checker
+from .callplan import generated_call
 
 logger = logging.getLogger("asyncapy")
 
@@ -54,8 +54,6 @@ def invocation(
         assert check is not None
         call = _checked(handler, check) if model is None else _checked_model(handler, check, model)
         return Invocation(call, pass_data, _run_checked(handler, pass_data, check))
-    from .callplan import generated_call  # it uses write_reply, below
-
     call = generated_call(name, handler, pass_data, steps, check, model)
     return Invocation(call, False, _run(handler, pass_data, steps, check))
 
@@ -91,17 +89,6 @@ def _run(handler: Call, pass_data: bool, steps: Steps, check: Checker | None) ->
         return reply if check is None else check(reply)
 
     return run
-
-
-def write_reply(client: Client, reply: Any) -> None:
-    """Write what a handler returned, as the connection does: a dict or a model is sent, anything else ignored."""
-    name = client.encoding
-    try:
-        encode = REPLY_ENCODERS[name][type(reply)]
-    except KeyError:
-        encode = reply_encoder(type(reply), name)
-    if encode is not None:
-        client._link.write_payload(encode(reply), CODEC_IDS[name])  # a closing link ignores it
 
 
 async def close_quietly(scope: Scope, name: str) -> None:

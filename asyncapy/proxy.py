@@ -1,0 +1,43 @@
+"""``asyncapy.proxy``: the PROXY protocol header, at the path the README documents (the code is ``asyncapy.wire.proxy``)."""
+
+from .wire.proxy import (
+    check_trusted_proxies,
+    DEFAULT_TRUSTED_PROXIES,
+    encode_v1,
+    encode_v2,
+    is_trusted,
+    Network,
+    parse_v1_line,
+    parse_v2_body,
+    ProxyEvent,
+    ProxyHeader,
+    ProxyHeaderDecoder,
+    ProxyHeaderError,
+    trusted_networks,
+    V1_MAX_LENGTH,
+    V1_PREFIX,
+    V2_FIXED_LENGTH,
+    V2_MAX_BODY,
+    V2_SIGNATURE,
+)
+
+__all__ = [
+    "check_trusted_proxies",
+    "DEFAULT_TRUSTED_PROXIES",
+    "encode_v1",
+    "encode_v2",
+    "is_trusted",
+    "Network",
+    "parse_v1_line",
+    "parse_v2_body",
+    "ProxyEvent",
+    "ProxyHeader",
+    "ProxyHeaderDecoder",
+    "ProxyHeaderError",
+    "trusted_networks",
+    "V1_MAX_LENGTH",
+    "V1_PREFIX",
+    "V2_FIXED_LENGTH",
+    "V2_MAX_BODY",
+    "V2_SIGNATURE",
+]
