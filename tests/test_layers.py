@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "asyncapy"
 TOP = "top"
 #: Bottom first. ``ops`` sits above ``serve`` for now (``ops.observe`` subclasses the
 #: connection); moving it below is a one-line edit here.
-LAYERS: list[str] = ["wire", "model", "shared", "app", "serve", "ops", "docs", "client", "server", "testing", TOP]
+LAYERS: list[str] = ["wire", "model", "shared", "app", "ops", "serve", "docs", "client", "server", "testing", TOP]
 
 
 def module_name(root: Path, path: Path) -> str:

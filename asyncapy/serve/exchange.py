@@ -24,7 +24,7 @@ import asyncio
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ..wire.codecs import CODEC_IDS, CODECS, DecodeError
 from ..wire.errors import (
@@ -43,7 +43,6 @@ from ..app.routing import Miss
 
 if TYPE_CHECKING:
     from ..ops.observe import Record
-    from .pipeline import Pipeline
 
 logger = logging.getLogger("asyncapy")
 
@@ -58,8 +57,25 @@ class HandlerTimedOut(Exception):
     """The handlers of one packet ran past ``handler_timeout`` (``asyncapy.pipeline``)."""
 
 
-class Link:
-    """What an ``Exchange`` needs from the connection under it (``asyncapy.connection``)."""
+class Rules(Protocol):
+    """What an ``Exchange`` needs from its pipeline (``asyncapy.serve.pipeline.Pipeline``)."""
+
+    @property
+    def entry(self) -> Layer: ...
+    @property
+    def default_encoding(self) -> int: ...
+    @property
+    def error_details(self) -> bool: ...
+    @property
+    def debug(self) -> bool: ...
+    @property
+    def handler_timeout(self) -> float | None: ...
+
+    def close_session(self, ex: Exchange) -> None: ...
+
+
+class Link(Protocol):
+    """What an ``Exchange`` needs from the connection under it (``asyncapy.serve.connection``)."""
 
     closing: bool
 
@@ -105,7 +121,7 @@ class Exchange:
         "client", "code", "conn", "encoding_id", "member", "record", "writes", "_entry", "_pipeline", "_session_open",
     )  # fmt: skip
 
-    def __init__(self, pipeline: Pipeline, conn: Link, client: Client, record: Record | None) -> None:
+    def __init__(self, pipeline: Rules, conn: Link, client: Client, record: Record | None) -> None:
         self._pipeline = pipeline
         self._entry = pipeline.entry
         self.conn = conn
@@ -162,10 +178,12 @@ class Exchange:
         try:
             payload = codec.decode(raw)
         except DecodeError as exc:
-            self._answered(self.error(ERR_REQUEST_MALFORMED, str(exc), encoding))
+            self.error(ERR_REQUEST_MALFORMED, str(exc), encoding)
+            self._end()
             return None
         if type(payload) is not dict:
-            self._answered(self.error(ERR_REQUEST_MALFORMED, f"the payload must be a map, not {_kind(payload)}", encoding))
+            self.error(ERR_REQUEST_MALFORMED, f"the payload must be a map, not {_kind(payload)}", encoding)
+            self._end()
             return None
         packet = received_packet(payload, codec.name, client, raw)
         try:
@@ -174,14 +192,15 @@ class Exchange:
             self.failed(exc, encoding)
             return None
         if started is None:
-            self._answered(None)
+            self._end()
             return None
         if type(started) is Miss:
-            self._answered(self.error(ERR_NO_HANDLER, started.detail, encoding, started.errors))
+            self.error(ERR_NO_HANDLER, started.detail, encoding, started.errors)
+            self._end()
             return None
         if record is not None:
             record.starting(started)
-        return started  # type: ignore[return-value]
+        return cast("Coroutine[Any, Any, Any]", started)
 
     def finish(self, result: Any, encoding: int) -> None:
         """A packet's coroutine returned ``result``: send it if it is a reply; answer a ``Miss``."""
@@ -297,7 +316,7 @@ class Exchange:
         if record is not None:
             record.refused(code)
 
-    def _answered(self, _: None) -> None:
+    def _end(self) -> None:
         record = self.record
         if record is not None:
             record.end(self)

@@ -246,6 +246,7 @@ async def test_handlers_of_one_name_are_told_apart(tmp_path: Path) -> None:
             assert await client.request({"a": 1}) == {"from": "OnlyA"}
             assert await client.request({"b": 1}) == {"from": "OnlyB"}
             ctx = server._ctx
-            assert ctx is not None and ctx.pipeline.observer.names is not None  # named by one lookup, not recorded
-            assert len(ctx.pipeline.observer.names) == 2
+            assert ctx is not None and ctx.pipeline.observer is not None
+            names = ctx.pipeline.observer.names
+            assert names is not None and len(names) == 2  # named by one lookup, not recorded
     assert [line.split()[-3] for line in log.read_text().splitlines()] == routes
