@@ -491,7 +491,7 @@ class Server:
         await self._flush_or_abort(ctx)
         if ctx.pipeline.admission is not None:
             await ctx.pipeline.admission.aclose()  # the closed sessions are forgotten in the shared state
-        ctx.hosts.close()
+        ctx.close_hosts()
         if ctx.sweeper is not None:
             ctx.sweeper.cancel()
             ctx.sweeper = None

@@ -96,6 +96,10 @@ class Host:
             and self.context == self._pristine
         )
 
+    def pristine(self) -> bool:
+        """No handler left a context variable set (one pointer comparison when none did)."""
+        return self.context == self._pristine
+
     def rebind(self, on_suspend: Callable[[], None], on_resume: Callable[[], None]) -> None:
         """Serve another connection (only while parked)."""
         self._on_suspend = on_suspend
@@ -183,7 +187,9 @@ def _stepper() -> Generator[Any, Any, None]:
     while True:
         # ``yield from`` takes a returning coroutine's value without raising
         # StopIteration, which ``coro.send`` would (an exception per packet).
-        coro = yield (DONE, (yield from coro))
+        result = yield from coro
+        coro = None  # an idle connection keeps no finished coroutine alive
+        coro = yield (DONE, result)
 
 
 def new_stepper() -> Generator[Any, Any, None]:
@@ -233,15 +239,14 @@ class HostPool:
         self._idle: list[Host] = []
         self._closed = False
 
-    def take(self, loop: asyncio.AbstractEventLoop, on_suspend: Callable[[], None], on_resume: Callable[[], None]) -> Host:
-        """An idle host bound to these callbacks, or a new one."""
+    def take(self, loop: asyncio.AbstractEventLoop) -> Host:
+        """An idle host (bind it with ``rebind`` before it runs a worker), or a new one."""
         idle = self._idle
         while idle:
             host = idle.pop()
             if host.reusable(loop):  # still parked: the loop may have ended it meanwhile
-                host.rebind(on_suspend, on_resume)
                 return host
-        return Host(loop, on_suspend, on_resume)
+        return Host(loop, _nothing, _nothing)
 
     def give_back(self, host: Host, loop: asyncio.AbstractEventLoop) -> None:
         """A connection closed: keep its host for the next one, or end it."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
@@ -45,9 +44,13 @@ MAX_SWEEP_INTERVAL: Final = 1.0
 LINGER_AFTER_ERROR: Final = 1.0
 
 # Why reading is paused; reading resumes when no reason is left.
-_HOLD_QUEUE: Final = "queue"  # max_pending packets wait to be handled
-_HOLD_WRITE: Final = "write"  # the peer does not read its replies
-_HOLD_FATAL: Final = "fatal"  # a fatal frame error: the connection is closing
+#: An idle connection's queue (``Connection._queue`` makes a list when events wait).
+_NO_PENDING: Final[tuple[()]] = ()
+
+# Bits of ``Connection._holds`` (an int: an idle connection holds no set).
+_HOLD_QUEUE: Final = 1  # max_pending packets wait to be handled
+_HOLD_WRITE: Final = 2  # the peer does not read its replies
+_HOLD_FATAL: Final = 4  # a fatal frame error: the connection is closing
 
 #: Replies queued while handlers run are flushed early past this many bytes, so a
 #: handler that sends a lot without ever waiting still hands it to the transport
@@ -78,11 +81,15 @@ class ServingContext:
     _done: asyncio.Future[None] | None = field(init=False, default=None)
     #: Host tasks of closed connections, for new ones (see ``HostPool``).
     hosts: HostPool = field(init=False, default_factory=HostPool)
+    #: The host that eager bursts borrow when their connection holds none (``Connection._start``).
+    spare: Host | None = field(init=False, default=None)
+    #: Steps handlers eagerly, for every connection: one burst runs at a time.
+    stepper: Generator[Any, Any, None] = field(init=False, default_factory=new_stepper)
 
     def __post_init__(self) -> None:
         self.pack_header = header_packer(self.header_size, self.byteorder)
         self.encodings = frozenset(CODECS)
-        self.sweep_every = min(self.timeout / SWEEPS_PER_TIMEOUT, MAX_SWEEP_INTERVAL)
+        self.sweep_every = min(self.timeout / SWEEPS_PER_TIMEOUT, MAX_SWEEP_INTERVAL) if self.timeout else MAX_SWEEP_INTERVAL
 
     def protocol_factory(self) -> Callable[[], asyncio.Protocol]:
         """What the listener makes per accepted socket: a ``Connection``, or the gate in front of one."""
@@ -92,6 +99,13 @@ class ServingContext:
         make = lambda: Connection(self)  # noqa: E731
         trusted, admission, timeout = pipeline.trusted_proxies, pipeline.admission, self.timeout
         return lambda: Gate(make, trusted, admission, timeout)
+
+    def close_hosts(self) -> None:
+        """End the idle host tasks, the spare's too (the serving run ends)."""
+        self.hosts.close()
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            spare.close()
 
     def traffic(self) -> tuple[int, int]:
         """Bytes read and written by every connection so far (open ones included)."""
@@ -116,8 +130,8 @@ class Connection(asyncio.Protocol):
     # Slots: every packet reads and writes a dozen of these (slot access is the fastest).
     __slots__ = (
         "_cancelled", "_clock", "_corked", "_ctx", "_decoder", "_drain_waiters", "_eof", "_ex", "_holds", "_host",
-        "_idle_waiters", "_loop", "_mark", "_max_pending", "_out", "_out_size", "_overhead", "_pack_header", "_pending",
-        "_ready", "_registered", "_seen", "_stepper", "_transport", "_working", "_write_paused", "bytes_in",
+        "_idle_waiters", "_loop", "_mark", "_max_pending", "_out", "_out_size", "_pack_header", "_pending",
+        "_ready", "_registered", "_seen", "_transport", "_working", "_write_paused", "bytes_in",
         "bytes_out", "closing", "__weakref__",
     )  # fmt: skip
 
@@ -126,28 +140,28 @@ class Connection(asyncio.Protocol):
         self._loop = loop = asyncio.get_running_loop()
         self._clock = _clock_of(loop)
         self._pack_header = ctx.pack_header
-        self._overhead = ctx.header_size + FRAME_TAIL
         self._max_pending = ctx.max_pending
         self._ready = ctx.done_future(loop)
-        self._stepper: Generator[Any, Any, None] | None = None  # made on the first packet
         self._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, ctx.encodings)
-        self._pending: deque[RawFrame | FrameError] = deque()
+        # A list (made when events wait, see ``_queue``), not a deque: it holds at most
+        # max_pending events, and an idle connection holds none (an empty deque is 760 bytes).
+        self._pending: list[RawFrame | FrameError] | tuple[()] = _NO_PENDING
         self._working = False
         self._host: Host | None = None
         self._corked = False
-        self._out: list[bytes] = []
+        self._out: list[bytes] | None = None  # replies queued while corked (made per burst)
         self._out_size = 0
-        self._idle_waiters: list[asyncio.Future[None]] = []
+        self._idle_waiters: list[asyncio.Future[None]] | None = None  # made when someone waits
         self._transport: asyncio.Transport | None = None
         self._mark = 0.0
         self._seen = 0.0
-        self._holds: set[str] = set()
+        self._holds = 0
         #: True once the connection is closing: later sends are ignored (read by ``Client``).
         self.closing = False
         self._eof = False
         self._registered = False
         self._write_paused = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._drain_waiters: list[asyncio.Future[None]] | None = None
         self._ex: Exchange | None = None
         #: The server cancelled the running handler (shutdown): its CancelledError is no handler failure.
         self._cancelled = False
@@ -187,7 +201,7 @@ class Connection(asyncio.Protocol):
         self._registered = True
         ctx.connections.add(self)
         self._mark = self._clock()
-        if ctx.timeout and ctx.sweeper is None:
+        if ctx.sweeper is None:
             ctx.sweeper = self._loop.call_later(ctx.sweep_every, _sweep, ctx, self._loop)
 
     def data_received(self, data: bytes) -> None:
@@ -213,6 +227,7 @@ class Connection(asyncio.Protocol):
             if not self._working:
                 self._start(events)
                 return
+            pending = self._queue()
             pending.extend(events)
         if len(pending) >= self._max_pending:
             self._hold_reading(_HOLD_QUEUE)
@@ -265,9 +280,11 @@ class Connection(asyncio.Protocol):
             return
         size = len(payload)
         header = self._pack_header(size + FRAME_TAIL, PROTOCOL_VERSION, encoding)
-        self.bytes_out += size + self._overhead
+        self.bytes_out += size + FRAME_TAIL + self._ctx.header_size
         if self._corked:
             out = self._out
+            if out is None:
+                out = self._out = []
             out.append(header)
             out.append(payload)
             self._out_size += size
@@ -318,6 +335,8 @@ class Connection(asyncio.Protocol):
         if not self._write_paused or self.closing:
             return self._ready
         waiter = self._loop.create_future()
+        if self._drain_waiters is None:
+            self._drain_waiters = []
         self._drain_waiters.append(waiter)
         return waiter
 
@@ -330,6 +349,8 @@ class Connection(asyncio.Protocol):
         """Return once every packet received so far has been handled."""
         while self._working:
             waiter = self._loop.create_future()
+            if self._idle_waiters is None:
+                self._idle_waiters = []
             self._idle_waiters.append(waiter)
             await waiter
 
@@ -349,6 +370,16 @@ class Connection(asyncio.Protocol):
         if self._working:
             return 0.0
         return self._clock() - max(self._seen, self._mark)
+
+    def _shed(self) -> None:
+        """Quiet for a while: give the host task back to the pool and drop the stepper.
+
+        Only a connection whose handler waited (or set a context variable) holds a
+        host between packets (``_start``); this lets it go once it is quiet.
+        """
+        host, self._host = self._host, None
+        if host is not None:
+            self._ctx.hosts.give_back(host, self._loop)
 
     def cancel_work(self) -> None:
         """Cancel the running handler (shutdown past its deadline)."""
@@ -380,7 +411,7 @@ class Connection(asyncio.Protocol):
         out = self._out
         if not out:
             return
-        self._out = []
+        self._out = None
         self._out_size = 0
         if self._transport is not None and not self.closing:
             self._transport.write(b"".join(out))
@@ -391,15 +422,14 @@ class Connection(asyncio.Protocol):
         The queue is empty when this starts; what is left of ``events`` when a handler
         waits (or reading is held) is queued for the host task, in order.
         """
-        stepper = self._stepper
-        if stepper is None:
-            stepper = self._stepper = new_stepper()
+        ctx = self._ctx
+        stepper = ctx.stepper
         ex: Exchange = self._ex  # type: ignore[assignment]  # set by open, before any data
         while events:
             rest = iter(events)
             for event in rest:
                 if self._holds:  # rare: reading is held; only the async worker can wait for relief
-                    self._pending.append(event)
+                    self._queue().append(event)
                     self._hand_over(rest, self._work())
                     return
                 if type(event) is not tuple:
@@ -411,13 +441,13 @@ class Connection(asyncio.Protocol):
                 try:
                     out = stepper.send(coro)
                 except BaseException as exc:  # whatever handler code raises, the packet is answered
-                    stepper = self._stepper = new_stepper()  # the old one is spent
+                    stepper = ctx.stepper = new_stepper()  # the old one is spent
                     ex.failed(exc, event[0])
                     continue
                 if type(out) is tuple and out[0] is DONE:
                     ex.finish(out[1], event[0])
                     continue
-                self._stepper = new_stepper()  # the host task finishes this one
+                ctx.stepper = new_stepper()  # the host task finishes this one
                 self._hand_over(rest, self._after_wait(stepper, out, event[0]))
                 return
             events = self._pull_more()
@@ -428,11 +458,13 @@ class Connection(asyncio.Protocol):
 
     def _hand_over(self, rest: Iterator[RawFrame | FrameError], worker: Coroutine[Any, Any, None]) -> None:
         """Queue the events not handled yet and let the host task go on with ``worker``."""
-        pending = self._pending
+        pending = self._queue()
         pending.extend(rest)
         if len(pending) >= self._max_pending:
             self._hold_reading(_HOLD_QUEUE)
-        self._host.submit(worker)  # type: ignore[union-attr]
+        host: Host = self._host  # type: ignore[assignment]  # set by _start
+        host.rebind(self._uncork, self._cork)  # the host task runs this connection's worker
+        host.submit(worker)
 
     async def _after_wait(self, stepper: Generator[Any, Any, None], waiting_on: Any, encoding: int) -> None:
         """In the host task: finish the handler that waited, then the rest of the queue."""
@@ -450,7 +482,7 @@ class Connection(asyncio.Protocol):
 
     async def _work(self) -> None:
         """In the host task: handle the queue, waiting for each handler and for relief of held reading."""
-        pending = self._pending
+        pending = self._queue()
         ex: Exchange = self._ex  # type: ignore[assignment]
         try:
             while True:
@@ -458,7 +490,7 @@ class Connection(asyncio.Protocol):
                     pending.extend(self._pull_more())
                     if not pending:
                         break
-                event = pending.popleft()
+                event = pending.pop(0)
                 if type(event) is tuple:
                     coro = ex.begin(event)
                     if coro is not None:
@@ -485,8 +517,17 @@ class Connection(asyncio.Protocol):
         """
         return self._cancelled and isinstance(exc, asyncio.CancelledError)
 
+    def _queue(self) -> list[RawFrame | FrameError]:
+        """The queue of events waiting to be handled, made when the first one waits."""
+        pending = self._pending
+        if type(pending) is tuple:
+            pending = self._pending = []
+        return pending  # type: ignore[return-value]
+
     def _done(self) -> None:
         """Every queued packet is handled."""
+        if not self._pending:
+            self._pending = _NO_PENDING
         self._working = False
         self._mark = self._clock()
         if self._idle_waiters:
@@ -516,15 +557,16 @@ class Connection(asyncio.Protocol):
         """Handle ``events`` eagerly in the host task's name, then write their replies at once."""
         pending = self._pending
         if pending:  # left by a cancelled worker (shutdown): they go first
-            pending.extend(events)
-            events = list(pending)
-            pending.clear()
+            events = [*pending, *events]
+            self._pending = _NO_PENDING
+        ctx = self._ctx
+        loop = self._loop
         host = self._host
-        if host is None:
-            host = self._host = self._ctx.hosts.take(self._loop, self._uncork, self._cork)
+        if host is None:  # the serving run's spare host lends its task and context to the burst
+            host = self._host = ctx.spare or ctx.hosts.take(loop)
+            ctx.spare = None
         self._working = True
         self._corked = True
-        loop = self._loop
         if running_task(loop) is not None:  # a task runs (a test's): no eager start
             self._hand_over(iter(events), self._work())
             return
@@ -534,20 +576,23 @@ class Connection(asyncio.Protocol):
             host.context.run(self._work_eagerly, events)
         finally:
             leave_task(loop, task)
+        if not self._working and host.pristine() and ctx.spare is None:
+            self._host = None  # nothing waited, nothing set: the host is the next burst's
+            ctx.spare = host
         self._corked = False
         out = self._out
-        if out:  # as _flush(), reusing the list
+        if out:  # as _flush()
+            self._out = None  # an idle connection holds no buffer
+            self._out_size = 0
             if not self.closing:
                 self._transport.write(b"".join(out))  # type: ignore[union-attr]  # set before any data
-            out.clear()
-            self._out_size = 0
 
     async def _relieve(self) -> None:
         """Between packets while reading is held: wait for the peer to read, refill the queue."""
         if self._write_paused:
             await self.drain()
-        pending = self._pending
-        if _HOLD_QUEUE in self._holds and len(pending) <= self._max_pending // 2:
+        pending = self._queue()
+        if self._holds & _HOLD_QUEUE and len(pending) <= self._max_pending // 2:
             pending.extend(self._pull_more())
             if len(pending) < self._max_pending:
                 self._release_reading(_HOLD_QUEUE)
@@ -564,13 +609,12 @@ class Connection(asyncio.Protocol):
                 self._hold_reading(_HOLD_FATAL)
         return events
 
-    def _hold_reading(self, reason: str) -> None:
-        self._holds.add(reason)
+    def _hold_reading(self, reason: int) -> None:
+        self._holds |= reason
         self._pause_reading()
 
-    def _release_reading(self, reason: str) -> None:
-        holds = self._holds
-        holds.discard(reason)
+    def _release_reading(self, reason: int) -> None:
+        self._holds = holds = self._holds & ~reason
         transport = self._transport
         if holds or self.closing or transport is None or transport.is_reading():
             return
@@ -582,20 +626,25 @@ class Connection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _wake_drainers(self) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, []
+        waiters, self._drain_waiters = self._drain_waiters, None
+        if waiters is None:
+            return
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
     def _wake_idle(self) -> None:
-        waiters, self._idle_waiters = self._idle_waiters, []
+        waiters, self._idle_waiters = self._idle_waiters, None
+        if waiters is None:
+            return
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
 
 def _sweep(ctx: ServingContext, loop: asyncio.AbstractEventLoop) -> None:
-    """Time out the connections that have had no complete packet for ``ctx.timeout`` seconds.
+    """Time out the connections that have had no complete packet for ``ctx.timeout`` seconds,
+    and let the connections quiet for a sweep give back their host task (``_shed``).
 
     One timer per server instead of one per connection: a connection costs no timer
     of its own to arm, re-arm and cancel (a heap push of Python comparisons each), and
@@ -606,8 +655,18 @@ def _sweep(ctx: ServingContext, loop: asyncio.AbstractEventLoop) -> None:
     ctx.sweeper = None
     if not ctx.connections:
         return  # the next connection starts the sweeps again
-    deadline = _clock_of(loop)() - ctx.timeout
-    for conn in [c for c in ctx.connections if c._mark <= deadline and not c._working and not c.closing]:
+    now = _clock_of(loop)()
+    deadline = now - ctx.timeout if ctx.timeout else -1.0
+    quiet = now - ctx.sweep_every
+    late: list[Connection] = []
+    for conn in ctx.connections:
+        if conn._working or conn.closing:
+            continue
+        if conn._mark <= deadline:
+            late.append(conn)
+        elif conn._host is not None and conn._mark <= quiet:
+            conn._shed()
+    for conn in late:
         conn._timed_out()
     ctx.sweeper = loop.call_later(ctx.sweep_every, _sweep, ctx, loop)
 

@@ -183,7 +183,7 @@ async def _finish(ctx: ServingContext, timeout: float) -> None:
     for conn in list(ctx.connections):
         conn.close()
     await asyncio.sleep(0)
-    ctx.hosts.close()
+    ctx.close_hosts()
     if ctx.sweeper is not None:
         ctx.sweeper.cancel()
         ctx.sweeper = None
