@@ -90,7 +90,7 @@ class Server:
             "error": CODE}``, as AsyncAPY 0.5 did (its clients compare them whole).
         proxy_protocol: every connection starts with a PROXY header (v1 or v2) from a
             load balancer; the client's real address is what handlers, filters,
-            limits and logs see (``asyncapy.proxied``).
+            limits and logs see (``asyncapy.serve.gate``).
         trusted_proxies: addresses or networks allowed to send that header (default:
             this host, 127.0.0.0/8 and ::1); other connections are closed unanswered.
         shared_state: a ``SharedState`` (``asyncapy.redis.RedisState``) that makes
