@@ -18,8 +18,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from .browser import HEIGHT, WIDTH, Browser
 from .procs import ROOT
@@ -58,8 +60,7 @@ def test_the_build_is_strict_and_complete(site: Path) -> None:
     assert re.search(r"^strict: true$", config, re.M) and re.search(r"^use_directory_urls: false", config, re.M)
     missing = [page for page in PAGES if not (site / page).is_file()]
     assert not missing, f"pages not built: {missing}"
-    nav = set(re.findall(r":\s+([\w/.-]+\.md)\s*$|^\s+- ([\w/.-]+\.md)\s*$", config, re.M))
-    in_nav = {name for pair in nav for name in pair if name}
+    in_nav = set(_nav_pages(yaml.safe_load(config)["nav"]))
     outside = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md") if p.relative_to(DOCS).as_posix() not in in_nav)
     assert not outside, f"add these pages to the nav of mkdocs.yml: {outside}"
     assert (site / "search" / "search_index.js").is_file(), "the offline plugin inlines the search index for file://"
@@ -88,6 +89,18 @@ def test_each_page_renders_offline(site: Path, browser: Browser, page: str) -> N
     assert not broken, f"{page}: links to nothing: {broken}"
     assert not browser.console_errors(), f"{page}: {browser.console_errors()}"
     assert not browser.remote_requests(), f"{page} reached for the network: {browser.remote_requests()}"
+
+
+def _nav_pages(entry: Any) -> Iterator[str]:
+    """The page files of mkdocs.yml's ``nav``, however nested."""
+    if isinstance(entry, str):
+        yield entry
+    elif isinstance(entry, list):
+        for item in entry:
+            yield from _nav_pages(item)
+    elif isinstance(entry, dict):
+        for value in entry.values():
+            yield from _nav_pages(value)
 
 
 def _broken(url: str, site: Path) -> bool:
