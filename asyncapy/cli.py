@@ -73,7 +73,7 @@ def _add_run(commands: Any) -> None:
     run.add_argument("--access-log-file", metavar="FILE", help="write the access log to FILE (implies --access-log)")
     run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on PORT (asyncapy[prometheus])")
     run.add_argument("--workers", type=int, help="processes sharing the port (default: the server's, 1)")
-    run.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install 'asyncapy[uvloop]')")
+    run.add_argument("--uvloop", action="store_true", help="run on uvloop (the asyncapy[uvloop] extra)")
     run.add_argument("--reload", action="store_true", help="restart when a .py file of the app changes (development; asyncapy[reload])")
     run.add_argument(
         "--proxy-protocol", action="store_true", help="read a PROXY header (v1/v2) from the load balancer first"
@@ -209,20 +209,20 @@ def _add_send(commands: Any) -> None:
 def cmd_send(args: argparse.Namespace) -> int:
     """Send JSON to HOST:PORT as one packet and print the reply as JSON.
 
-    An error packet from the server, or a server that cannot be reached, is reported
-    on stderr with a non-zero exit code.
+    The reply is printed on stdout, an error packet too (so scripts can read its code);
+    an error packet exits 1 with a line on stderr, a server that cannot be reached exits 3.
     """
     host, port = parse_address(args.address)
     payload = parse_payload(args.payload)
     client = Client(host, port, tls=args.tls, encoding=args.encoding, timeout=args.timeout)
     try:
         with client:
-            reply = client.request(payload, raise_errors=True)
-    except ErrorReply as exc:
-        raise CLIError(f"the server answered {exc}", EXIT_ERROR_REPLY) from None
+            reply = client.request(payload)
     except (ClientError, ProtocolError, OSError) as exc:
         raise CLIError(f"{host}:{port}: {_why(exc)}", EXIT_UNREACHABLE) from None
-    print(json.dumps(reply, ensure_ascii=False, default=_jsonable))
+    print(json.dumps(reply, ensure_ascii=False, default=_jsonable), flush=True)
+    if reply.get("status") == "failure" and "error" in reply:
+        raise CLIError(f"the server answered {ErrorReply(reply)}", EXIT_ERROR_REPLY)
     return 0
 
 

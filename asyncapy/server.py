@@ -74,7 +74,7 @@ class Server:
         access_log: one line per packet on the ``asyncapy.access`` logger (peer,
             handlers, outcome code, microseconds); a path: to that file only.
         metrics_port: serve Prometheus ``/metrics`` on this port of ``addr`` (0: one the
-            OS picks); ``pip install 'asyncapy[prometheus]'``; see ``asyncapy.metrics``.
+            OS picks); the ``prometheus`` extra; see ``asyncapy.metrics``.
         encoding: the encoding of error replies sent before a session declared one.
         shutdown_timeout: seconds running handlers get to finish when the server stops.
         backlog: connections the kernel may queue before ``accept`` (bursts of connects).
@@ -85,7 +85,7 @@ class Server:
             stays open: its framing is intact, only that packet failed.
         workers: processes serving the port for ``start()`` (each with its own sessions,
             limits and ``setup()``); see ``asyncapy.workers``.
-        uvloop: run ``start()`` on uvloop (``pip install asyncapy[uvloop]``).
+        uvloop: run ``start()`` on uvloop (the ``uvloop`` extra).
         error_details: False sends error replies as exactly ``{"status": "failure",
             "error": CODE}``, as AsyncAPY 0.5 did (its clients compare them whole).
         proxy_protocol: every connection starts with a PROXY header (v1 or v2) from a
@@ -583,7 +583,9 @@ def _check_uvloop(enabled: bool) -> bool:
         try:
             import uvloop  # noqa: F401
         except ImportError:
-            raise ValueError("uvloop=True needs uvloop: pip install 'asyncapy[uvloop]'") from None
+            from .model.install import install_hint
+
+            raise ValueError(f"uvloop=True needs uvloop: {install_hint('uvloop')}") from None
     return bool(enabled)
 
 

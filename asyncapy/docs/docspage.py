@@ -327,9 +327,11 @@ def example(schema: Any, schemas: Mapping[str, Any], depth: int = 0) -> Any:
     if kind == "string" or (kind is None and "pattern" in schema):
         return _string_example(schema)
     if kind == "integer":
-        return int(schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1))
+        low = schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1)
+        return 0 if low <= 0 <= schema.get("maximum", 0) else int(low)  # 0 when the range allows it
     if kind == "number":
-        return float(schema.get("minimum", 0.0))
+        low = schema.get("minimum", 0.0)
+        return 0.0 if low <= 0 <= schema.get("maximum", 0.0) else float(low)
     if kind == "boolean":
         return True
     return None

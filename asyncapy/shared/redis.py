@@ -1,4 +1,4 @@
-"""``RedisState``: the state several servers share, kept in Redis (``pip install 'asyncapy[redis]'``).
+"""``RedisState``: the state several servers share, kept in Redis (the ``redis`` extra).
 
 Keys, under ``namespace`` (so several APIs can share one Redis):
 
@@ -31,7 +31,9 @@ try:
     from redis.backoff import NoBackoff
     from redis.exceptions import RedisError
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("asyncapy.redis needs the redis package: pip install 'asyncapy[redis]'") from exc
+    from ..model.install import install_hint
+
+    raise ImportError(f"asyncapy.redis needs the redis package: {install_hint('redis')}") from exc
 
 from .state import DEFAULT_TTL, SharedState, SharedStateUnavailable
 

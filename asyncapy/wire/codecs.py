@@ -123,7 +123,16 @@ class ZiProtoCodec:
         except DecodeError:
             raise
         except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
-            raise DecodeError(f"invalid ZiProto: {type(exc).__name__}: {exc}") from None
+            raise DecodeError(f"invalid ZiProto: {_why_undecodable(exc)}") from None
+
+
+def _why_undecodable(exc: BaseException) -> str:
+    """msgpack's reason, in words even when its exception carries no message."""
+    if isinstance(exc, msgpack.FormatError):
+        return "a byte that starts no ZiProto value (FormatError)"
+    if isinstance(exc, (msgpack.StackError, RecursionError)):
+        return "values nested too deeply (StackError)"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 CODECS: dict[int, Codec] = {}

@@ -78,12 +78,15 @@ def test_bytes_round_trip_and_the_known_empty_bytes_divergence() -> None:
 def test_hostile_ziproto_payloads_are_decode_errors(data: bytes, why: str) -> None:
     tracemalloc.start()
     try:
-        with pytest.raises(DecodeError):
+        with pytest.raises(DecodeError) as caught:
             ZIPROTO.decode(data)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 10 * 1024 * 1024 + 20 * len(data), why
+    detail = str(caught.value)  # what ERR_REQUEST_MALFORMED's detail says
+    assert "ZiProto" in detail and not detail.rstrip().endswith(":"), (why, detail)  # never an empty "FormatError: "
+    assert len(detail) > len("invalid ZiProto: ") + 8, (why, detail)
 
 
 @pytest.mark.parametrize(

@@ -99,20 +99,24 @@ def _shorten(text: str) -> str:
 
 
 def group_note(group: CompiledGroup, payload: Mapping[str, Any]) -> str | None:
-    """A line when the group's index sent the packet to no tagged handler."""
+    """A line when the group's index sent the packet to no tagged handler: the tag is
+    missing, or no handler takes its value."""
     if group.key is None or candidates(group, payload) is not group.untagged:
         return None
     known = sorted(group.index, key=repr)
     shown = ", ".join(repr(t) for t in known[:MAX_TAGS]) + (", ..." if len(known) > MAX_TAGS else "")
+    if group.key not in payload:
+        return f"group {group.group}: the packet has no {group.key!r} field (its handlers take {shown})"
     return f"group {group.group}: no handler takes this {group.key!r} (known: {shown})"
 
 
 def miss_reasons(
     groups: Sequence[CompiledGroup], payload: Mapping[str, Any], failures: Sequence[Failure]
 ) -> tuple[str, ...]:
-    """The reasons of a miss, group by group, capped at ``MAX_REASONS`` handlers."""
-    lines = [note for note in (group_note(g, payload) for g in groups) if note is not None]
-    lines += [failure_reason(*f) for f in failures[:MAX_REASONS]]
+    """The reasons of a miss, group by group in ascending order, capped at ``MAX_REASONS`` handlers."""
+    notes = [(g.group, note) for g in groups if (note := group_note(g, payload)) is not None]
+    shown = [(f[0].group, failure_reason(*f)) for f in failures[:MAX_REASONS]]
+    lines = [line for _, line in sorted(notes + shown, key=lambda entry: entry[0])]  # stable: a note before its group's handlers
     if len(failures) > MAX_REASONS:
         lines.append(f"(+{len(failures) - MAX_REASONS} more handlers)")
     return tuple(lines)
