@@ -100,6 +100,10 @@ class Host:
         """No handler left a context variable set (one pointer comparison when none did)."""
         return self.context == self._pristine
 
+    def bound_to(self, owner: object) -> bool:
+        """``owner``'s callbacks are this host's (a connection that borrowed it last)."""
+        return getattr(self._on_suspend, "__self__", None) is owner
+
     def rebind(self, on_suspend: Callable[[], None], on_resume: Callable[[], None]) -> None:
         """Serve another connection (only while parked)."""
         self._on_suspend = on_suspend

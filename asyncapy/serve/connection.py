@@ -243,6 +243,9 @@ class Connection(asyncio.Protocol):
         if self._host is not None:
             self._ctx.hosts.give_back(self._host, self._loop)
             self._host = None
+        spare = self._ctx.spare
+        if spare is not None and spare.bound_to(self):  # it borrowed the spare last: let go of it
+            spare.rebind(_unbound, _unbound)
         self._unregister()
         self._wake_drainers()
         if self._ex is not None:
@@ -462,9 +465,7 @@ class Connection(asyncio.Protocol):
         pending.extend(rest)
         if len(pending) >= self._max_pending:
             self._hold_reading(_HOLD_QUEUE)
-        host: Host = self._host  # type: ignore[assignment]  # set by _start
-        host.rebind(self._uncork, self._cork)  # the host task runs this connection's worker
-        host.submit(worker)
+        self._host.submit(worker)  # type: ignore[union-attr]  # set and bound by _start
 
     async def _after_wait(self, stepper: Generator[Any, Any, None], waiting_on: Any, encoding: int) -> None:
         """In the host task: finish the handler that waited, then the rest of the queue."""
@@ -565,6 +566,7 @@ class Connection(asyncio.Protocol):
         if host is None:  # the serving run's spare host lends its task and context to the burst
             host = self._host = ctx.spare or ctx.hosts.take(loop)
             ctx.spare = None
+            host.rebind(self._uncork, self._cork)  # its owner while the burst runs (the logs read it)
         self._working = True
         self._corked = True
         if running_task(loop) is not None:  # a task runs (a test's): no eager start
@@ -669,6 +671,10 @@ def _sweep(ctx: ServingContext, loop: asyncio.AbstractEventLoop) -> None:
     for conn in late:
         conn._timed_out()
     ctx.sweeper = loop.call_later(ctx.sweep_every, _sweep, ctx, loop)
+
+
+def _unbound() -> None:
+    pass
 
 
 def _clock_of(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
