@@ -14,6 +14,7 @@ class RecordingLink:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.closing = False
+        self.exchange: Any = None
 
     def write_payload(self, payload: bytes, encoding: int) -> None:
         self.sent.append(payload)

@@ -88,7 +88,7 @@ def _client_of(task: asyncio.Task[Any]) -> Client | None:
     if isinstance(client, Client):
         return client
     host = local.get("self")
-    owner = getattr(getattr(host, "_on_suspend", None), "__self__", None)  # Host -> Connection
+    owner = getattr(host, "owner", None)  # Host -> Connection
     client = getattr(owner, "client", None)
     return client if isinstance(client, Client) else None
 

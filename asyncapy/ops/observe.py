@@ -170,7 +170,7 @@ def when_reported(client: Client, callback: Callable[[str, str], None]) -> bool:
 
 
 def _record_of(client: Client) -> Record | None:
-    record = getattr(client._link, "record", None)
+    record = getattr(getattr(client._link, "exchange", None), "record", None)
     return record if type(record) is Record else None
 
 
@@ -305,9 +305,9 @@ def _recording(handler: Callable[..., Awaitable[Any]], name: str) -> Callable[..
     """
 
     def recording(client: Client, *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        note = getattr(client._link, "note", None)  # the exchange (a closed link has none)
-        if note is not None:
-            note(name)
+        exchange = getattr(client._link, "exchange", None)  # the connection's (a closed link has none)
+        if exchange is not None:
+            exchange.note(name)
         return handler(client, *args, **kwargs)
 
     recording.__name__ = getattr(handler, "__name__", name)

@@ -65,7 +65,7 @@ class Host:
     ``host.context.run(...)``; otherwise it ``submit``s a worker.
     """
 
-    __slots__ = ("_loop", "context", "_pristine", "_inbox", "task", "_on_suspend", "_on_resume", "_busy", "_closed")
+    __slots__ = ("_loop", "context", "initial", "owner", "_inbox", "task", "_on_suspend", "_on_resume", "_busy", "_closed")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, on_suspend: Callable[[], None], on_resume: Callable[[], None]
@@ -77,7 +77,9 @@ class Host:
         self._closed = False
         self._inbox: asyncio.Future[Worker | None] = loop.create_future()
         self.context = contextvars.copy_context()
-        self._pristine = self.context.copy()  # what the context holds before any handler ran
+        self.initial = self.context.copy()  # what the context holds before any handler ran
+        #: The connection whose packets it runs now, or ran last (the logs name its session).
+        self.owner: Any = None
         if _TASK_CONTEXT:
             self.task = loop.create_task(self._serve(), context=self.context)  # type: ignore[call-arg,unused-ignore]
         else:
@@ -93,12 +95,8 @@ class Host:
             and not task.done()
             and task.get_loop() is loop
             and _cancelling(task) == 0
-            and self.context == self._pristine
+            and self.context == self.initial
         )
-
-    def pristine(self) -> bool:
-        """No handler left a context variable set (one pointer comparison when none did)."""
-        return self.context == self._pristine
 
     def rebind(self, on_suspend: Callable[[], None], on_resume: Callable[[], None]) -> None:
         """Serve another connection (only while parked)."""
@@ -250,6 +248,7 @@ class HostPool:
 
     def give_back(self, host: Host, loop: asyncio.AbstractEventLoop) -> None:
         """A connection closed: keep its host for the next one, or end it."""
+        host.owner = None
         if not self._closed and len(self._idle) < HOST_POOL_SIZE and host.reusable(loop):
             host.rebind(_nothing, _nothing)
             self._idle.append(host)

@@ -110,9 +110,10 @@ class ServingContext:
     def traffic(self) -> tuple[int, int]:
         """Bytes read and written by every connection so far (open ones included)."""
         received, sent = self.bytes_in, self.bytes_out
+        overhead = self.header_size + FRAME_TAIL
         for conn in self.connections:
             received += conn.bytes_in
-            sent += conn.bytes_out
+            sent += conn.bytes_out + conn.writes * overhead
         return received, sent
 
     def done_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
@@ -131,7 +132,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "_cancelled", "_clock", "_corked", "_ctx", "_decoder", "_drain_waiters", "_eof", "_ex", "_holds", "_host",
         "_idle_waiters", "_loop", "_mark", "_max_pending", "_out", "_out_size", "_pack_header", "_pending",
-        "_ready", "_registered", "_seen", "_transport", "_working", "_write_paused", "bytes_in",
+        "_ready", "_registered", "_seen", "_transport", "_working", "_write_paused", "bytes_in", "writes",
         "bytes_out", "closing", "__weakref__",
     )  # fmt: skip
 
@@ -165,9 +166,11 @@ class Connection(asyncio.Protocol):
         self._ex: Exchange | None = None
         #: The server cancelled the running handler (shutdown): its CancelledError is no handler failure.
         self._cancelled = False
-        #: Bytes read and written (the metrics' traffic counters, ``ServingContext.traffic``).
+        #: Bytes read, payload bytes and frames written (``ServingContext.traffic``; the
+        #: exchange reads ``writes`` to know whether a packet was answered).
         self.bytes_in = 0
         self.bytes_out = 0
+        self.writes = 0
 
     @property
     def client(self) -> Client | None:
@@ -177,6 +180,11 @@ class Connection(asyncio.Protocol):
     @property
     def session(self) -> Session | None:
         return None if self._ex is None else self._ex.client.session
+
+    @property
+    def exchange(self) -> Exchange | None:
+        """Where this connection's packets are answered (``asyncapy.model.answers``)."""
+        return self._ex
 
     @property
     def transport(self) -> asyncio.Transport | None:
@@ -243,6 +251,9 @@ class Connection(asyncio.Protocol):
         if self._host is not None:
             self._ctx.hosts.give_back(self._host, self._loop)
             self._host = None
+        spare = self._ctx.spare
+        if spare is not None and spare.owner is self:  # it borrowed the spare last: let go of it
+            spare.owner = None
         self._unregister()
         self._wake_drainers()
         if self._ex is not None:
@@ -254,7 +265,7 @@ class Connection(asyncio.Protocol):
             ctx = self._ctx
             ctx.connections.discard(self)
             ctx.bytes_in += self.bytes_in
-            ctx.bytes_out += self.bytes_out
+            ctx.bytes_out += self.bytes_out + self.writes * (ctx.header_size + FRAME_TAIL)
             self.bytes_in = self.bytes_out = 0
 
     def let_go(self) -> None:
@@ -280,7 +291,8 @@ class Connection(asyncio.Protocol):
             return
         size = len(payload)
         header = self._pack_header(size + FRAME_TAIL, PROTOCOL_VERSION, encoding)
-        self.bytes_out += size + FRAME_TAIL + self._ctx.header_size
+        self.bytes_out += size
+        self.writes += 1
         if self._corked:
             out = self._out
             if out is None:
@@ -445,7 +457,8 @@ class Connection(asyncio.Protocol):
                     ex.failed(exc, event[0])
                     continue
                 if type(out) is tuple and out[0] is DONE:
-                    ex.finish(out[1], event[0])
+                    if out[1] is not None or ex.record is not None:
+                        ex.finish(out[1], event[0])
                     continue
                 ctx.stepper = new_stepper()  # the host task finishes this one
                 self._hand_over(rest, self._after_wait(stepper, out, event[0]))
@@ -565,6 +578,7 @@ class Connection(asyncio.Protocol):
         if host is None:  # the serving run's spare host lends its task and context to the burst
             host = self._host = ctx.spare or ctx.hosts.take(loop)
             ctx.spare = None
+            host.owner = self  # while the burst runs (the logs read it)
         self._working = True
         self._corked = True
         if running_task(loop) is not None:  # a task runs (a test's): no eager start
@@ -576,7 +590,7 @@ class Connection(asyncio.Protocol):
             host.context.run(self._work_eagerly, events)
         finally:
             leave_task(loop, task)
-        if not self._working and host.pristine() and ctx.spare is None:
+        if not self._working and host.context == host.initial and ctx.spare is None:
             self._host = None  # nothing waited, nothing set: the host is the next burst's
             ctx.spare = host
         self._corked = False

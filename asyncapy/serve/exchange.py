@@ -14,8 +14,8 @@ handler) is logged, never sent as a second packet, which a pipelining client wou
 as the answer to its next request. Whatever a handler raises, ``BaseException``s
 included, the packet gets its answer and the server goes on.
 
-The exchange is also the ``Client``'s link (``client._link``): what a handler sends goes
-through it, so it counts what was sent for the packet being handled.
+The ``Client`` writes straight to the connection, which counts the frames it writes;
+the exchange reads that count to know whether the packet being handled was answered.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import asyncio
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..wire.codecs import CODEC_IDS, CODECS, DecodeError
 from ..wire.errors import (
@@ -79,6 +79,10 @@ class Link(Protocol):
 
     closing: bool
 
+    @property
+    def writes(self) -> int:
+        """Frames written so far (``Exchange.writes`` counts from the packet's start)."""
+
     def write_payload(self, payload: bytes, encoding: int) -> None: ...
     def close(self) -> None: ...
     def drain(self) -> Awaitable[None]: ...
@@ -89,6 +93,7 @@ class _Gone(Link):
     """What an exchange writes through once its connection is gone: nothing."""
 
     closing = True
+    writes = 0
 
     def write_payload(self, payload: bytes, encoding: int) -> None:
         pass
@@ -114,11 +119,8 @@ class Exchange:
     ``Answers`` of ``asyncapy.model.answers``.
     """
 
-    #: Marks the links that answer (``answers_of``).
-    answers = True
-
     __slots__ = (
-        "client", "code", "conn", "encoding_id", "member", "record", "writes", "_entry", "_pipeline", "_session_open",
+        "client", "code", "conn", "encoding_id", "member", "record", "_entry", "_mark", "_pipeline", "_session_open",
     )  # fmt: skip
 
     def __init__(self, pipeline: Rules, conn: Link, client: Client, record: Record | None) -> None:
@@ -129,30 +131,18 @@ class Exchange:
         self.record = record
         #: The session's encoding (its first packet's), once known.
         self.encoding_id: int | None = None
-        #: Packets written for the packet being handled (its reply, its sends, its error).
-        self.writes = 0
+        #: The connection's frame count when the packet being handled began.
+        self._mark = 0
         #: The outcome code of the packet being handled when it is an error (None: OK).
         self.code: str | None = None
         self._session_open = False
         #: The session's name in the shared admission (``SharedSessions``), if it was counted there.
         self.member: str | None = None
 
-    # -- the Client's link -------------------------------------------------------------
-
     @property
-    def closing(self) -> bool:
-        return self.conn.closing
-
-    def write_payload(self, payload: bytes, encoding: int) -> None:
-        """A send of the application (``client.send``): counted as an answer of the packet."""
-        self.conn.write_payload(payload, encoding)
-        self.writes += 1
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def drain(self) -> Awaitable[None]:
-        return self.conn.drain()
+    def writes(self) -> int:
+        """Frames written for the packet being handled (its reply, its sends, its error)."""
+        return self.conn.writes - self._mark
 
     def note(self, handler: str) -> None:
         """A handler started for the packet being handled (observation names it)."""
@@ -167,7 +157,7 @@ class Exchange:
         record = self.record
         if record is not None:
             record.begin()
-        self.writes = 0
+        self._mark = self.conn.writes
         self.code = None
         client = self.client
         encoding, raw = frame
@@ -200,37 +190,35 @@ class Exchange:
             return None
         if record is not None:
             record.starting(started)
-        return cast("Coroutine[Any, Any, Any]", started)
+        return started  # type: ignore[no-any-return]
 
-    def finish(self, result: Any, encoding: int) -> None:
-        """A packet's coroutine returned ``result``: send it if it is a reply; answer a ``Miss``."""
+    def finish(self, result: Any, encoding: int, report: bool = True) -> None:
+        """A packet's coroutine returned ``result``: write it if it is a reply (a dict or a
+        model; anything else is ignored), answer a ``Miss``; then report the packet."""
         if result is not None:
-            if type(result) is Miss:
+            kind = type(result)
+            if kind is Miss:
                 self.error(ERR_NO_HANDLER, result.detail, encoding, result.errors)
             else:
-                self.reply(result, encoding)
+                name = self.client.encoding
+                try:
+                    try:
+                        encode = REPLY_ENCODERS[name][kind]
+                    except KeyError:
+                        encode = reply_encoder(kind, name)  # a first reply of this type (or an unknown encoding)
+                    conn = self.conn
+                    if encode is not None and not conn.closing:
+                        # A reply the codec cannot carry, or too long for header_size, is the handler's failure.
+                        conn.write_payload(encode(result), CODEC_IDS[name])
+                except Exception as exc:
+                    self._fail(exc, encoding)
         record = self.record
-        if record is not None:
+        if record is not None and report:
             record.end(self)
 
     def reply(self, result: Any, encoding: int) -> None:
-        """Write what a handler returned: a dict or a model is the reply; anything else is ignored."""
-        name = self.client.encoding
-        try:
-            try:
-                encode = REPLY_ENCODERS[name][type(result)]
-            except KeyError:
-                encode = reply_encoder(type(result), name)  # a first reply of this type (or an unknown encoding)
-            if encode is None:
-                return
-            conn = self.conn
-            if conn.closing:
-                return
-            # A reply the codec cannot carry, or too long for header_size, is the handler's failure.
-            conn.write_payload(encode(result), CODEC_IDS[name])
-            self.writes += 1
-        except Exception as exc:
-            self._fail(exc, encoding)
+        """Write what a handler returned, without ending the packet (a layer answers for it)."""
+        self.finish(result, encoding, False)
 
     def failed(self, exc: BaseException, encoding: int) -> None:
         """A packet's handling raised ``exc``: its answer (at most one), then the record."""
@@ -269,7 +257,6 @@ class Exchange:
             )
             return
         self.code = code
-        self.writes += 1
         self.write_error(code, detail, encoding, errors)
 
     def mapped(self, reply: Any, encoding: int) -> None:
@@ -303,7 +290,7 @@ class Exchange:
         record = self.record
         if record is not None:
             record.begin()
-        self.writes = 0
+        self._mark = self.conn.writes
         self.code = None
         self.error(error.code, error.detail, error.encoding)
         if record is not None:

@@ -269,7 +269,7 @@ async def test_generator_teardown_runs_after_the_reply_is_written() -> None:
 
     def resource(client: Client) -> Iterator[int]:
         yield 1
-        written_before_teardown.append(len(client._link.conn._out))  # type: ignore[attr-defined]
+        written_before_teardown.append(len(client._link._out))  # type: ignore[attr-defined]
 
     @server.add_handler()
     async def h(client: Client, packet: Packet, r: Annotated[int, Depends(resource)]) -> dict[str, Any]:
