@@ -1,6 +1,6 @@
 """asyncapy: typed API servers over AsyncAProto, on asyncio."""
 
-from . import filters
+from . import filters, security
 from .apikeys import APIKeyFactory
 from .client import AsyncClient
 from .depends import Depends
@@ -21,6 +21,7 @@ from .middleware import CallNext
 from .packet import Packet
 from .peer import Client, Session
 from .routing import Router
+from .security import ApiKeyAuth, SecurityScheme, Unauthorized
 from .server import Server
 
 __version__ = "0.1.0"
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "APIKeyFactory",
     "ApiError",
+    "ApiKeyAuth",
     "AsyncAPYError",
     "AsyncClient",
     "CallNext",
@@ -42,10 +44,13 @@ __all__ = [
     "ProtocolError",
     "ReplyValidationError",
     "Router",
+    "SecurityScheme",
     "Server",
     "Session",
     "StopPropagation",
+    "Unauthorized",
     "UsageError",
     "__version__",
     "filters",
+    "security",
 ]

@@ -21,7 +21,9 @@ Order of events for one packet: the outermost middleware (registered first) runs
 ERR_NO_HANDLER miss is sent inside it). An exception a handler raised comes out of
 ``call_next`` (middleware see it first); if it leaves the outermost middleware, the
 exception handler registered for its class (or the nearest base class) makes the reply;
-with none, ``ApiError`` is its own reply and anything else ERR_INTERNAL.
+with none, ``ApiError`` is its own reply and anything else ERR_INTERNAL. An ``ApiError`` is
+the application's answer: only a handler registered for ``ApiError`` or one of its
+subclasses maps it, never one for a base class such as ``Exception``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import ERR_NO_HANDLER, StopPropagation, UsageError, error_payload
+from .errors import ERR_NO_HANDLER, ApiError, StopPropagation, UsageError, error_payload
 from .packet import Packet
 from .peer import Client
 from .routing.dispatch import Miss
@@ -93,6 +95,8 @@ class App:
                 await client.send(reply)
 
     def _handler_for(self, kind: type[BaseException]) -> ExceptionHandler[Any] | None:
+        """The handler of ``kind`` or its nearest base; an ``ApiError`` is the app's answer, so
+        for one the search stops at ``ApiError`` (a catch-all for ``Exception`` never takes it)."""
         handlers = self.exception_handlers
         if not handlers:
             return None
@@ -100,6 +104,8 @@ class App:
             found = handlers.get(base)
             if found is not None:
                 return found
+            if base is ApiError:
+                return None
         return None
 
 

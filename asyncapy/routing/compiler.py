@@ -14,8 +14,10 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import TypeAdapter
 
-from ..depends import build_steps
+from ..depends import Steps, build_steps
+from ..errors import ERR_UNAUTHORIZED
 from ..replies import exact_model, reply_checker
+from ..security import SecurityScheme
 from .compiled import CompiledGroup, CompiledRoute, Tag
 from .discriminator import find_discriminator
 from .dispatch import Plan
@@ -62,6 +64,8 @@ def _compile_route(
     steps = build_steps(route.name, dict(spec.dependencies), route.dependencies, spec.models)
     check = reply_checker(route.name, spec.returns)
     how = invocation(route.name, route.handler, spec.style == "model", steps, check, exact_model(spec.returns))
+    security = _security(steps)
+    errors = route.errors + ((ERR_UNAUTHORIZED,) if security and ERR_UNAUTHORIZED not in route.errors else ())
     return CompiledRoute(
         name=route.name,
         group=route.group,
@@ -80,8 +84,17 @@ def _compile_route(
         call=how.call,
         call_data=how.call_data,
         run=how.run,
-        errors=route.errors,
+        errors=errors,
+        security=security,
     )
+
+
+def _security(steps: Steps | None) -> tuple[SecurityScheme, ...]:
+    """The authentication schemes among a route's dependencies (nested ones too), each once."""
+    if steps is None:
+        return ()
+    found = (getattr(step.provider, "__self__", None) for step in steps.steps)
+    return tuple(dict.fromkeys(scheme for scheme in found if isinstance(scheme, SecurityScheme)))
 
 
 def _adapter(accepts: Any, adapters: dict[Any, TypeAdapter[Any]]) -> TypeAdapter[Any]:
