@@ -61,7 +61,7 @@ class Dependency:
         return f"Depends({_name(self.provider)}{extra})"
 
 
-def Depends(dependency: Callable[..., Any], *, use_cache: bool = True) -> Any:  # noqa: N802 - FastAPI's spelling
+def Depends(dependency: Callable[..., Any] | Dependency, *, use_cache: bool = True) -> Any:  # noqa: N802 - FastAPI's spelling
     """Declare a dependency: ``Annotated[T, Depends(f)]``, ``x: T = Depends(f)`` or in ``dependencies=[...]``.
 
     ``dependency`` is called once per packet (``use_cache=False``: once per use) with

@@ -71,6 +71,9 @@ class SecurityScheme(Dependency):
     scheme_name: ClassVar[str | None] = None
     field: str | None = None
 
+    def __init__(self) -> None:
+        """Nothing to set: a subclass's own ``__init__`` need not call it."""
+
     def __getattr__(self, name: str) -> Any:
         """A subclass need not call ``__init__``: the provider is its ``authenticate``, cached per packet."""
         if name == "provider":
