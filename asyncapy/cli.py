@@ -1,8 +1,9 @@
-"""The ``asyncapy`` command: ``run``, ``schema``, ``docs`` and ``send``.
+"""The ``asyncapy`` command: ``run``, ``schema``, ``docs``, ``send``, ``diff`` and ``probe``.
 
-Exit codes: 0 success, 1 the server answered an error packet, 2 bad usage (argparse's
-code, also for a bad ``module:server`` spec), 3 the server could not be reached (``send``)
-or could not listen (``run``).
+Exit codes: 0 success, 1 the server answered an error packet (``send``), a change
+breaks clients (``diff``) or the server is not serving (``probe``), 2 bad usage
+(argparse's code, also for a bad ``module:server`` spec), 3 the server could not be
+reached (``send``) or could not listen (``run``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .client import Client
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schema(commands)
     _add_docs(commands)
     _add_send(commands)
+    _add_diff(commands)
     return parser
 
 
@@ -257,6 +260,54 @@ def _jsonable(value: object) -> object:
     if isinstance(value, (bytes, bytearray)):
         return base64.b64encode(value).decode("ascii")
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# -- diff -------------------------------------------------------------------------------------
+
+
+def _add_diff(commands: Any) -> None:
+    diff = commands.add_parser(
+        "diff", help="list the changes between two versions of an API, and which break clients", description=cmd_diff.__doc__
+    )
+    diff.add_argument("old", metavar="OLD", help="the released API: an `asyncapy schema --asyncapi` file, - (stdin) or MODULE:SERVER")
+    diff.add_argument("new", metavar="NEW", help="the API now: a file, - (stdin) or MODULE:SERVER")
+    diff.add_argument("--json", action="store_true", help="print the changes as JSON")
+    diff.set_defaults(command=cmd_diff)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Compare two AsyncAPI documents operation by operation; exit 1 if a change breaks clients of OLD.
+
+    Breaking: an operation or topic removed, a request field added as required, a type
+    narrowed in a request (a Literal value removed...), a reply field removed or made
+    optional, a type widened in a reply, an alias renamed, a security scheme added.
+    """
+    from .diff import diff_documents, format_changes
+
+    changes = diff_documents(load_document(args.old), load_document(args.new))
+    broken = sum(change.breaking for change in changes)
+    if args.json:
+        report = {"breaking": broken, "compatible": len(changes) - broken, "changes": [c.as_dict() for c in changes]}
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(format_changes(changes))
+    return 1 if broken else 0
+
+
+def load_document(spec: str) -> dict[str, Any]:
+    """An AsyncAPI document: a JSON file (``asyncapy schema --asyncapi`` wrote it), ``-`` for stdin, or ``MODULE:SERVER``."""
+    if spec == "-" or os.path.isfile(spec):
+        try:
+            text = sys.stdin.read() if spec == "-" else Path(spec).read_text(encoding="utf-8")
+            doc = json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise CLIError(f"cannot read an AsyncAPI document from {spec}: {exc}") from None
+        if not isinstance(doc, dict) or "operations" not in doc:
+            raise CLIError(f"{spec} is not an AsyncAPI document (write one with `asyncapy schema MODULE:SERVER --asyncapi`)")
+        return doc
+    if ":" not in spec:
+        raise CLIError(f"{spec!r} is neither a file nor MODULE:SERVER")
+    return load_server(spec).asyncapi()
 
 
 # -- loading MODULE:SERVER ---------------------------------------------------------------
