@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_docs(commands)
     _add_send(commands)
     _add_diff(commands)
+    _add_probe(commands)
     return parser
 
 
@@ -308,6 +309,44 @@ def load_document(spec: str) -> dict[str, Any]:
     if ":" not in spec:
         raise CLIError(f"{spec!r} is neither a file nor MODULE:SERVER")
     return load_server(spec).asyncapi()
+
+
+# -- probe ------------------------------------------------------------------------------------
+
+
+def _add_probe(commands: Any) -> None:
+    probe = commands.add_parser(
+        "probe", help="ask a server started with health=True whether it is serving", description=cmd_probe.__doc__
+    )
+    probe.add_argument("address", metavar="HOST:PORT", help="the server, e.g. 127.0.0.1:1500")
+    probe.add_argument("--tls", action="store_true", help="connect with TLS (the certificate is verified)")
+    probe.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default: %(default)s)")
+    probe.set_defaults(command=cmd_probe)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Send the health packet {"asyncapy": "health"}; exit 0 when the answer is SERVING, 1 otherwise.
+
+    For a Kubernetes exec probe or a script. NOT_SERVING (a graceful stop began), any
+    other answer (the server has no health=True), no answer and no connection exit 1,
+    with the reason on stderr.
+    """
+    from .health import HEALTH_PACKET, SERVING
+
+    host, port = parse_address(args.address)
+    try:
+        with Client(host, port, tls=args.tls, timeout=args.timeout) as client:
+            reply = client.request(dict(HEALTH_PACKET))
+    except (ClientError, ProtocolError, OSError) as exc:
+        print(f"asyncapy: {host}:{port}: {_why(exc)}", file=sys.stderr)
+        return 1
+    status = reply.get("status")
+    print(status if isinstance(status, str) and status.isupper() else json.dumps(reply, default=_jsonable))
+    if status == SERVING:
+        return 0
+    if reply.get("error"):
+        print(f"asyncapy: {host}:{port} answered {reply.get('error')}: is it started with health=True?", file=sys.stderr)
+    return 1
 
 
 # -- loading MODULE:SERVER ---------------------------------------------------------------

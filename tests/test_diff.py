@@ -24,7 +24,8 @@ from .procs import ROOT
 
 
 def model(name: str, config: ConfigDict | None = None, **fields: Any) -> type[BaseModel]:
-    return create_model(name, __config__=config, **fields)  # type: ignore[call-overload, no-any-return]
+    made: type[BaseModel] = create_model(name, __config__=config, **fields)
+    return made
 
 
 def server_with(request: Any, reply: Any = None, *, errors: tuple[str, ...] = (), guarded: bool = False, more: bool = False) -> Server:
@@ -44,7 +45,7 @@ def server_with(request: Any, reply: Any = None, *, errors: tuple[str, ...] = ()
             return None
 
         gone.__qualname__ = "gone"
-        gone.__annotations__ = {"client": Client, "packet": Packet[model("Gone", kind=(Literal["gone"], ...))], "return": None}
+        gone.__annotations__ = {"client": Client, "packet": Packet[Gone], "return": None}
         server.register_handler(gone, group=1)
     return server
 
@@ -60,6 +61,10 @@ class Case:
     rule: str
     breaking: bool
     operation: str = field(default="op")
+
+
+class Gone(BaseModel):
+    kind: Literal["gone"]
 
 
 Req = model("Req", a=(int, ...))
