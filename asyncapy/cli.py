@@ -79,6 +79,11 @@ def _add_run(commands: Any) -> None:
     run.add_argument("--workers", type=int, help="processes sharing the port (default: the server's, 1)")
     run.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install 'asyncapy[uvloop]')")
     run.add_argument("--reload", action="store_true", help="restart when a .py file of the app changes (development; asyncapy[reload])")
+    run.add_argument("--health", action="store_true", help='answer the probe {"asyncapy": "health"} (asyncapy probe, balancers)')
+    run.add_argument(
+        "--drain", type=float, metavar="SECONDS",
+        help="on SIGTERM, keep serving this long while the health probe says NOT_SERVING (implies --health)",
+    )  # fmt: skip
     run.add_argument(
         "--proxy-protocol", action="store_true", help="read a PROXY header (v1/v2) from the load balancer first"
     )
@@ -113,6 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             server.workers = _check_workers(args.workers)
         if args.uvloop:
             server.uvloop = _check_uvloop(True)
+        if args.health or args.drain is not None:
+            _enable_health(server, args.drain)
         if args.proxy_protocol or args.trusted_proxy:
             server.proxy_protocol = server.proxy_protocol or args.proxy_protocol
             server.trusted_proxies = check_trusted_proxies(server.proxy_protocol, args.trusted_proxy)
@@ -123,6 +130,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:  # the address is taken, or not this machine's
         raise CLIError(f"cannot serve on {server.addr}:{server.port}: {exc.strerror or exc}", EXIT_UNREACHABLE) from None
     return 0
+
+
+def _enable_health(server: Server, drain: float | None) -> None:
+    """``--health`` / ``--drain``: as ``Server(health=True, drain=...)``."""
+    from .health import Health
+
+    if drain is not None:
+        if drain < 0:
+            raise ValueError(f"--drain must be 0 or positive, not {drain!r}")
+        server.drain = drain
+    if server.health is None:
+        server.health = Health()
 
 
 # -- schema ---------------------------------------------------------------------------

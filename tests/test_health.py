@@ -143,10 +143,10 @@ def probe(port: int) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def serve(tmp_path: Path, name: str, port: int, health: bool, drain: float) -> subprocess.Popen[str]:
+def serve(tmp_path: Path, name: str, port: int, health: bool, drain: float, *options: str) -> subprocess.Popen[str]:
     (tmp_path / f"{name}.py").write_text(APP.format(port=port, health=health, drain=drain))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "asyncapy", "run", f"{name}:server"], cwd=tmp_path, text=True,
+        [sys.executable, "-m", "asyncapy", "run", f"{name}:server", *options], cwd=tmp_path, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     wait_for_port(port, proc)
@@ -177,3 +177,19 @@ def test_probe_exits_0_when_serving_and_1_otherwise(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
             proc.communicate()
+
+
+def test_run_health_and_drain_options(tmp_path: Path) -> None:
+    port = free_port()
+    proc = serve(tmp_path, "plain", port, False, 0.0, "--health", "--drain", "2")
+    try:
+        assert probe(port).returncode == 0
+        proc.terminate()
+        time.sleep(0.5)
+        assert probe(port).stdout == "NOT_SERVING\n"  # draining: still accepting
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate()
+    assert "Draining: health probes answer NOT_SERVING; closing the port in 2.0 s" in err
