@@ -70,6 +70,8 @@ class SecurityScheme(Dependency):
 
     scheme_name: ClassVar[str | None] = None
     field: str | None = None
+    #: How the schema export and the docs tell a scheme among a route's dependencies.
+    asyncapy_security_scheme: ClassVar[bool] = True
 
     def __init__(self) -> None:
         """Nothing to set: a subclass's own ``__init__`` need not call it."""

@@ -17,7 +17,6 @@ from pydantic import TypeAdapter
 from ..depends import Steps, build_steps
 from ..errors import ERR_UNAUTHORIZED
 from ..replies import exact_model, reply_checker
-from ..security import SecurityScheme
 from .compiled import CompiledGroup, CompiledRoute, Tag
 from .discriminator import find_discriminator
 from .dispatch import Plan
@@ -89,12 +88,16 @@ def _compile_route(
     )
 
 
-def _security(steps: Steps | None) -> tuple[SecurityScheme, ...]:
-    """The authentication schemes among a route's dependencies (nested ones too), each once."""
+def _security(steps: Steps | None) -> tuple[Any, ...]:
+    """The ``asyncapy.security`` schemes among a route's dependencies (nested ones too), each once.
+
+    A scheme's provider is its own bound method; schemes are told by their marker, so that
+    routing does not import the security layer above it.
+    """
     if steps is None:
         return ()
     found = (getattr(step.provider, "__self__", None) for step in steps.steps)
-    return tuple(dict.fromkeys(scheme for scheme in found if isinstance(scheme, SecurityScheme)))
+    return tuple(dict.fromkeys(owner for owner in found if getattr(owner, "asyncapy_security_scheme", False) is True))
 
 
 def _adapter(accepts: Any, adapters: dict[Any, TypeAdapter[Any]]) -> TypeAdapter[Any]:
