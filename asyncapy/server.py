@@ -497,9 +497,9 @@ class Server:
         listener, ctx = self._listener, self._ctx
         if listener is None or ctx is None:
             return
-        if self.health is not None:
-            await self._drain()
         self._listener = None
+        if self.health is not None:
+            await self._drain()  # still accepting: the listener closes after it
         listener.close()
         logger.info("Stopping: waiting for %d connection(s) to finish their packets", len(ctx.connections))
         await self._close_when_quiet(ctx)
