@@ -17,6 +17,7 @@ from .wire.codecs import get_codec
 from .app.config import load_config
 from .serve.listener import Listener, listen
 from .serve.connection import DEFAULT_MAX_PENDING, ServingContext
+from .serve.health import Health, health_layer
 from .serve.pipeline import Settings, build_pipeline
 from .shared.ratelimit import RateLimit
 from .shared.state import SharedSessions, SharedState
@@ -96,6 +97,12 @@ class Server:
         shared_state: a ``SharedState`` (``asyncapy.redis.RedisState``) that makes
             ``session_limit`` hold across every server sharing it.
         rate_limit: a ``RateLimit`` every packet is checked against before routing.
+        health: answer the probe ``{"asyncapy": "health"}`` before routing, rate limits,
+            filters and middleware: ``{"status": "SERVING"}``, and ``"NOT_SERVING"`` from
+            the moment a graceful stop begins (``asyncapy.serve.health``).
+        drain: seconds a graceful stop keeps accepting and serving, its probes answering
+            NOT_SERVING, before it closes the port: time for a balancer to notice
+            (more than its check interval times its failure count). Needs ``health=True``.
         lifespan: ``lifespan(server)``, an async context manager entered before serving
             (in each worker, and in the TestClients) and exited after; see ``asyncapy.lifespan``.
             ``server.state`` is a namespace for what it opens.
@@ -139,6 +146,8 @@ class Server:
         lifespan: Lifespan[Server] | None = None,
         access_log: bool | str | os.PathLike[str] = False,
         metrics_port: int | None = None,
+        health: bool = False,
+        drain: float = 0.0,
     ) -> None:
         settings: dict[str, Any] = dict(
             addr=addr,
@@ -192,6 +201,11 @@ class Server:
             raise ValueError(f"rate_limit must be an asyncapy.filters.RateLimit, e.g. RateLimit('100/minute'), not {rate_limit!r}")
         self.shared_state = shared_state
         self.rate_limit = rate_limit
+        self.drain = _non_negative("drain", drain)
+        if self.drain and not health:
+            raise ValueError("drain is the time balancers get to see health probes fail: it needs health=True")
+        #: The health probe's serving flag (``asyncapy.serve.health``); None: no probe.
+        self.health: Health | None = Health() if health else None
         self.lifespan = lifespan
         #: A plain namespace for the application's resources (set them in the lifespan).
         self.state = State()
@@ -433,6 +447,8 @@ class Server:
         admission = None
         if self.shared_state is not None and self.session_limit:
             admission = SharedSessions(self.shared_state, self.session_limit)
+        if self.health is not None:
+            self.health.serving = True
         settings = Settings(
             plan=plan,
             default_encoding=get_codec(self.encoding).id,
@@ -447,6 +463,7 @@ class Server:
             trusted_proxies=self.trusted_proxies if self.proxy_protocol else None,
             admission=admission,
             observer=observer,
+            health=None if self.health is None else health_layer(self.health),
         )
         ctx = ServingContext(
             pipeline=build_pipeline(settings),
@@ -476,6 +493,8 @@ class Server:
     async def stop(self) -> None:
         """Stop accepting, answer every packet received, close; bounded by ``shutdown_timeout``.
 
+        With ``health=True`` the health probe answers NOT_SERVING from the start, and the
+        server keeps serving ``drain`` seconds before it stops accepting.
         Connections keep being read and served until each has been quiet for
         ``SHUTDOWN_QUIET`` seconds (so packets already sent are answered), then close
         after their replies are written. A packet half-received when its connection
@@ -485,6 +504,8 @@ class Server:
         if listener is None or ctx is None:
             return
         self._listener = None
+        if self.health is not None:
+            await self._drain()  # still accepting: the listener closes after it
         listener.close()
         logger.info("Stopping: waiting for %d connection(s) to finish their packets", len(ctx.connections))
         await self._close_when_quiet(ctx)
@@ -498,6 +519,14 @@ class Server:
         await self._end_lifespan()
         self._stop_observing()
         logger.info("Server stopped")
+
+    async def _drain(self) -> None:
+        """Health probes answer NOT_SERVING from now on; keep serving ``drain`` seconds for balancers to notice."""
+        assert self.health is not None
+        self.health.serving = False
+        if self.drain:
+            logger.info("Draining: health probes answer NOT_SERVING; closing the port in %s s", self.drain)
+            await asyncio.sleep(self.drain)
 
     async def _close_when_quiet(self, ctx: ServingContext) -> None:
         """Close each connection once it is quiet; at the deadline close the rest."""

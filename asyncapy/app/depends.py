@@ -61,7 +61,7 @@ class Dependency:
         return f"Depends({_name(self.provider)}{extra})"
 
 
-def Depends(dependency: Callable[..., Any], *, use_cache: bool = True) -> Any:  # noqa: N802 - FastAPI's spelling
+def Depends(dependency: Callable[..., Any] | Dependency, *, use_cache: bool = True) -> Any:  # noqa: N802 - FastAPI's spelling
     """Declare a dependency: ``Annotated[T, Depends(f)]``, ``x: T = Depends(f)`` or in ``dependencies=[...]``.
 
     ``dependency`` is called once per packet (``use_cache=False``: once per use) with
@@ -69,6 +69,8 @@ def Depends(dependency: Callable[..., Any], *, use_cache: bool = True) -> Any:  
     the handler's model, or other ``Depends``. Typed ``Any`` so that the default form
     type-checks, as in FastAPI.
     """
+    if isinstance(dependency, Dependency):  # a dependency object already (a ``SecurityScheme``)
+        return dependency
     if not callable(dependency):
         raise UsageError(f"Depends() takes a callable (a function, a generator function, a class), not {dependency!r}")
     return Dependency(dependency, use_cache)

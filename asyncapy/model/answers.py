@@ -28,6 +28,9 @@ class Answers(Protocol):
     def error(self, code: str, detail: Any = None, encoding: int | None = None, errors: Any = None) -> None:
         """The packet's error reply, unless it was answered already (then it is logged)."""
 
+    def note(self, handler: str) -> None:
+        """A handler (or a layer answering for one) runs for the packet: observation names it."""
+
     def mapped(self, reply: Any, encoding: int) -> None:
         """An exception handler's reply: the packet's answer unless it was answered already."""
 

@@ -10,6 +10,7 @@ from typing import Any, Final, Protocol
 
 from pydantic import BaseModel
 
+from .aliases import dump_for_wire, json_encoder
 from ..wire.codecs import CODEC_IDS, get_codec
 from .packet import Packet
 
@@ -208,9 +209,20 @@ def _encode_packet(packet: Packet[Any], encoding: str) -> bytes:
 
 
 def _encode_model(model: BaseModel, encoding: str) -> bytes:
-    if encoding == "json":
-        return model.__pydantic_serializer__.to_json(model)
-    return get_codec(encoding).encode(model.model_dump(mode="json"))
+    """A model in a codec other than JSON, keyed by its aliases when it has any (``asyncapy.model.aliases``)."""
+    return get_codec(encoding).encode(dump_for_wire(model))
+
+
+def _model_encoder(kind: type[BaseModel]) -> Callable[[Any, str], bytes]:
+    """How to send instances of ``kind``: JSON by pydantic-core's serializer (by alias when it has aliases)."""
+    to_json = json_encoder(kind)
+
+    def encode(model: BaseModel, encoding: str) -> bytes:
+        if encoding == "json":
+            return to_json(model)
+        return _encode_model(model, encoding)
+
+    return encode
 
 
 def _encode_mapping(mapping: Mapping[str, Any], encoding: str) -> bytes:
@@ -233,7 +245,7 @@ def _encoder_for(kind: type) -> Callable[[Any, str], bytes]:
     if issubclass(kind, Packet):
         return _encode_packet
     if issubclass(kind, BaseModel):
-        return _encode_model
+        return _model_encoder(kind)
     if issubclass(kind, Mapping):
         return _encode_mapping
     return _refuse
@@ -243,7 +255,8 @@ def reply_encoder(kind: type, encoding: str) -> Callable[[Any], bytes] | None:
     """How to encode, in ``encoding``, what a handler returned; None: it is not a reply (ignored).
 
     A handler's reply is a dict or a pydantic model. Worked out once per type and
-    encoding; a model's JSON encoder is pydantic-core's own serializer, called directly.
+    encoding; a model's JSON encoder is pydantic-core's own serializer, called directly
+    (with ``by_alias=True`` bound when the model has aliases: they are the wire names).
     """
     table = REPLY_ENCODERS.get(encoding)
     if table is None:
@@ -258,7 +271,7 @@ def reply_encoder(kind: type, encoding: str) -> Callable[[Any], bytes] | None:
         encode = codec.encode
     elif issubclass(kind, BaseModel):
         if codec.name == "json":
-            encode = kind.__pydantic_serializer__.to_json
+            encode = json_encoder(kind)  # by alias only when the model has aliases
         else:
             encode = partial(_encode_model, encoding=codec.name)
     table[kind] = encode

@@ -64,7 +64,7 @@ class Settings:
     trusted_proxies: tuple[Network, ...] | None = None
     admission: SharedSessions | None = None
     observer: Observer | None = None
-    #: An optional outermost packet layer (``asyncapy.health``), given the next layer.
+    #: An optional outermost packet layer (``asyncapy.serve.health``), given the next layer.
     health: Callable[[Layer], Layer] | None = None
 
 
