@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 from ._eager import DONE, Host, HostPool, enter_task, leave_task, new_stepper, resume_stepper, running_task
-from .codecs import CODEC_IDS, CODECS, DecodeError, get_codec
+from .codecs import CODEC_IDS, CODECS, DecodeError, EncodeError, get_codec
 from .errors import (
     ERR_INTERNAL,
     ERR_NO_HANDLER,
@@ -58,6 +58,8 @@ HANDLER_CANCEL_GRACE: Final = 1.0
 #: long: closing a socket with unread input makes the kernel send a reset, which can
 #: destroy the error reply before the peer reads it.
 LINGER_AFTER_ERROR: Final = 1.0
+#: ERR_INTERNAL's detail: what failed is in the log, never in the reply.
+_INTERNAL_DETAIL: Final = "the handler failed; the error is in the server's log"
 
 # Why reading is paused; reading resumes when no reason is left.
 _HOLD_QUEUE: Final = "queue"  # max_pending packets wait to be handled
@@ -540,8 +542,11 @@ class Connection(asyncio.Protocol):
         if isinstance(exc, asyncio.CancelledError):
             logger.info("(%s) A handler was cancelled", self.session.id)
             return
-        logger.error("(%s) A handler raised while handling a packet", self.session.id, exc_info=exc)
-        self._send_error(ERR_INTERNAL, "the handler failed; the error is in the server's log", encoding)
+        if isinstance(exc, EncodeError):  # a reply its encoding cannot carry: the reason says it all
+            logger.error("(%s) A reply could not be sent: %s", self.session.id, exc)
+        else:
+            logger.error("(%s) A handler raised while handling a packet", self.session.id, exc_info=exc)
+        self._send_error(ERR_INTERNAL, _INTERNAL_DETAIL, encoding)
 
     async def _dispatch_bounded(self, client: Client, packet: Packet[Any], timeout: float) -> Any:
         """``plan.dispatch`` in a task cancelled after ``timeout`` (a handler's own TimeoutError stays ERR_INTERNAL)."""
@@ -583,6 +588,9 @@ class Connection(asyncio.Protocol):
             self.write_payload(codec.encode(error_payload(code, detail, errors)), encoding)
         except (OverflowError, struct.error):  # the detail is too long for header_size: the bare error fits
             self.write_payload(codec.encode(error_payload(code)), encoding)
+        except EncodeError as exc:  # an ApiError's detail the encoding cannot carry: the app's failure
+            logger.error("(%s) A reply could not be sent: %s", self.session.id if self.session else "-", exc)
+            self.write_payload(codec.encode(error_payload(ERR_INTERNAL, _INTERNAL_DETAIL)), encoding)
 
     # -- helpers --------------------------------------------------------------
 

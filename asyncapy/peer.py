@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pydantic import BaseModel
 
-from .codecs import CODEC_IDS, get_codec
+from .codecs import CODEC_IDS, finite_json, get_codec
 from .packet import Packet
 
 if TYPE_CHECKING:
@@ -206,8 +206,43 @@ def _encode_packet(packet: Packet[Any], encoding: str) -> bytes:
 
 def _encode_model(model: BaseModel, encoding: str) -> bytes:
     if encoding == "json":
-        return model.__pydantic_serializer__.to_json(model)
+        return reply_encoder(type(model), "json")(model)  # type: ignore[misc]  # a model always has one
     return get_codec(encoding).encode(model.model_dump(mode="json"))
+
+
+def _model_json(kind: type[BaseModel]) -> Callable[[BaseModel], bytes]:
+    """A model's JSON encoder: pydantic-core's serializer, which writes NaN and infinities as
+    ``null``; so for a model that may hold a float, one that refuses them (DESIGN §10)."""
+    to_json: Callable[[BaseModel], bytes] = kind.__pydantic_serializer__.to_json
+    if not _may_hold_float(kind.__pydantic_core_schema__, set()):
+        return to_json  # nothing to check: no cost per reply
+
+    def encode(model: BaseModel) -> bytes:
+        data = to_json(model)
+        return data if data.find(b"null") < 0 else finite_json(data, model)
+
+    return encode
+
+
+#: Core schema types whose JSON may be a float: floats, and what holds anything.
+_FLOATY: Final = frozenset({"float", "any", "is-instance", "is-subclass", "callable", "function-plain", "function-wrap"})
+
+
+def _may_hold_float(schema: Any, seen: set[int]) -> bool:
+    """Whether a pydantic core schema can serialize a float anywhere (conservative: custom
+    serializers and extra fields count as yes)."""
+    if id(schema) in seen:
+        return False
+    seen.add(id(schema))
+    if isinstance(schema, dict):
+        if schema.get("type") in _FLOATY or schema.get("sub_type") == "float" or "serialization" in schema:
+            return True
+        if schema.get("extra_fields_behavior") == "allow":
+            return True
+        return any(_may_hold_float(value, seen) for value in schema.values())
+    if isinstance(schema, (list, tuple)):
+        return any(_may_hold_float(value, seen) for value in schema)
+    return isinstance(schema, float)
 
 
 def _encode_mapping(mapping: Mapping[str, Any], encoding: str) -> bytes:
@@ -255,7 +290,7 @@ def reply_encoder(kind: type, encoding: str) -> Callable[[Any], bytes] | None:
         encode = codec.encode
     elif issubclass(kind, BaseModel):
         if codec.name == "json":
-            encode = kind.__pydantic_serializer__.to_json
+            encode = _model_json(kind)
         else:
             encode = partial(_encode_model, encoding=codec.name)
     table[kind] = encode

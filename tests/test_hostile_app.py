@@ -6,19 +6,23 @@ real Redis before the fix, unless its docstring says otherwise.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pytest
+from pydantic import BaseModel
 
-from asyncapy import Client, Depends, Packet, Router, UsageError
+from asyncapy import ApiError, Client, Depends, Packet, Router, UsageError
+from asyncapy.client import AsyncClient
 
-from .conftest import make_server
+from .conftest import make_server, running
 from .procs import ROOT, free_port
 
 
@@ -72,3 +76,87 @@ def test_a_signal_during_a_slow_lifespan_startup_stops_cleanly(how: str, sig: si
     assert proc.returncode == 0, err
     assert "interrupted" in log.read_text()  # the lifespan saw the cancellation (its cleanup ran)
     assert "Stopped before serving" in err and "Serving on" not in err and "Traceback" not in err, err
+
+
+# -- exact values: NaN and infinities in JSON, integers ZiProto cannot carry (DESIGN §10) ----
+
+
+class Measure(BaseModel):
+    value: float
+    extra: dict[str, Any] = {}
+
+
+class Count(BaseModel):
+    n: int
+
+
+def _inexact_server(store: dict[str, Any]) -> Any:
+    server = make_server()
+
+    @server.add_handler()
+    async def inexact(client: Client, packet: Packet) -> Any:
+        what = packet["what"]
+        if what == "dict":
+            return {"value": math.nan, "fine": None}
+        if what == "nested":
+            return {"rows": [{"value": 1.0}, {"value": -math.inf}]}
+        if what == "model":
+            return Measure(value=math.inf)
+        if what == "model dict":
+            return Measure(value=1.0, extra={"ratio": math.nan})
+        if what == "send":
+            await client.send({"value": math.nan})
+            return None
+        if what == "api error":
+            raise ApiError("ERR_ODD", {"value": math.nan})
+        if what == "api error big":
+            raise ApiError("ERR_ODD", {"n": store["n"]})
+        if what == "store":
+            store["n"] = packet["n"]
+            return {"stored": True}
+        if what == "get":
+            return {"n": store["n"]}
+        if what == "get model":
+            return Count(n=store["n"])
+        return {"value": None, "ok": 1.5}
+
+    return server
+
+
+INTERNAL = "ERR_INTERNAL"
+
+
+@pytest.mark.parametrize("what", ["dict", "nested", "model", "model dict", "send", "api error"])
+async def test_nan_and_infinity_in_a_json_reply_are_err_internal_never_null(what: str, caplog: pytest.LogCaptureFixture) -> None:
+    """They were sent as ``null`` (a dict and a model reply alike; an ``ApiError`` detail with one
+    closed the connection with asyncio's "Fatal error" once NaN was refused)."""
+    async with running(_inexact_server({})) as server, AsyncClient("127.0.0.1", server.port, timeout=5) as client:
+        caplog.clear()
+        await client.send({"what": what})
+        reply = await client.receive()
+        assert reply["error"] == INTERNAL, reply
+        assert await client.request({"what": "plain"}) == {"value": None, "ok": 1.5}  # open; null itself is fine
+    reasons = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(reasons) == 1 and "NaN" in reasons[0].getMessage(), [r.getMessage() for r in reasons]
+    assert reasons[0].exc_info is None  # the reason, not a traceback
+
+
+@pytest.mark.parametrize("what", ["get", "get model", "api error big"])
+async def test_an_integer_a_ziproto_session_cannot_carry_is_err_internal_with_the_reason(
+    what: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A big integer stored from JSON and sent on a ZiProto session failed with a traceback (in an
+    ``ApiError`` detail it closed the connection: asyncio's "Fatal error")."""
+    store: dict[str, Any] = {}
+    async with running(_inexact_server(store)) as server:
+        async with AsyncClient("127.0.0.1", server.port, timeout=5) as client:
+            assert await client.request({"what": "store", "n": 2**70}) == {"stored": True}
+        caplog.clear()
+        async with AsyncClient("127.0.0.1", server.port, timeout=5, encoding="ziproto") as client:
+            await client.send({"what": what})
+            reply = await client.receive()
+            assert reply["error"] == INTERNAL, reply
+            assert await client.request({"what": "plain"}) == {"value": None, "ok": 1.5}
+    reasons = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(reasons) == 1 and "64 bits" in reasons[0].getMessage(), [r.getMessage() for r in reasons]
+    assert reasons[0].exc_info is None
