@@ -6,6 +6,7 @@ real Redis before the fix, unless its docstring says otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -14,15 +15,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import pytest
-from pydantic import BaseModel
+import orjson
+from pydantic import BaseModel, ConfigDict
 
 from asyncapy import ApiError, Client, Depends, Packet, Router, UsageError
 from asyncapy.client import AsyncClient
+from asyncapy.codecs import get_codec
+from asyncapy.protocol import encode_frame
 
-from .conftest import make_server, running
+from .conftest import make_server, read_frame, running
 from .procs import ROOT, free_port
 
 
@@ -160,3 +164,70 @@ async def test_an_integer_a_ziproto_session_cannot_carry_is_err_internal_with_th
     reasons = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(reasons) == 1 and "64 bits" in reasons[0].getMessage(), [r.getMessage() for r in reasons]
     assert reasons[0].exc_info is None
+
+
+# -- ERR_NO_HANDLER amplification -----------------------------------------------------------------
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    v: int
+    kids: dict[str, Node] = {}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    a: int
+    scores: dict[str, int] = {}
+    tree: Optional[Node] = None
+
+
+def _strict_server(handlers: int) -> Any:
+    server = make_server(max_packet_size=4 << 20)
+    for i in range(handlers):
+
+        async def strict(client: Client, packet: Packet[Strict]) -> None: ...
+
+        strict.__qualname__ = f"strict_{i}"
+        server.register_handler(strict)
+    return server
+
+
+def _deep(levels: int, key: str) -> dict[str, Any]:
+    node: dict[str, Any] = {"v": "not a number"}
+    for _ in range(levels):
+        node = {"v": 1, "kids": {key: node}}
+    return node
+
+
+AMPLIFIERS = {
+    "a huge field name": {"k" * 300_000: 1},
+    "a huge map key": {"a": 1, "scores": {"k" * 300_000: "x", "j" * 1_000: "y"}},
+    "many long names": {f"k{i}" * 2_000: 1 for i in range(150)},
+    "control characters": {"\x01" * 50_000: 1},
+    "a deep path": {"a": 1, "tree": _deep(60, "k" * 200)},
+    "a small packet": {"b": 1},
+}
+
+
+@pytest.mark.parametrize("encoding", ["json", "ziproto"])
+@pytest.mark.parametrize("name", list(AMPLIFIERS))
+async def test_an_err_no_handler_reply_is_never_larger_than_64_kib_or_its_request(name: str, encoding: str) -> None:
+    """A 300 KB packet with a huge field name was answered by 20 handlers' worth of it: 6 MB (20x)."""
+    codec = get_codec(encoding)
+    request = codec.encode(AMPLIFIERS[name])
+    async with running(_strict_server(20)) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(encode_frame(request, codec.id))
+            _, payload = await asyncio.wait_for(read_frame(reader), 10)
+        finally:
+            writer.close()
+    assert len(payload) <= max(64 * 1024, len(request)), (len(payload), len(request))
+    reply = codec.decode(payload)
+    assert reply["error"] == "ERR_NO_HANDLER" and reply["detail"]
+    assert reply["errors"] and all(set(e) == {"handler", "group", "reason", "loc", "msg"} for e in reply["errors"])
+    assert reply["errors"][0]["handler"] == "strict_0"
+    if name == "a small packet":  # what a mistake looks like is unchanged
+        assert reply["errors"][0]["loc"] == ["a"] and reply["errors"][0]["msg"] == "Field required"
+        assert len(reply["errors"]) == 20
