@@ -86,18 +86,18 @@ def miss_errors(failures: Sequence[Failure]) -> tuple[dict[str, Any], ...]:
     budget = MAX_ERRORS_TEXT
     for route, flt, error in failures[:MAX_REASONS]:
         name = _shorten(route.name, MAX_TEXT)
+        loc: list[int | str] = []
         if flt is not None:
-            entry = {"handler": name, "group": route.group, "reason": "filter", "loc": [], "msg": _shorten(flt.describe(), MAX_TEXT)}
+            reason, msg = "filter", _shorten(flt.describe(), MAX_TEXT)
         else:
             assert error is not None
             first = error.errors(include_url=False, include_input=False, include_context=False)[:1]
             loc = short_loc(first[0]["loc"]) if first else []
-            msg = _shorten(first[0]["msg"]) if first else "invalid"
-            entry = {"handler": name, "group": route.group, "reason": "validation", "loc": loc, "msg": msg}
-        budget -= len(name) + len(entry["msg"]) + sum(len(str(part)) for part in entry["loc"])
+            reason, msg = "validation", _shorten(first[0]["msg"]) if first else "invalid"
+        budget -= len(name) + len(msg) + sum(len(str(part)) for part in loc)
         if budget < 0:
             break
-        entries.append(entry)
+        entries.append({"handler": name, "group": route.group, "reason": reason, "loc": loc, "msg": msg})
     return tuple(entries)
 
 
