@@ -33,6 +33,7 @@ from .errors import (
     error_payload,
 )
 from .liveness import peer_left
+from .logs import clean
 from .packet import Packet, received_packet
 from .peer import REPLY_ENCODERS, Client, Session, reply_encoder
 from .protocol import FRAME_TAIL, PROTOCOL_VERSION, Batch, Byteorder, FrameDecoder, FrameError, RawFrame, header_packer
@@ -543,7 +544,7 @@ class Connection(asyncio.Protocol):
             logger.info("(%s) A handler was cancelled", self.session.id)
             return
         if isinstance(exc, EncodeError):  # a reply its encoding cannot carry: the reason says it all
-            logger.error("(%s) A reply could not be sent: %s", self.session.id, exc)
+            logger.error("(%s) A reply could not be sent: %s", self.session.id, clean(exc))
         else:
             logger.error("(%s) A handler raised while handling a packet", self.session.id, exc_info=exc)
         self._send_error(ERR_INTERNAL, _INTERNAL_DETAIL, encoding)
@@ -581,7 +582,7 @@ class Connection(asyncio.Protocol):
         codec = CODECS[encoding]
         if self._ctx.debug:
             assert self.session is not None
-            logger.debug("(%s) Replying %s: %s", self.session.id, code, detail)
+            logger.debug("(%s) Replying %s: %s", self.session.id, code, clean(detail))  # maybe the client's text
         if not self._ctx.error_details:
             detail = errors = None
         try:
@@ -589,7 +590,7 @@ class Connection(asyncio.Protocol):
         except (OverflowError, struct.error):  # the detail is too long for header_size: the bare error fits
             self.write_payload(codec.encode(error_payload(code)), encoding)
         except EncodeError as exc:  # an ApiError's detail the encoding cannot carry: the app's failure
-            logger.error("(%s) A reply could not be sent: %s", self.session.id if self.session else "-", exc)
+            logger.error("(%s) A reply could not be sent: %s", self.session.id if self.session else "-", clean(exc))
             self.write_payload(codec.encode(error_payload(ERR_INTERNAL, _INTERNAL_DETAIL)), encoding)
 
     # -- helpers --------------------------------------------------------------

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any, Final, get_args, get_origin, get_type_hints
 
 from .connection import _FLUSH_AT, Connection, ServingContext
+from .logs import clean
 from .metrics import BUCKETS, NO_HANDLER, ProcessMetrics
 from .peer import Client
 from .protocol import FRAME_TAIL, PROTOCOL_VERSION, FrameError, RawFrame
@@ -187,18 +188,22 @@ def _connection_of(client: Client) -> Any:
 
 
 def error_code(payload: bytes) -> str | None:
-    """The ``error`` of an error reply's payload (JSON or ZiProto, as ``error_payload`` makes it), else None."""
+    """The ``error`` of an error reply's payload (JSON or ZiProto, as ``error_payload`` makes it), else None.
+
+    A handler may echo what a client sent: the code is the client's text, so it is
+    ``clean``-ed (one line, escaped, bounded) before the access log shows it.
+    """
     if payload.startswith(_JSON_ERROR):
         end = payload.find(b'"', len(_JSON_ERROR))
-        return payload[len(_JSON_ERROR) : end].decode("ascii", "replace") if end > 0 else None
+        return clean(payload[len(_JSON_ERROR) : end].decode("ascii", "replace")) if end > 0 else None
     if payload[1 : len(_ZIPROTO_ERROR) + 1] == _ZIPROTO_ERROR and 0x80 < payload[0] < 0x90:
         start = len(_ZIPROTO_ERROR) + 1
         head = payload[start : start + 1]
         if head and 0xA0 <= head[0] <= 0xBF:
-            return payload[start + 1 : start + 1 + (head[0] & 0x1F)].decode("ascii", "replace")
+            return clean(payload[start + 1 : start + 1 + (head[0] & 0x1F)].decode("ascii", "replace"))
         if head == b"\xd9":
             length = payload[start + 1]
-            return payload[start + 2 : start + 2 + length].decode("ascii", "replace")
+            return clean(payload[start + 2 : start + 2 + length].decode("ascii", "replace"))
     return None
 
 

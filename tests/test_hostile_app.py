@@ -10,6 +10,7 @@ import asyncio
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from asyncapy.codecs import get_codec
 from asyncapy.protocol import encode_frame
 
 from .conftest import make_server, read_frame, running
-from .procs import ROOT, free_port
+from .procs import ROOT, free_port, stop_process, wait_for_port
 
 
 # -- Depends(42): the programmer's slip, named at registration ------------------------------
@@ -231,3 +232,72 @@ async def test_an_err_no_handler_reply_is_never_larger_than_64_kib_or_its_reques
     if name == "a small packet":  # what a mistake looks like is unchanged
         assert reply["errors"][0]["loc"] == ["a"] and reply["errors"][0]["msg"] == "Field required"
         assert len(reply["errors"]) == 20
+
+
+# -- log injection: one event, one line --------------------------------------------------------
+
+FORGED = "FAKE 10.0.0.1:1 admin OK 1us"
+LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO |WARNING|ERROR) ")
+INJECTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("json", {f"x\n2026-01-01 00:00:00.000 INFO  asyncapy.access: {FORGED}\n\x1b[2J\u2028": 1}),  # a field name
+    ("ziproto", {"status": "failure", "error": f"X\n{FORGED}\r\x1b[2J"}),  # an echo shaped like an error reply
+    ("json", {"status": "failure", "error": "A" * 100_000}),  # a 100 KB error code
+    ("json", {"k" * 100_000: 1}),  # a 100 KB field name
+    ("ziproto", {"\x1b]0;owned\x07" + "\\x0a" * 10: 1}),  # a terminal title, and text that looks escaped
+]
+
+
+def _send_hostile(port: int) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for encoding, payload in INJECTIONS:
+            codec = get_codec(encoding)
+            sock.sendall(encode_frame(codec.encode(payload), codec.id))
+        received = b""
+        deadline = time.monotonic() + 10
+        while received.count(b"\x16") < len(INJECTIONS) and time.monotonic() < deadline:  # bounded
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            received += chunk
+        sock.sendall(encode_frame(get_codec("json").encode({"a": 1}), 0))  # still served, in order
+        assert sock.recv(1 << 20)
+
+
+def _check_lines(text: str, where: str) -> None:
+    lines = text.splitlines()  # also splits at \x1c-\x1e, \x85, \u2028, \u2029: none may be there
+    assert lines, where
+    for line in lines:
+        assert LINE_START.match(line), f"{where}: a line that is no event of its own: {line[:200]!r}"
+        assert len(line.encode()) < 8 * 1024, f"{where}: a line of {len(line.encode())} bytes"
+        assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in line), f"{where}: {line[:200]!r}"
+    assert "\\x0a" in text and "\\x1b" in text, where  # escaped as nginx does, not dropped
+
+
+@pytest.mark.parametrize("target", ["logger", "file"])
+def test_client_text_in_the_access_and_debug_logs_is_one_line_escaped_and_bounded(target: str, tmp_path: Path) -> None:
+    """Field names and echoed error codes wrote newlines, ANSI escapes and 100 KB lines: a forged
+    ``FAKE 10.0.0.1:1 admin OK 1us`` line appeared as if the server wrote it."""
+    port = free_port()
+    access = tmp_path / "access.log"
+    flag = ["--access-log"] if target == "logger" else ["--access-log-file", str(access)]
+    cmd = [sys.executable, "-m", "asyncapy", "run", "tests.servers.hostile_logs:server", "--port", str(port), "--log-level", "debug", *flag]
+    log = tmp_path / "stderr.log"
+    with log.open("w") as stderr:  # a file: a pipe nobody reads would block the server's logging
+        proc = subprocess.Popen(cmd, cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            wait_for_port(port, proc)
+            _send_hostile(port)
+        finally:
+            stop_process(proc)
+    err = log.read_text()
+    assert proc.returncode == 0, err[-2000:]
+    _check_lines(err, "stderr")
+    assert "Replying ERR_NO_HANDLER" in err
+    text = err if target == "logger" else access.read_text()
+    if target == "file":
+        _check_lines(text, "access log file")
+        assert len(text.splitlines()) == len(INJECTIONS) + 1, text[:2000]
+    assert "AAA...(+" in text  # the 100 KB code was cut, with a marker
+    assert f"echo X\\x0a{FORGED}\\x0d\\x1b[2J " in text  # the echoed code: one line, escaped
