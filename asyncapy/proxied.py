@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Final, cast
 
 from .connection import Connection, ServingContext
+from .logs import clean
 from .protocol import NEED_DATA
 from .proxy import Network, ProxyHeader, ProxyHeaderDecoder, ProxyHeaderError, is_trusted
 
@@ -127,7 +128,12 @@ class GatedConnection(Connection):
 
     def eof_received(self) -> bool | None:
         if self._proxy is not None:
-            self._drop(f"{self._proxy_peer[0]}:{self._proxy_peer[1]} closed before a whole PROXY header")
+            peer = f"{self._proxy_peer[0]}:{self._proxy_peer[1]}"
+            if self._proxy.buffered:
+                self._drop(f"{peer} closed before a whole PROXY header")
+            else:  # connected and closed, nothing sent: a port probe or a balancer's TCP check, no malformed header
+                logger.debug("A connection from %s closed before sending anything", peer)
+                self._drop(None)
             return None
         if self._early is not None:
             self._eof = True
@@ -146,9 +152,11 @@ class GatedConnection(Connection):
             self._proxy = None
             self._drop(f"no whole PROXY header from {self._proxy_peer[0]}:{self._proxy_peer[1]} within {delay} s")
 
-    def _drop(self, why: str) -> None:
-        """Close without a reply: whoever this is, it is not a client speaking through our proxy."""
-        logger.warning("Closed a connection without reply: %s", why)
+    def _drop(self, why: str | None) -> None:
+        """Close without a reply: whoever this is, it is not a client speaking through our proxy
+        (logged with ``why``; None: nothing to warn about)."""
+        if why is not None:
+            logger.warning("Closed a connection without reply: %s", clean(why))
         self._proxy = None
         self._cancel_timer()
         self.closing = True

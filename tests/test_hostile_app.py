@@ -7,6 +7,7 @@ real Redis before the fix, unless its docstring says otherwise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -26,6 +27,7 @@ from asyncapy import ApiError, Client, Depends, Packet, Router, UsageError
 from asyncapy.client import AsyncClient
 from asyncapy.codecs import get_codec
 from asyncapy.protocol import encode_frame
+from asyncapy.proxy import encode_v2
 
 from .conftest import make_server, read_frame, running
 from .procs import ROOT, free_port, stop_process, wait_for_port
@@ -301,3 +303,50 @@ def test_client_text_in_the_access_and_debug_logs_is_one_line_escaped_and_bounde
         assert len(text.splitlines()) == len(INJECTIONS) + 1, text[:2000]
     assert "AAA...(+" in text  # the 100 KB code was cut, with a marker
     assert f"echo X\\x0a{FORGED}\\x0d\\x1b[2J " in text  # the echoed code: one line, escaped
+
+
+# -- a malformed PROXY header: logged once --------------------------------------------------------
+
+MALFORMED_HEADERS = [
+    b"PROXY TCP4 999.0.0.1 10.0.0.1 1 2\r\n",
+    b"PROXY \x1b[2J\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"\x00\x00\x00\x05\x16\x00{}",
+    b"PROXY " + b"A" * 200,
+    encode_v2(("203.0.113.1", 1))[:13] + b"\x12" + encode_v2(("203.0.113.1", 1))[14:],
+    b"\r\n\r\n\x00\r\nQUIX\n",
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 1\r\n",
+    b"PROXY TCP5 1.2.3.4 5.6.7.8 1 1\r\n",
+    b"PROXY TCP4 1.2.3.4",  # then EOF: cut short
+    b"\r\n\r\n\x00",  # then EOF
+]
+
+
+def test_a_malformed_proxy_header_from_a_trusted_peer_is_logged_once(tmp_path: Path) -> None:
+    """22 malformed connections wrote 23 lines: a connection that sends nothing at all (the
+    readiness probe, a balancer's TCP check) was logged as one more malformed header."""
+    import socket
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "asyncapy", "run", "tests.servers.hostile_logs:server", "--port", str(port), "--proxy-protocol"]
+    log = tmp_path / "stderr.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            wait_for_port(port, proc)  # itself a connection that sends nothing
+            for data in MALFORMED_HEADERS * 2:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    sock.sendall(data)
+                    sock.shutdown(socket.SHUT_WR)
+                    with contextlib.suppress(ConnectionResetError):
+                        assert sock.recv(100) == b""  # closed without a reply
+            for _ in range(3):  # probes: connect, close
+                socket.create_connection(("127.0.0.1", port), timeout=10).close()
+        finally:
+            stop_process(proc)
+    err = log.read_text()
+    assert proc.returncode == 0, err
+    dropped = [line for line in err.splitlines() if "Closed a connection without reply" in line]
+    assert len(dropped) == 2 * len(MALFORMED_HEADERS), "\n".join(dropped)
+    ports = [re.search(r"127\.0\.0\.1:(\d+)", line) for line in dropped]
+    assert all(ports) and len({m.group(1) for m in ports if m}) == len(dropped)  # one line per connection
