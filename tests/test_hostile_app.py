@@ -23,14 +23,16 @@ import pytest
 import orjson
 from pydantic import BaseModel, ConfigDict
 
-from asyncapy import ApiError, Client, Depends, Packet, Router, UsageError
+from asyncapy import APIKeyFactory, ApiError, Client, Depends, Packet, Router, UsageError
 from asyncapy.client import AsyncClient
 from asyncapy.codecs import get_codec
+from asyncapy.filters import ApiKey
 from asyncapy.protocol import encode_frame
 from asyncapy.proxy import encode_v2
 
 from .conftest import make_server, read_frame, running
 from .procs import ROOT, free_port, stop_process, wait_for_port
+from .services import RedisProcess, redis_server  # noqa: F401  (fixture)
 
 
 # -- Depends(42): the programmer's slip, named at registration ------------------------------
@@ -350,3 +352,57 @@ def test_a_malformed_proxy_header_from_a_trusted_peer_is_logged_once(tmp_path: P
     assert len(dropped) == 2 * len(MALFORMED_HEADERS), "\n".join(dropped)
     ports = [re.search(r"127\.0\.0\.1:(\d+)", line) for line in dropped]
     assert all(ports) and len({m.group(1) for m in ports if m}) == len(dropped)  # one line per connection
+
+
+# -- API keys while Redis is frozen: fail closed ----------------------------------------------------
+
+
+async def test_api_keys_fail_closed_while_redis_is_frozen(redis_server: RedisProcess) -> None:  # noqa: F811
+    """Redis stops answering (SIGSTOP: it connects, never answers). Every packet that needs a
+    key check gets ERR_INTERNAL "the shared state is unavailable", from many clients at once
+    (more than the pool's connections); none is accepted, a revoked key never passes, and
+    the packets that need no Redis are served. Once Redis answers again, keys work again.
+
+    The issue saw keys accepted during the outage; on this code the test passed before the
+    change that came with it (each Redis call now bounded as a whole by ``timeout``, pool
+    wait and connect included: up to 2.4 times ``timeout`` before)."""
+    from asyncapy.redis import RedisState
+    from asyncapy.state import SHARED_STATE_UNAVAILABLE
+
+    state = RedisState(redis_server.url, namespace="frozen", timeout=0.3, max_connections=4)
+    keys = APIKeyFactory(store=state)
+    server = make_server()
+
+    @server.add_handler(ApiKey(keys))
+    async def private(client: Client, packet: Packet) -> dict[str, Any]:
+        return {"private": True}
+
+    @server.add_handler()
+    async def public(client: Client, packet: Packet) -> dict[str, Any]:
+        return {"public": True}
+
+    unavailable = {"status": "failure", "error": "ERR_INTERNAL", "detail": SHARED_STATE_UNAVAILABLE}
+    async with running(server):
+        good, revoked = await keys.acreate(), await keys.acreate()
+        assert await keys.arevoke(revoked)
+        clients = [AsyncClient("127.0.0.1", server.port, timeout=10) for _ in range(12)]  # 10 s: never hangs
+        try:
+            for client in clients:
+                await client.connect()
+            assert await clients[0].request({"api_key": good}) == {"private": True}
+            redis_server.pause()
+            try:
+                for _ in range(3):
+                    replies = await asyncio.gather(
+                        *(c.request({"api_key": good if i % 2 else revoked}) for i, c in enumerate(clients))
+                    )
+                    assert replies == [unavailable] * len(clients)
+                    assert await clients[0].request({"hello": 1}) == {"public": True}  # needs no Redis
+            finally:
+                redis_server.resume()
+            assert await clients[0].request({"api_key": good}) == {"private": True}
+            assert (await clients[1].request({"api_key": revoked}))["public"]  # refused by the filter
+        finally:
+            for client in clients:
+                await client.close()
+    await state.aclose()
