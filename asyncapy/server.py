@@ -407,7 +407,10 @@ class Server:
             self._listener = await self._listen(loop, factory)
         except BaseException:
             self._stop_observing()
-            await self._end_lifespan()  # it was entered: what it opened is closed
+            try:
+                await self._end_lifespan()  # it was entered: what it opened is closed
+            except Exception:  # the failure to listen is the error to raise
+                logger.exception("shutdown() failed after the server could not listen")
             raise
         self.port = self._listener.sockets[0].getsockname()[1]
         logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")

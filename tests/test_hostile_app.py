@@ -87,6 +87,29 @@ def test_a_signal_during_a_slow_lifespan_startup_stops_cleanly(how: str, sig: si
     assert "Stopped before serving" in err and "Serving on" not in err and "Traceback" not in err, err
 
 
+
+async def test_a_lifespan_entered_is_exited_when_the_server_cannot_listen() -> None:
+    """The port is taken: start_serving raises, and what the lifespan opened is closed."""
+    import socket
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(server: Any) -> AsyncIterator[None]:
+        events.append("enter")
+        yield
+        events.append("exit")
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = make_server(port=taken.getsockname()[1], lifespan=lifespan)
+        with pytest.raises(OSError):
+            await server.start_serving()
+    assert events == ["enter", "exit"]
+
 # -- exact values: NaN and infinities in JSON, integers ZiProto cannot carry (DESIGN §10) ----
 
 
