@@ -414,6 +414,10 @@ class Server:
             self._listener = await self._listen(loop, ctx.protocol_factory())
         except BaseException:
             self._stop_observing()
+            try:
+                await self._end_lifespan()  # it was entered: what it opened is closed
+            except Exception:  # the failure to listen is the error to raise
+                logger.exception("shutdown() failed after the server could not listen")
             raise
         self.port = self._listener.sockets[0].getsockname()[1]
         logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
@@ -562,13 +566,33 @@ class Server:
         return self._listener is not None
 
     async def _serve_until_signal(self) -> None:
+        """Serve until SIGINT or SIGTERM. One that comes while starting (a slow lifespan or
+        ``setup()``) cancels the start: nothing is served, and the exit is as clean (status 0)."""
         loop = asyncio.get_running_loop()
-        await self.start_serving()
+        starting = asyncio.current_task()
+        started = signalled = False
+
+        def on_signal() -> None:
+            nonlocal signalled
+            if started:
+                self.request_stop()
+            elif starting is not None and not signalled:
+                signalled = True
+                starting.cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, self.request_stop)
+                loop.add_signal_handler(sig, on_signal)
             except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
                 pass
+        try:
+            await self.start_serving()
+        except asyncio.CancelledError:
+            if not signalled:
+                raise
+            logger.info("Stopped before serving: a signal came while the server was starting")
+            return
+        started = True
         assert self._stop_requested is not None
         try:
             await self._stop_requested.wait()

@@ -11,7 +11,7 @@ from typing import Any, Final, Protocol
 from pydantic import BaseModel
 
 from .aliases import dump_for_wire, json_encoder
-from ..wire.codecs import CODEC_IDS, get_codec
+from ..wire.codecs import CODEC_IDS, finite_json, get_codec
 from .packet import Packet
 
 
@@ -215,7 +215,7 @@ def _encode_model(model: BaseModel, encoding: str) -> bytes:
 
 def _model_encoder(kind: type[BaseModel]) -> Callable[[Any, str], bytes]:
     """How to send instances of ``kind``: JSON by pydantic-core's serializer (by alias when it has aliases)."""
-    to_json = json_encoder(kind)
+    to_json = _model_json(kind)
 
     def encode(model: BaseModel, encoding: str) -> bytes:
         if encoding == "json":
@@ -223,6 +223,41 @@ def _model_encoder(kind: type[BaseModel]) -> Callable[[Any, str], bytes]:
         return _encode_model(model, encoding)
 
     return encode
+
+
+def _model_json(kind: type[BaseModel]) -> Callable[[BaseModel], bytes]:
+    """A model's JSON encoder: pydantic-core's serializer, which writes NaN and infinities as
+    ``null``; so for a model that may hold a float, one that refuses them (DESIGN §10)."""
+    to_json: Callable[[BaseModel], bytes] = json_encoder(kind)  # by alias when it has aliases
+    if not _may_hold_float(kind.__pydantic_core_schema__, set()):
+        return to_json  # nothing to check: no cost per reply
+
+    def encode(model: BaseModel) -> bytes:
+        data = to_json(model)
+        return data if data.find(b"null") < 0 else finite_json(data, model)
+
+    return encode
+
+
+#: Core schema types whose JSON may be a float: floats, and what holds anything.
+_FLOATY: Final = frozenset({"float", "any", "is-instance", "is-subclass", "callable", "function-plain", "function-wrap"})
+
+
+def _may_hold_float(schema: Any, seen: set[int]) -> bool:
+    """Whether a pydantic core schema can serialize a float anywhere (conservative: custom
+    serializers and extra fields count as yes)."""
+    if id(schema) in seen:
+        return False
+    seen.add(id(schema))
+    if isinstance(schema, dict):
+        if schema.get("type") in _FLOATY or schema.get("sub_type") == "float" or "serialization" in schema:
+            return True
+        if schema.get("extra_fields_behavior") == "allow":
+            return True
+        return any(_may_hold_float(value, seen) for value in schema.values())
+    if isinstance(schema, (list, tuple)):
+        return any(_may_hold_float(value, seen) for value in schema)
+    return isinstance(schema, float)
 
 
 def _encode_mapping(mapping: Mapping[str, Any], encoding: str) -> bytes:
@@ -271,7 +306,7 @@ def reply_encoder(kind: type, encoding: str) -> Callable[[Any], bytes] | None:
         encode = codec.encode
     elif issubclass(kind, BaseModel):
         if codec.name == "json":
-            encode = json_encoder(kind)  # by alias only when the model has aliases
+            encode = _model_json(kind)  # by alias when it has aliases; NaN refused
         else:
             encode = partial(_encode_model, encoding=codec.name)
     table[kind] = encode

@@ -10,6 +10,10 @@ message, and the session (the connection) the line was logged for, when there is
 
 The access log is the ``asyncapy.access`` logger: one INFO line per packet,
 ``PEER HANDLERS OUTCOME DURATION``, e.g. ``127.0.0.1:50312 person OK 87us``.
+
+Text a client chose (a field name in ERR_NO_HANDLER's detail, the code of an echoed
+packet shaped like an error reply) goes through ``clean`` before it reaches a line:
+one event stays one line, under 8 KiB, and a terminal shows it as text.
 """
 
 from __future__ import annotations
@@ -29,6 +33,38 @@ LOG_FORMAT_PID: Final = "%(asctime)s.%(msecs)03d %(levelname)-5s [%(process)d] %
 LOG_DATEFMT: Final = "%Y-%m-%d %H:%M:%S"
 
 access_logger = logging.getLogger(ACCESS_LOGGER)
+
+#: Characters of client-supplied text kept in one log line (escapes included): at 4 bytes
+#: a character at most (UTF-8), a line with it and its prefix stays under 8 KiB.
+MAX_CLIENT_TEXT: Final = 1500
+
+
+def clean(text: object, limit: int = MAX_CLIENT_TEXT) -> str:
+    """``text``, supplied by a client, as it may enter a log line.
+
+    Non-printable characters (line breaks, ANSI escapes, U+2028, bidirectional
+    overrides) and the backslash are written ``\\xNN`` (``\\uNNNN`` past Latin-1) as nginx
+    writes its access log; text past ``limit`` characters is cut and ends with
+    ``...(+N characters)``. Plain short text comes back as it is, after two C scans.
+    """
+    text = text if isinstance(text, str) else str(text)
+    if len(text) <= limit and text.isprintable() and "\\" not in text:
+        return text
+    pieces: list[str] = []
+    size = 0
+    for char in text:
+        piece = char if char.isprintable() and char != "\\" else _escape(char)
+        if size + len(piece) > limit:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    left = len(text) - len(pieces)
+    return "".join(pieces) + (f"...(+{left} characters)" if left else "")
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 class SessionFormatter(logging.Formatter):

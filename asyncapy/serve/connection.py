@@ -42,6 +42,8 @@ MAX_SWEEP_INTERVAL: Final = 1.0
 #: long: closing a socket with unread input makes the kernel send a reset, which can
 #: destroy the error reply before the peer reads it.
 LINGER_AFTER_ERROR: Final = 1.0
+#: ERR_INTERNAL's detail: what failed is in the log, never in the reply.
+_INTERNAL_DETAIL: Final = "the handler failed; the error is in the server's log"
 
 # Why reading is paused; reading resumes when no reason is left.
 #: An idle connection's queue (``Connection._queue`` makes a list when events wait).

@@ -26,7 +26,8 @@ import struct
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..wire.codecs import CODEC_IDS, CODECS, DecodeError
+from ..ops.logs import clean
+from ..wire.codecs import CODEC_IDS, CODECS, DecodeError, EncodeError
 from ..wire.errors import (
     ERR_INTERNAL,
     ERR_NO_HANDLER,
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
     from ..ops.observe import Record
 
 logger = logging.getLogger("asyncapy")
+
+#: ERR_INTERNAL's detail: what failed is in the log, never in the reply.
+INTERNAL_DETAIL = "the handler failed; the error is in the server's log"
 
 #: A layer of the packet path (``asyncapy.pipeline``): (client, packet) -> ``Started``.
 Layer = Callable[[Client, Any], Any]
@@ -242,12 +246,14 @@ class Exchange:
             self.code = self.code or "CANCELLED"
             logger.info("(%s) A handler was cancelled", self._sid())
             return
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, EncodeError):  # a reply its encoding cannot carry: the reason says it all
+            logger.error("(%s) A reply could not be sent: %s", self._sid(), clean(exc))
+        elif isinstance(exc, asyncio.CancelledError):
             logger.error("(%s) A handler raised CancelledError (it awaited something that was cancelled)",
                          self._sid(), exc_info=exc)  # fmt: skip
         else:
             logger.error("(%s) A handler raised while handling a packet", self._sid(), exc_info=exc)
-        self.error(ERR_INTERNAL, "the handler failed; the error is in the server's log", encoding)
+        self.error(ERR_INTERNAL, INTERNAL_DETAIL, encoding)
 
     def error(self, code: str, detail: Any = None, encoding: int | None = None, errors: Any = None) -> None:
         """The error reply of the packet being handled, unless it was answered already."""
@@ -277,13 +283,16 @@ class Exchange:
         codec = CODECS[encoding]
         pipeline = self._pipeline
         if pipeline.debug:
-            logger.debug("(%s) Replying %s: %s", self._sid(), code, detail)
+            logger.debug("(%s) Replying %s: %s", self._sid(), code, clean(detail))  # maybe the client's text
         if not pipeline.error_details:
             detail = errors = None
         try:
             self.conn.write_payload(codec.encode(error_payload(code, detail, errors)), encoding)
         except (OverflowError, struct.error):  # the detail is too long for header_size: the bare error fits
             self.conn.write_payload(codec.encode(error_payload(code)), encoding)
+        except EncodeError as exc:  # an ApiError's detail the encoding cannot carry: the app's failure
+            logger.error("(%s) A reply could not be sent: %s", self._sid(), clean(exc))
+            self.conn.write_payload(codec.encode(error_payload(ERR_INTERNAL, INTERNAL_DETAIL)), encoding)
 
     def frame_error(self, error: FrameError) -> None:
         """A frame the decoder refused: its error reply is the answer of a packet of its own."""

@@ -389,8 +389,10 @@ def test_dependency_misuse_is_a_usage_error_naming_handler_and_parameter() -> No
     with pytest.raises(UsageError, match=r"cyclic.*'v'.*cycle"):
         server.register_handler(cyclic)
 
-    with pytest.raises(UsageError, match="callable"):
-        Depends(42)  # type: ignore[arg-type]
+    async def not_callable(client: Client, packet: Packet, n: Annotated[int, Depends(42)]) -> None: ...
+
+    with pytest.raises(UsageError, match=r"not_callable.*'n'.*callable"):
+        server.register_handler(not_callable)
 
     async def wrong_model(p: Placed) -> None: ...
 
