@@ -443,10 +443,11 @@ class Server:
             self._metrics.close()
             self._metrics = None
 
-    def _serving_context(self, plan: Plan, observer: Observer | None = None) -> ServingContext:
+    def _serving_context(self, plan: Plan, observer: Observer | None = None, behind_proxy: bool = True) -> ServingContext:
         """What the connections of one serving run share, its pipeline built once (``asyncapy.pipeline``).
 
-        ``Server.serve`` and ``asyncapy.testing`` build it alike.
+        ``Server.serve`` and ``asyncapy.testing`` build it alike; a test client is the
+        client itself, never a balancer (``behind_proxy=False``: no PROXY gate).
         """
         admission = None
         if self.shared_state is not None and self.session_limit:
@@ -464,7 +465,7 @@ class Server:
             rate_limit=self.rate_limit,
             middleware=tuple(self._middleware),
             exception_handlers=dict(self._exception_handlers),
-            trusted_proxies=self.trusted_proxies if self.proxy_protocol else None,
+            trusted_proxies=self.trusted_proxies if self.proxy_protocol and behind_proxy else None,
             admission=admission,
             observer=observer,
             health=None if self.health is None else health_layer(self.health),

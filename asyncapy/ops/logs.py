@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, Final, TextIO, cast
 
 from ..model.peer import Client
@@ -101,32 +103,42 @@ def configure_logging(level: int, *, pid: bool = False) -> None:
 def current_session_id() -> str | None:
     """The id of the session whose packet the running code handles, or None.
 
-    Found only when a line is logged (never per packet): the running task is the
-    connection's host task (``asyncapy.serve._eager.Host``), whose owner is the connection,
-    or a task whose coroutine was given the ``client`` (``handler_timeout``'s).
+    Found only when a line is logged (never per packet), by walking the stack of the
+    code that logs: a frame that holds the ``client`` (a handler's, a dependency's), or
+    one of the connection's own frames. Under ``handler_timeout`` the handler runs in a
+    task of its own; the task's coroutine was given the ``client``.
     """
+    frame = sys._getframe(1)
+    while frame is not None:
+        client = _client_in(frame)
+        if client is not None:
+            return str(client.session.id)
+        frame = frame.f_back  # type: ignore[assignment]
     try:
         task = asyncio.current_task()
     except RuntimeError:  # no running loop: a thread, or code outside the server
         return None
-    if task is None:
-        return None
-    client = _client_of(task)
+    coro_frame = getattr(task.get_coro(), "cr_frame", None) if task is not None else None
+    client = _client_in(coro_frame) if coro_frame is not None else None
     return None if client is None else str(client.session.id)
 
 
-def _client_of(task: asyncio.Task[Any]) -> Client | None:
-    frame = getattr(task.get_coro(), "cr_frame", None)
-    if frame is None:
-        return None
-    local = frame.f_locals
-    client = local.get("client")
-    if isinstance(client, Client):
-        return client
-    host = local.get("self")
-    owner = getattr(host, "owner", None)  # Host -> Connection
-    client = getattr(owner, "client", None)
-    return client if isinstance(client, Client) else None
+#: The connection's methods a handler runs under (eagerly, or in a host task).
+_CONNECTION_FRAMES: Final = frozenset({"_work_eagerly", "_work", "_after_wait"})
+
+
+def _client_in(frame: FrameType) -> Client | None:
+    """The ``Client`` a frame holds as ``client``, or as its connection's (``self.client``)."""
+    code = frame.f_code
+    if "client" in code.co_varnames:
+        client = frame.f_locals.get("client")
+        if isinstance(client, Client):
+            return client
+    if code.co_name in _CONNECTION_FRAMES:
+        client = getattr(frame.f_locals.get("self"), "client", None)
+        if isinstance(client, Client):
+            return client
+    return None
 
 
 #: ``line(client, handlers, outcome, seconds)``: one access log line.

@@ -65,7 +65,7 @@ class Host:
     ``host.context.run(...)``; otherwise it ``submit``s a worker.
     """
 
-    __slots__ = ("_loop", "context", "initial", "owner", "_inbox", "task", "_on_suspend", "_on_resume", "_busy", "_closed")
+    __slots__ = ("_loop", "context", "initial", "_inbox", "task", "_on_suspend", "_on_resume", "_busy", "_closed")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, on_suspend: Callable[[], None], on_resume: Callable[[], None]
@@ -78,8 +78,6 @@ class Host:
         self._inbox: asyncio.Future[Worker | None] = loop.create_future()
         self.context = contextvars.copy_context()
         self.initial = self.context.copy()  # what the context holds before any handler ran
-        #: The connection whose packets it runs now, or ran last (the logs name its session).
-        self.owner: Any = None
         if _TASK_CONTEXT:
             self.task = loop.create_task(self._serve(), context=self.context)  # type: ignore[call-arg,unused-ignore]
         else:
@@ -185,9 +183,7 @@ def _stepper() -> Generator[Any, Any, None]:
     while True:
         # ``yield from`` takes a returning coroutine's value without raising
         # StopIteration, which ``coro.send`` would (an exception per packet).
-        result = yield from coro
-        coro = None  # an idle connection keeps no finished coroutine alive
-        coro = yield (DONE, result)
+        coro = yield (DONE, (yield from coro))
 
 
 def new_stepper() -> Generator[Any, Any, None]:
@@ -248,7 +244,6 @@ class HostPool:
 
     def give_back(self, host: Host, loop: asyncio.AbstractEventLoop) -> None:
         """A connection closed: keep its host for the next one, or end it."""
-        host.owner = None
         if not self._closed and len(self._idle) < HOST_POOL_SIZE and host.reusable(loop):
             host.rebind(_nothing, _nothing)
             self._idle.append(host)

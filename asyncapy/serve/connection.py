@@ -112,10 +112,9 @@ class ServingContext:
     def traffic(self) -> tuple[int, int]:
         """Bytes read and written by every connection so far (open ones included)."""
         received, sent = self.bytes_in, self.bytes_out
-        overhead = self.header_size + FRAME_TAIL
         for conn in self.connections:
             received += conn.bytes_in
-            sent += conn.bytes_out + conn.writes * overhead
+            sent += conn.bytes_out
         return received, sent
 
     def done_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
@@ -168,8 +167,8 @@ class Connection(asyncio.Protocol):
         self._ex: Exchange | None = None
         #: The server cancelled the running handler (shutdown): its CancelledError is no handler failure.
         self._cancelled = False
-        #: Bytes read, payload bytes and frames written (``ServingContext.traffic``; the
-        #: exchange reads ``writes`` to know whether a packet was answered).
+        #: Bytes read and written (``ServingContext.traffic``), and the frames written for the
+        #: packet being handled (its exchange resets ``writes`` as the packet begins).
         self.bytes_in = 0
         self.bytes_out = 0
         self.writes = 0
@@ -253,9 +252,6 @@ class Connection(asyncio.Protocol):
         if self._host is not None:
             self._ctx.hosts.give_back(self._host, self._loop)
             self._host = None
-        spare = self._ctx.spare
-        if spare is not None and spare.owner is self:  # it borrowed the spare last: let go of it
-            spare.owner = None
         self._unregister()
         self._wake_drainers()
         if self._ex is not None:
@@ -267,7 +263,7 @@ class Connection(asyncio.Protocol):
             ctx = self._ctx
             ctx.connections.discard(self)
             ctx.bytes_in += self.bytes_in
-            ctx.bytes_out += self.bytes_out + self.writes * (ctx.header_size + FRAME_TAIL)
+            ctx.bytes_out += self.bytes_out
             self.bytes_in = self.bytes_out = 0
 
     def let_go(self) -> None:
@@ -293,7 +289,6 @@ class Connection(asyncio.Protocol):
             return
         size = len(payload)
         header = self._pack_header(size + FRAME_TAIL, PROTOCOL_VERSION, encoding)
-        self.bytes_out += size
         self.writes += 1
         if self._corked:
             out = self._out
@@ -306,6 +301,7 @@ class Connection(asyncio.Protocol):
                 self._flush()
             return
         if self._transport is not None:
+            self.bytes_out += len(header) + size
             self._transport.writelines((header, payload))
 
     def close(self) -> None:
@@ -386,7 +382,7 @@ class Connection(asyncio.Protocol):
         return self._clock() - max(self._seen, self._mark)
 
     def _shed(self) -> None:
-        """Quiet for a while: give the host task back to the pool and drop the stepper.
+        """Quiet for a while: give the host task back to the pool.
 
         Only a connection whose handler waited (or set a context variable) holds a
         host between packets (``_start``); this lets it go once it is quiet.
@@ -428,7 +424,9 @@ class Connection(asyncio.Protocol):
         self._out = None
         self._out_size = 0
         if self._transport is not None and not self.closing:
-            self._transport.write(b"".join(out))
+            data = b"".join(out)
+            self.bytes_out += len(data)
+            self._transport.write(data)
 
     def _work_eagerly(self, events: Batch) -> None:
         """Handle ``events`` without a task, stepping each handler once; hand over on a wait.
@@ -477,9 +475,23 @@ class Connection(asyncio.Protocol):
         pending.extend(rest)
         if len(pending) >= self._max_pending:
             self._hold_reading(_HOLD_QUEUE)
-        host: Host = self._host  # type: ignore[assignment]  # set by _start
+        host = self._host or self._claim()
         host.rebind(self._uncork, self._cork)  # the host task runs this connection's worker
         host.submit(worker)
+
+    def _borrow(self) -> Host:
+        """The serving run's spare host (made on the first burst, or after one was claimed)."""
+        ctx = self._ctx
+        host = ctx.spare = ctx.hosts.take(self._loop)
+        return host
+
+    def _claim(self) -> Host:
+        """Keep the spare host this burst borrowed: a handler waits in it, or set its context."""
+        ctx = self._ctx
+        host: Host = ctx.spare  # type: ignore[assignment]  # _start borrowed it
+        ctx.spare = None
+        self._host = host
+        return host
 
     async def _after_wait(self, stepper: Generator[Any, Any, None], waiting_on: Any, encoding: int) -> None:
         """In the host task: finish the handler that waited, then the rest of the queue."""
@@ -574,13 +586,10 @@ class Connection(asyncio.Protocol):
         if pending:  # left by a cancelled worker (shutdown): they go first
             events = [*pending, *events]
             self._pending = _NO_PENDING
-        ctx = self._ctx
         loop = self._loop
-        host = self._host
-        if host is None:  # the serving run's spare host lends its task and context to the burst
-            host = self._host = ctx.spare or ctx.hosts.take(loop)
-            ctx.spare = None
-            host.owner = self  # while the burst runs (the logs read it)
+        # A connection holds a host only while a handler of it waits (or after one set a
+        # context variable); otherwise the burst borrows the serving run's spare host.
+        host = self._host or self._ctx.spare or self._borrow()
         self._working = True
         self._corked = True
         if running_task(loop) is not None:  # a task runs (a test's): no eager start
@@ -592,16 +601,17 @@ class Connection(asyncio.Protocol):
             host.context.run(self._work_eagerly, events)
         finally:
             leave_task(loop, task)
-        if not self._working and host.context == host.initial and ctx.spare is None:
-            self._host = None  # nothing waited, nothing set: the host is the next burst's
-            ctx.spare = host
+        if self._host is None and host.context != host.initial:
+            self._claim()  # a handler set a context variable: it lives for this connection
         self._corked = False
         out = self._out
         if out:  # as _flush()
             self._out = None  # an idle connection holds no buffer
             self._out_size = 0
             if not self.closing:
-                self._transport.write(b"".join(out))  # type: ignore[union-attr]  # set before any data
+                data = b"".join(out)
+                self.bytes_out += len(data)
+                self._transport.write(data)  # type: ignore[union-attr]  # set before any data
 
     async def _relieve(self) -> None:
         """Between packets while reading is held: wait for the peer to read, refill the queue."""

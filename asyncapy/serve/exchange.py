@@ -82,10 +82,8 @@ class Link(Protocol):
     """What an ``Exchange`` needs from the connection under it (``asyncapy.serve.connection``)."""
 
     closing: bool
-
-    @property
-    def writes(self) -> int:
-        """Frames written so far (``Exchange.writes`` counts from the packet's start)."""
+    #: Frames written for the packet being handled (the exchange resets it as a packet begins).
+    writes: int
 
     def write_payload(self, payload: bytes, encoding: int) -> None: ...
     def close(self) -> None: ...
@@ -124,7 +122,7 @@ class Exchange:
     """
 
     __slots__ = (
-        "client", "code", "conn", "encoding_id", "member", "record", "_entry", "_mark", "_pipeline", "_session_open",
+        "client", "code", "conn", "encoding_id", "member", "record", "_entry", "_pipeline", "_session_open",
     )  # fmt: skip
 
     def __init__(self, pipeline: Rules, conn: Link, client: Client, record: Record | None) -> None:
@@ -135,8 +133,6 @@ class Exchange:
         self.record = record
         #: The session's encoding (its first packet's), once known.
         self.encoding_id: int | None = None
-        #: The connection's frame count when the packet being handled began.
-        self._mark = 0
         #: The outcome code of the packet being handled when it is an error (None: OK).
         self.code: str | None = None
         self._session_open = False
@@ -146,7 +142,7 @@ class Exchange:
     @property
     def writes(self) -> int:
         """Frames written for the packet being handled (its reply, its sends, its error)."""
-        return self.conn.writes - self._mark
+        return self.conn.writes
 
     def note(self, handler: str) -> None:
         """A handler started for the packet being handled (observation names it)."""
@@ -161,8 +157,8 @@ class Exchange:
         record = self.record
         if record is not None:
             record.begin()
-        self._mark = self.conn.writes
-        self.code = None
+            self.code = None  # what the record reports (set by ``error``)
+        self.conn.writes = 0
         client = self.client
         encoding, raw = frame
         codec = CODECS[encoding]
@@ -299,8 +295,8 @@ class Exchange:
         record = self.record
         if record is not None:
             record.begin()
-        self._mark = self.conn.writes
-        self.code = None
+            self.code = None
+        self.conn.writes = 0
         self.error(error.code, error.detail, error.encoding)
         if record is not None:
             record.end(self)
