@@ -82,12 +82,12 @@ def make_observer(access_log: OnPacket | None, metrics: ProcessMetrics | None, a
 class Record:
     """One connection's packet being observed: when it began, which handlers ran, how it ended."""
 
-    __slots__ = ("ran", "named", "started", "when_reported", "_observer", "_client", "_names", "_metrics", "_log", "_ok_only")
+    __slots__ = ("ran", "named", "names", "started", "when_reported", "_observer", "_client", "_metrics", "_log", "_ok_only")
 
     def __init__(self, observer: Observer, client: Client) -> None:
         self._observer = observer
         self._client = client
-        self._names = observer.names
+        self.names = observer.names  # qualname -> route (read by the exchange)
         self._metrics = observer.metrics
         self._log = observer.access_log
         #: Metrics on, no access log: an OK packet of a named route takes the short path in ``end``.
@@ -106,7 +106,7 @@ class Record:
 
     def starting(self, coro: Any) -> None:
         """The exchange runs ``coro`` for the packet: name its route, when handlers are called directly."""
-        names = self._names
+        names = self.names
         if names is not None:
             named = names.get(getattr(coro, "__qualname__", None))  # type: ignore[arg-type]
             if named is not None:

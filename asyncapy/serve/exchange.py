@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from time import perf_counter
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -155,8 +156,9 @@ class Exchange:
     def begin(self, frame: RawFrame) -> Coroutine[Any, Any, Any] | None:
         """Decode ``frame`` and run the packet layers: the coroutine to run, or None when answered."""
         record = self.record
-        if record is not None:
-            record.begin()
+        if record is not None:  # Record.begin, inlined: this runs for every observed packet
+            record.started = perf_counter()
+            record.ran = record.named = None
             self.code = None  # what the record reports (set by ``error``)
         self.conn.writes = 0
         client = self.client
@@ -188,8 +190,10 @@ class Exchange:
             self.error(ERR_NO_HANDLER, started.detail, encoding, started.errors)
             self._end()
             return None
-        if record is not None:
-            record.starting(started)
+        if record is not None and record.names is not None:  # Record.starting, inlined
+            named = record.named = record.names.get(getattr(started, "__qualname__", None))  # type: ignore[arg-type]
+            if named is not None:
+                record.ran = named.name
         return started  # type: ignore[no-any-return]
 
     def finish(self, result: Any, encoding: int, report: bool = True) -> None:
