@@ -124,6 +124,8 @@ def test_navigation_leads_to_the_page(site: Path, browser: Browser) -> None:
 def test_search_answers_offline(site: Path, browser: Browser, query: str, expect: str) -> None:
     """Typed into the search box of a page opened from file://, a word finds its pages."""
     browser.open((site / "index.html").as_uri())
+    # on a loaded machine the theme's script may not have laid out the search box yet (bounded wait)
+    assert browser.poll("!!document.querySelector('input.md-search__input')", bool, timeout=20)
     typed = f"""(() => {{
         const input = document.querySelector('input.md-search__input');
         input.focus();
