@@ -354,6 +354,17 @@ class FrameDecoder(Generic[F]):
         kinds: frozenset[int],
     ) -> None: ...
 
+    @overload
+    def __init__(
+        self: FrameDecoder[RawFrame | RawV2Frame],
+        header_size: int = ...,
+        byteorder: Byteorder = ...,
+        max_packet_size: int = ...,
+        encodings: frozenset[int] = ...,
+        *,
+        kinds: frozenset[int] | None,
+    ) -> None: ...
+
     def __init__(
         self,
         header_size: int = DEFAULT_HEADER_SIZE,
