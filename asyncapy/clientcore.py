@@ -3,7 +3,8 @@
 ``ClientCore`` turns objects into frames and received bytes into replies, and knows
 whether its connection is still in step; ``read_reply`` turns a reply map into what
 ``request`` returns. The blocking ``Client``, the ``AsyncClient`` and the test
-clients only move bytes between a socket (or memory) and this module.
+clients only move bytes between a socket (or memory) and this module. The wire:
+docs/protocol.md; the v2 side of it is ``clientmux``.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class Codec(Protocol):
 
 
 class JSONCodec:
-    """JSON: UTF-8, no NaN, integers of any size exact (DESIGN §1).
+    """JSON: UTF-8, no NaN, integers of any size exact (docs/protocol.md).
 
     Decoding goes through msgspec, which reads integers beyond 64 bits as Python
     ints (orjson reads them as rounded floats) and refuses the absurdly long ones

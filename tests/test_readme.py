@@ -1,6 +1,6 @@
 """The README runs as written: every block on its own, every shell command, every link.
 
-- Each ```python block of README.md and docs/routing.md runs alone in a fresh interpreter
+- Each ```python block of README.md, docs/routing.md and docs/protocol.md runs alone in a fresh interpreter
   (as a module named ``readme_block``, so ``if __name__ == "__main__":`` stays shut), from
   an empty directory with the repository on ``sys.path``.
 - Each ```sh block runs in bash (``set -eo pipefail``) from the repository's root, with
@@ -34,7 +34,7 @@ import pytest
 
 from .procs import ROOT, free_port
 
-DOCS = [ROOT / "README.md", ROOT / "docs" / "routing.md"]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "routing.md", ROOT / "docs" / "protocol.md"]
 README_PORT = "1500"
 PORT_USE = re.compile(r"(?:127\.0\.0\.1:|localhost:|--port[ =])(\d{4,5})\b")
 SERVER_MARK = "Ctrl-C"
