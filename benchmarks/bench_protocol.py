@@ -13,6 +13,13 @@ in two reads: ``receive`` then ``receive``), ``next_event`` (``feed`` + ``next_e
 
 Options: ``--calls N`` (200,000 per row and repetition), ``--repeat N`` (7; the best is
 kept), ``--base REV``.
+
+For differences too small to time, count instructions: ``--loop CASE`` (``receive1``,
+``receive16``, ``split``, ``next_event``) runs ``--calls`` calls of that v1 case on this
+tree's decoder and nothing else, so ``valgrind --tool=callgrind
+--callgrind-out-file=/dev/null python benchmarks/bench_protocol.py --loop CASE --calls N``
+for two values of N gives instructions per call (run it in ``git archive REV`` unpacked
+elsewhere for the reference; results/protocol-v2-decoder.md).
 """
 
 from __future__ import annotations
@@ -151,12 +158,24 @@ def rows(base: types.ModuleType) -> list[tuple[str, Case, Case, str]]:
     ]
 
 
+LOOPS: dict[str, Callable[[Callable[[], Any], bytes], Case]] = {
+    "receive1": receive_case,
+    "receive16": lambda make, frame: receive_case(make, frame * 16),
+    "split": split_case,
+    "next_event": next_event_case,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--base", default="main")
+    parser.add_argument("--loop", choices=sorted(LOOPS), help="only run CALLS calls of a v1 case (for callgrind)")
     args = parser.parse_args()
+    if args.loop:
+        LOOPS[args.loop](protocol.FrameDecoder, v1_frame(protocol))()(args.calls)
+        return
     base = load_base(args.base)
     table = rows(base)
     best: dict[str, list[float]] = {name: [float("inf"), float("inf")] for name, *_ in table}
