@@ -111,6 +111,9 @@ class _Call:
     encoding: int
     payload: bytes
     deadline_ms: int
+    #: Its frame is queued in ``_out`` (to go out with the next ``data_to_send``).
+    framed: bool = False
+    #: ``data_to_send`` handed its frame out: the server may have it.
     sent: bool = False
     #: The caller gave up; its terminal frame is still awaited before the Stream-Id is reused.
     cancelled: bool = False
@@ -193,7 +196,7 @@ class MuxCore:
         self._decoder = FrameDecoder(self.header_size, self.byteorder, max_packet_size, frozenset(CODECS), kinds=kinds)
         self._calls: dict[int, _Call] = {}
         self._queue: deque[int] = deque()  # Stream-Ids of requests not sent yet, in order
-        self._out: list[bytes] = []
+        self._out: list[tuple[int, bytes]] = []  # (Stream-Id of a REQUEST, or 0; frame) to write
         self._next_id = first_stream_id
         self._probe: int | None = None  # the first request, sent before the version was known
         self._v1_current: int | None = None  # v1: the request the next packet answers
@@ -247,19 +250,39 @@ class MuxCore:
         if call is None or call.cancelled:
             return True
         if not call.sent:
-            del self._calls[stream_id]
-            self._queue.remove(stream_id)
+            self._unqueue(call)
             return True
         call.cancelled = True
         if self.version == PROTOCOL_VERSION_2:
-            self._out.append(encode_cancel(stream_id, call.encoding, self.header_size, self.byteorder))
+            self._out.append((0, encode_cancel(stream_id, call.encoding, self.header_size, self.byteorder)))
             return True
         return self.version is None  # the probe: CANCEL once the server proves it speaks v2
+
+    def _unqueue(self, call: _Call) -> None:
+        """Forget a request whose frame was not handed out; the next one takes its turn."""
+        del self._calls[call.stream_id]
+        if call.framed:
+            self._out = [item for item in self._out if item[0] != call.stream_id]
+        else:
+            self._queue.remove(call.stream_id)
+        if call.stream_id == self._probe:
+            self._probe = None
+            if self._queue:  # the next request probes instead
+                self._probe = self._queue[0]
+                self._write(self._calls[self._queue.popleft()])
+        elif call.stream_id == self._v1_current:
+            self._v1_current = None
+            self._next_v1()
 
     def data_to_send(self) -> bytes:
         """The frames to write now, in order (b"" when there are none)."""
         out, self._out = self._out, []
-        return b"".join(out)
+        calls = self._calls
+        for stream_id, _ in out:
+            call = calls.get(stream_id)
+            if call is not None:
+                call.sent = True
+        return b"".join(frame for _, frame in out)
 
     # -- what the server sent ---------------------------------------------------------------
 
@@ -309,7 +332,7 @@ class MuxCore:
         """The server speaks v2: a cancelled probe gets its CANCEL, the waiting requests go out."""
         probe = self._calls.get(self._probe) if self._probe is not None else None
         if probe is not None and probe.cancelled:
-            self._out.append(encode_cancel(probe.stream_id, probe.encoding, self.header_size, self.byteorder))
+            self._out.append((0, encode_cancel(probe.stream_id, probe.encoding, self.header_size, self.byteorder)))
         while self._queue:
             self._write(self._calls[self._queue.popleft()])
 
@@ -337,7 +360,7 @@ class MuxCore:
         if call.cancelled:
             del self._calls[probe]
         else:
-            call.sent = False
+            call.sent = call.framed = False
             self._queue.appendleft(probe)
             events.append(FellBack(probe))
         self._next_v1()
@@ -352,14 +375,16 @@ class MuxCore:
     # -- the connection ended -----------------------------------------------------------------
 
     def in_flight(self) -> list[int]:
-        """Stream-Ids of requests written and not answered (nor cancelled): what a lost connection fails."""
+        """Stream-Ids of requests handed out to be written and not answered (nor cancelled):
+        what a lost connection fails."""
         return [sid for sid, call in self._calls.items() if call.sent and not call.cancelled]
 
     def detach_unsent(self) -> list[Pending]:
-        """The requests never written, removed from this core: they can go on another connection."""
-        pending = [self._pending(self._calls.pop(sid)) for sid in self._queue]
-        self._queue.clear()
-        return pending
+        """The requests never handed out, in order, removed from this core: they can go on
+        another connection."""
+        order = [sid for sid, _ in self._out if sid in self._calls] + list(self._queue)
+        self._out, self._queue = [], deque()
+        return [self._pending(self._calls.pop(sid)) for sid in order]
 
     def detach(self, stream_id: int) -> Pending:
         """Take a written request back to send it on another connection (when TCP proved
@@ -388,12 +413,12 @@ class MuxCore:
 
     def _write(self, call: _Call) -> None:
         if self.version == PROTOCOL_VERSION:
-            self._out.append(encode_frame(call.payload, call.encoding, self.header_size, self.byteorder))
+            frame = encode_frame(call.payload, call.encoding, self.header_size, self.byteorder)
             self._v1_current = call.stream_id
         else:
             frame = encode_request(call.stream_id, call.payload, call.encoding, call.deadline_ms, self.header_size, self.byteorder)
-            self._out.append(frame)
-        call.sent = True
+        self._out.append((call.stream_id, frame))
+        call.framed = True
 
     def _next_v1(self) -> None:
         """v1: send the next waiting request once the one before it was answered."""

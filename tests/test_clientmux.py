@@ -314,8 +314,10 @@ def test_another_v1_answer_to_the_probe_is_its_reply() -> None:
     assert core.receive_data(busy) == [Reply(first, Frame(0, busy[6:]))]
     assert core.version == 22
     core.receive_data(b"")  # the server closes: the second request never went out
-    assert core.eof and core.in_flight() == [second]  # written as v1 after the answer
-    assert core.data_to_send() == encode_frame(b'{"n":1}', 0)
+    assert core.eof and core.in_flight() == []
+    [pending] = core.detach_unsent()
+    assert (pending.stream_id, pending.payload) == (second, b'{"n":1}')
+    assert core.data_to_send() == b""
 
 
 def test_a_request_that_never_went_out_moves_to_another_connection() -> None:
@@ -385,3 +387,28 @@ async def test_falls_back_against_a_v1_server_on_the_same_connection() -> None:
         finally:
             writer.close()
             await writer.wait_closed()
+
+
+def test_a_probe_cancelled_before_it_was_written_hands_the_probe_to_the_next() -> None:
+    core, server = MuxCore(), ServerSide()
+    first = core.send_request({"n": 0})
+    second = core.send_request({"n": 1})
+    assert core.cancel(first)  # its frame was queued, never handed out: forgotten
+    assert [f.stream_id for f in requests(server, core)] == [second]  # the next probes instead
+    assert core.receive_data(reply(second, {})) == [Reply(second, Frame(0, b"{}"))]
+
+
+def test_a_v1_request_cancelled_before_it_was_written_lets_the_next_go() -> None:
+    core, server = MuxCore(protocol=1), ServerSide()
+    first = core.send_request({"n": 0})
+    second = core.send_request({"n": 1})
+    assert core.cancel(first)  # never written: the connection stays in step
+    assert server.read(core.data_to_send(), version=22) == [Frame(0, b'{"n":1}')]
+    assert core.receive_data(encode_frame(b"{}", 0)) == [Reply(second, Frame(0, b"{}"))]
+
+
+def test_what_was_queued_but_never_handed_out_moves_in_order() -> None:
+    core = MuxCore(protocol=1)
+    ids = [core.send_request({"n": n}) for n in range(3)]
+    core.receive_data(b"")
+    assert [p.stream_id for p in core.detach_unsent()] == ids and core.in_flight() == []
