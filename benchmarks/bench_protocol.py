@@ -42,14 +42,24 @@ from asyncapy import protocol  # noqa: E402
 PAYLOAD = b'{"name": "Ada Lovelace", "age": 36, "email": "ada@example.org", "score": 9.5, "active": true}'
 
 
+#: Where the framing lived: in the layer folder since the layout, flat before (there now a re-export).
+BASE_PATHS = ("asyncapy/wire/protocol.py", "asyncapy/protocol.py")
+
+
 def load_base(rev: str) -> types.ModuleType:
-    """``asyncapy/protocol.py`` as it is at ``rev``, as the module ``asyncapy._protocol_base``."""
-    source = subprocess.run(
-        ["git", "-C", str(HERE.parent), "show", f"{rev}:asyncapy/protocol.py"], capture_output=True, text=True, check=True
-    ).stdout
-    module = types.ModuleType("asyncapy._protocol_base")
-    module.__package__ = "asyncapy"
-    module.__file__ = f"<{rev}:asyncapy/protocol.py>"
+    """The framing module as it is at ``rev``, loaded next to this tree's (its relative
+    imports resolve in this tree's package) as ``<package>._protocol_base``."""
+    for path in BASE_PATHS:
+        shown = subprocess.run(["git", "-C", str(HERE.parent), "show", f"{rev}:{path}"], capture_output=True, text=True)
+        if shown.returncode == 0:
+            source = shown.stdout
+            break
+    else:
+        raise SystemExit(f"no framing module at {rev} ({' or '.join(BASE_PATHS)})")
+    package = protocol.FrameDecoder.__module__.rpartition(".")[0]
+    module = types.ModuleType(f"{package}._protocol_base")
+    module.__package__ = package
+    module.__file__ = f"<{rev}:{path}>"
     sys.modules[module.__name__] = module  # dataclasses look their module up while the class is made
     exec(compile(source, module.__file__, "exec"), module.__dict__)
     return module
