@@ -1,10 +1,10 @@
 """asyncapy: typed API servers over AsyncAProto, on asyncio."""
 
 from . import filters
-from .apikeys import APIKeyFactory
+from .shared.apikeys import APIKeyFactory
 from .client import AsyncClient
-from .depends import Depends
-from .errors import (
+from .app.depends import Depends
+from .wire.errors import (
     ApiError,
     AsyncAPYError,
     ClientError,
@@ -17,13 +17,12 @@ from .errors import (
     StopPropagation,
     UsageError,
 )
-from .middleware import CallNext
-from .packet import Packet
-from .peer import Client, Session
-from .routing import Router
+from .app.middleware import CallNext
+from .model.packet import Packet
+from .model.peer import Client, Session
+from .app.routing import Router
 from .server import Server
-
-__version__ = "0.1.0"
+from .wire.version import __version__
 
 __all__ = [
     "APIKeyFactory",

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .client import Client
-from .errors import ClientError, ConnectionClosed, ErrorReply, ProtocolError
-from .proxy import check_trusted_proxies
+from .wire.errors import ClientError, ConnectionClosed, ErrorReply, ProtocolError
+from .wire.proxy import check_trusted_proxies
 from .server import Server, _check_metrics_port, _check_uvloop, _check_workers
 
 EXIT_ERROR_REPLY = 1
@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.reload:
         if args.workers is not None and args.workers > 1:
             raise CLIError("--reload runs one process: drop --workers")
-        from .reload import run_reloading
+        from .ops.reload import run_reloading
 
         return run_reloading(args.server, [arg for arg in args.argv[1:] if arg != "--reload"])
     server = load_server(args.server)
@@ -173,7 +173,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
     and an example packet of each, the models, and the error codes. With --serve it is
     served at http://HOST:PORT/ (and the AsyncAPI document at /asyncapi.json).
     """
-    from .docspage import render
+    from .docs.docspage import render
 
     server = load_server(args.server)
     doc = server.asyncapi(title=args.title, version=args.api_version)
@@ -184,7 +184,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
             out.write(page)
         print(f"wrote {path}", file=sys.stderr)
     if args.serve:
-        from .docserve import serve_page
+        from .docs.docserve import serve_page
 
         try:
             serve_page(page, json.dumps(doc, indent=2), args.host, args.port)

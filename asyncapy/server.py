@@ -13,29 +13,28 @@ import ssl as _ssl
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from .codecs import get_codec
-from .config import load_config
-from .listener import Listener, listen
-from .connection import DEFAULT_MAX_PENDING, Connection, ServingContext
-from .limited import limited_plan
-from .proxied import connection_factory
-from .ratelimit import RateLimit
-from .state import SharedSessions, SharedState
-from .proxy import Network, check_trusted_proxies
-from .logs import AccessLog, configure_logging
-from .observe import make_observer, observed_context, observed_factory
-from .protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
-from .errors import LifespanError
-from .lifespan import Lifespan, LifespanRun, State
-from .middleware import App, ExceptionHandler, Middleware, check_exception_handler, check_middleware
-from .packet import Packet
-from .peer import CLOSED_LINK, Client, Session
-from .routing import Explanation, Plan, Router, compile_routes
-from .sessions import SessionRegistry
-from .workers import STARTUP_FAILED, run_workers
+from .wire.codecs import get_codec
+from .app.config import load_config
+from .serve.listener import Listener, listen
+from .serve.connection import DEFAULT_MAX_PENDING, ServingContext
+from .serve.pipeline import Settings, build_pipeline
+from .shared.ratelimit import RateLimit
+from .shared.state import SharedSessions, SharedState
+from .wire.proxy import Network, check_trusted_proxies
+from .ops.logs import AccessLog, configure_logging
+from .ops.observe import Observer, make_observer
+from .wire.protocol import DEFAULT_MAX_PACKET_SIZE, FRAME_TAIL, check_byteorder, check_header_size
+from .wire.errors import LifespanError
+from .app.lifespan import Lifespan, LifespanRun, State
+from .app.middleware import ExceptionHandler, Middleware, check_exception_handler, check_middleware
+from .model.packet import Packet
+from .model.peer import CLOSED_LINK, Client, Session
+from .app.routing import Explanation, Plan, Router, compile_routes
+from .model.sessions import SessionRegistry
+from .serve.workers import STARTUP_FAILED, run_workers
 
 if TYPE_CHECKING:
-    from .metrics import ServingMetrics, SnapshotDir
+    from .ops.metrics import ServingMetrics, SnapshotDir
 
 logger = logging.getLogger("asyncapy")
 
@@ -91,7 +90,7 @@ class Server:
             "error": CODE}``, as AsyncAPY 0.5 did (its clients compare them whole).
         proxy_protocol: every connection starts with a PROXY header (v1 or v2) from a
             load balancer; the client's real address is what handlers, filters,
-            limits and logs see (``asyncapy.proxied``).
+            limits and logs see (``asyncapy.serve.gate``).
         trusted_proxies: addresses or networks allowed to send that header (default:
             this host, 127.0.0.0/8 and ::1); other connections are closed unanswered.
         shared_state: a ``SharedState`` (``asyncapy.redis.RedisState``) that makes
@@ -137,7 +136,7 @@ class Server:
         trusted_proxies: Sequence[str] | None = None,
         shared_state: SharedState | None = None,
         rate_limit: RateLimit | None = None,
-        lifespan: Lifespan | None = None,
+        lifespan: Lifespan[Server] | None = None,
         access_log: bool | str | os.PathLike[str] = False,
         metrics_port: int | None = None,
     ) -> None:
@@ -196,7 +195,7 @@ class Server:
         self.lifespan = lifespan
         #: A plain namespace for the application's resources (set them in the lifespan).
         self.state = State()
-        self._lifespan_run = LifespanRun(None)
+        self._lifespan_run: LifespanRun[Server] = LifespanRun(None)
         self.access_log = access_log
         self.metrics_port = _check_metrics_port(metrics_port)
         self._metrics: ServingMetrics | None = None
@@ -282,17 +281,16 @@ class Server:
         return self._plan
 
     def schema(self) -> dict[str, Any]:
-        """The JSON Schema of every route: filters, accepted packets, replies (``asyncapy.schema``)."""
-        from .schema import compiled_routes, schema_document
+        """The JSON Schema of every route: filters, accepted packets, replies (``asyncapy.docs.schema``)."""
+        from .docs.schema import schema_document
 
-        return schema_document(compiled_routes(self))
+        return schema_document(self.compile().routes)
 
     def asyncapi(self, title: str = "asyncapy API", version: str = "1.0.0", description: str | None = None) -> dict[str, Any]:
         """An AsyncAPI 3.0.0 document of this server (``asyncapy.asyncapi``)."""
-        from .asyncapi import asyncapi_document
-        from .schema import compiled_routes
+        from .docs.asyncapi import asyncapi_document
 
-        return asyncapi_document(self, compiled_routes(self), title=title, version=version, description=description)
+        return asyncapi_document(self, self.compile().routes, title=title, version=version, description=description)
 
     async def explain(self, payload: Mapping[str, Any], address: str = "127.0.0.1") -> Explanation:
         """What the routes would do with ``payload`` from ``address``, calling no handler.
@@ -351,7 +349,7 @@ class Server:
 
     def _run_workers_with_metrics(self, port: int) -> None:
         """Workers write snapshots of their counters; this process serves their sum."""
-        from .metrics import Exporter, SnapshotDir
+        from .ops.metrics import Exporter, SnapshotDir
 
         directory = self._metrics_dir = SnapshotDir()
         exporters: list[Exporter] = []
@@ -396,26 +394,21 @@ class Server:
         self._stop_requested = asyncio.Event()
         await self._begin_lifespan()
         observer = self._observer()  # None unless the access log, metrics or a tracing middleware is on
-        if observer is None:
-            self._ctx = ctx = self._serving_context(plan)
-        else:
-            self._ctx = ctx = observed_context(self._serving_context, plan, observer)
+        self._ctx = ctx = self._serving_context(plan, observer)
         loop = asyncio.get_running_loop()
-        trusted = self.trusted_proxies if self.proxy_protocol else None
-        factory = connection_factory(ctx, trusted) if observer is None else observed_factory(ctx, trusted)
         try:
-            self._listener = await self._listen(loop, factory)
+            self._listener = await self._listen(loop, ctx.protocol_factory())
         except BaseException:
             self._stop_observing()
             raise
         self.port = self._listener.sockets[0].getsockname()[1]
         logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
 
-    def _observer(self) -> Any:
+    def _observer(self) -> Observer | None:
         """What observes packets for this serving run (``asyncapy.observe``), chosen once."""
         self._access = AccessLog(self.access_log, pid=self.workers > 1) if self.access_log else None
         if self.metrics_port is not None:
-            from .metrics import ServingMetrics
+            from .ops.metrics import ServingMetrics
 
             self._metrics = ServingMetrics(self.addr, self.metrics_port, self._metrics_dir)
             if self._metrics_dir is None:
@@ -432,31 +425,43 @@ class Server:
             self._metrics.close()
             self._metrics = None
 
-    def _serving_context(self, plan: Plan) -> ServingContext:
-        """What the connections of one serving run share; ``asyncapy.testing`` builds one too."""
-        if self._middleware or self._exception_handlers:
-            app = App.build(plan, tuple(self._middleware), self._exception_handlers, self.error_details)
-            plan = dataclasses.replace(plan, app=app)
+    def _serving_context(self, plan: Plan, observer: Observer | None = None) -> ServingContext:
+        """What the connections of one serving run share, its pipeline built once (``asyncapy.pipeline``).
+
+        ``Server.serve`` and ``asyncapy.testing`` build it alike.
+        """
         admission = None
         if self.shared_state is not None and self.session_limit:
             admission = SharedSessions(self.shared_state, self.session_limit)
-        return ServingContext(
-            plan=limited_plan(plan, self.rate_limit),
-            admission=admission,
+        settings = Settings(
+            plan=plan,
+            default_encoding=get_codec(self.encoding).id,
             sessions=SessionRegistry(self.session_limit),
+            max_connections=self.max_connections,
+            error_details=self.error_details,
+            debug=logger.isEnabledFor(logging.DEBUG),
+            handler_timeout=self.handler_timeout,
+            rate_limit=self.rate_limit,
+            middleware=tuple(self._middleware),
+            exception_handlers=dict(self._exception_handlers),
+            trusted_proxies=self.trusted_proxies if self.proxy_protocol else None,
+            admission=admission,
+            observer=observer,
+        )
+        ctx = ServingContext(
+            pipeline=build_pipeline(settings),
             header_size=self.header_size,
             byteorder=self.byteorder,
             max_packet_size=self.max_packet_size,
             timeout=self.timeout,
-            max_connections=self.max_connections,
-            default_encoding=get_codec(self.encoding).id,
-            debug=logger.isEnabledFor(logging.DEBUG),
             max_pending=self.max_pending,
-            handler_timeout=self.handler_timeout,
-            error_details=self.error_details,
         )
+        if observer is not None and observer.metrics is not None:
+            observer.metrics.open_connections = ctx.connections.__len__
+            observer.metrics.traffic = ctx.traffic
+        return ctx
 
-    async def _listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], Connection]) -> Listener | asyncio.Server:
+    async def _listen(self, loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol]) -> Listener | asyncio.Server:
         """``asyncapy.listener.listen``: accept with a back-off when out of descriptors; ``timeout`` bounds TLS handshakes."""
         return await listen(
             loop, factory, self.addr, self.port, sock=self._sock, ssl=self.ssl, backlog=self.backlog,
@@ -484,9 +489,9 @@ class Server:
         logger.info("Stopping: waiting for %d connection(s) to finish their packets", len(ctx.connections))
         await self._close_when_quiet(ctx)
         await self._flush_or_abort(ctx)
-        if ctx.admission is not None:
-            await ctx.admission.aclose()  # the closed sessions are forgotten in the shared state
-        ctx.hosts.close()
+        if ctx.pipeline.admission is not None:
+            await ctx.pipeline.admission.aclose()  # the closed sessions are forgotten in the shared state
+        ctx.close_hosts()
         if ctx.sweeper is not None:
             ctx.sweeper.cancel()
             ctx.sweeper = None
@@ -566,7 +571,7 @@ def _check_metrics_port(port: int | None) -> int | None:
         return None
     if not isinstance(port, int) or not 0 <= port < 65536:
         raise ValueError(f"metrics_port must be a port number (0: one the OS picks), not {port!r}")
-    from .metrics import check_installed
+    from .ops.metrics import check_installed
 
     check_installed()
     return port

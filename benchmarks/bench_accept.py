@@ -3,7 +3,7 @@
     python benchmarks/bench_accept.py [--connections 2000] [--repeat 5]
 
 Two servers in one process with the same echo handler: one accepting through
-``asyncapy.listener.Listener`` (what ``Server`` uses on selector loops: backs off when
+``asyncapy.serve.listener.Listener`` (what ``Server`` uses on selector loops: backs off when
 out of descriptors), one through plain ``loop.create_server``. A client connects,
 sends one packet, reads the reply and closes, ``--connections`` times per run,
 alternating the two servers between runs; prints the best run of each, in
@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asyncapy import Client, Packet, Server  # noqa: E402
-from asyncapy.connection import Connection  # noqa: E402
-from asyncapy.protocol import encode_frame  # noqa: E402
+from asyncapy.serve.connection import Connection  # noqa: E402
+from asyncapy.wire.protocol import encode_frame  # noqa: E402
 
 REQUEST = encode_frame(b'{"test": 1}', 0)
 

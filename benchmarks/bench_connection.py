@@ -40,7 +40,7 @@ import msgpack  # noqa: E402
 import servers  # noqa: E402
 
 from asyncapy import Server  # noqa: E402
-from asyncapy.connection import Connection  # noqa: E402
+from asyncapy.serve.connection import Connection  # noqa: E402
 
 PERSON = b'{"name": "Ada Lovelace", "age": 36, "email": "ada@example.org", "score": 9.5, "active": true}'
 TAGGED = b'{"kind": "m999", "value": 7}'

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, TypeAdapter, ValidationError, create_model
 
 from asyncapy import Client, Packet, Router, Session
-from asyncapy.routing import compile_routes
+from asyncapy.app.routing import compile_routes
 
 SIZES = (1, 10, 100, 1000)
 ROUNDS = 5  # best of: hides scheduler noise

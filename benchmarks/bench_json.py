@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from asyncapy.codecs import get_codec  # noqa: E402
+from asyncapy.wire.codecs import get_codec  # noqa: E402
 
 PAYLOADS = {
     "echo {'test': 1}": b'{"test": 1}',

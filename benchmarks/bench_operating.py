@@ -34,21 +34,16 @@ import operating  # noqa: E402
 import servers  # noqa: E402
 
 from asyncapy import Server  # noqa: E402
-from asyncapy.connection import Connection  # noqa: E402
-from asyncapy.observe import ObservedConnection, make_observer, observed_context  # noqa: E402
+from asyncapy.serve.connection import Connection  # noqa: E402
+from asyncapy.ops.observe import make_observer  # noqa: E402
 
 Factory = Callable[[], Callable[[], asyncio.Protocol]]
 
 
 def protocol(server: Server) -> Callable[[], asyncio.Protocol]:
-    """What ``start_serving`` would pick for ``server``: the observed connection when something observes."""
-    plan = server.compile()
-    observer = server._observer()
-    if observer is None:
-        ctx = server._serving_context(plan)
-        return lambda: Connection(ctx)
-    ctx = observed_context(server._serving_context, plan, observer)
-    return lambda: ObservedConnection(ctx)
+    """What ``start_serving`` builds for ``server``: its pipeline, observed when something observes."""
+    ctx = server._serving_context(server.compile(), server._observer())
+    return lambda: Connection(ctx)
 
 
 def rows() -> dict[str, Factory]:
@@ -66,13 +61,13 @@ def rows() -> dict[str, Factory]:
 
 def metrics_protocol() -> Callable[[], asyncio.Protocol]:
     """The metrics' per-packet work without the HTTP endpoint (it costs nothing per packet)."""
-    from asyncapy.metrics import ProcessMetrics
+    from asyncapy.ops.metrics import ProcessMetrics
 
     server = servers.typed_server()
     observer = make_observer(None, ProcessMetrics())
     assert observer is not None
-    ctx = observed_context(server._serving_context, server.compile(), observer)
-    return lambda: ObservedConnection(ctx)
+    ctx = server._serving_context(server.compile(), observer)
+    return lambda: Connection(ctx)
 
 
 def main() -> None:

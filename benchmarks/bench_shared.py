@@ -41,9 +41,9 @@ from bench_connection import SinkTransport, frame  # noqa: E402
 from loadgen_build import build_loadgen  # noqa: E402
 
 from asyncapy import APIKeyFactory, Server  # noqa: E402
-from asyncapy.proxied import connection_factory  # noqa: E402
-from asyncapy.filters import RateLimit  # noqa: E402
-from asyncapy.redis import RedisState  # noqa: E402
+from asyncapy.serve.connection import Connection  # noqa: E402
+from asyncapy.app.filters import RateLimit  # noqa: E402
+from asyncapy.shared.redis import RedisState  # noqa: E402
 from examples.deploy.stack import find_tool, free_port, running_stack  # noqa: E402
 
 PERSON = b'{"name": "Ada Lovelace", "age": 36, "email": "ada@example.org", "score": 9.5, "active": true}'
@@ -130,6 +130,22 @@ class WaitingTransport(SinkTransport):
         super().resume_reading()
         self._wake()
 
+    protocol: Any = None
+
+    def set_protocol(self, protocol: Any) -> None:
+        """The gate hands the transport to the connection once the session is admitted."""
+        self.protocol = protocol
+        self._wake()
+
+    def get_protocol(self) -> Any:
+        return self.protocol
+
+
+def _open(ctx: Any, transport: WaitingTransport) -> None:
+    """Open a connection as the listener would (through the gate when the pipeline has one)."""
+    transport.protocol = ctx.protocol_factory()()
+    transport.protocol.connection_made(transport)
+
 
 async def _until(transport: WaitingTransport, ready: Callable[[], bool]) -> None:
     while not ready():
@@ -139,10 +155,10 @@ async def _until(transport: WaitingTransport, ready: Callable[[], bool]) -> None
 
 async def per_packet(server: Server, packets: int) -> float:
     ctx = server._serving_context(server.compile())
-    conn = connection_factory(ctx, None)()
     transport = WaitingTransport()
-    conn.connection_made(transport)
-    await _until(transport, transport.is_reading)
+    _open(ctx, transport)
+    await _until(transport, lambda: type(transport.protocol) is Connection)
+    conn = transport.protocol
     data = frame(PERSON)
     start = time.perf_counter()
     for n in range(1, packets + 1):
@@ -158,16 +174,15 @@ async def per_connection(server: Server, connections: int) -> float:
     data = frame(PERSON)
     start = time.perf_counter()
     for _ in range(connections):
-        conn = connection_factory(ctx, None)()  # gated by the shared admission when there is one
         transport = WaitingTransport()
-        conn.connection_made(transport)
-        await _until(transport, transport.is_reading)
-        conn.data_received(data)
+        _open(ctx, transport)  # through the gate (the shared admission) when there is one
+        await _until(transport, lambda: type(transport.protocol) is Connection)
+        transport.protocol.data_received(data)
         await _until(transport, lambda: transport.writes >= 1)
-        conn.connection_lost(None)
+        transport.protocol.connection_lost(None)
     elapsed = time.perf_counter() - start
-    if ctx.admission is not None:
-        await ctx.admission.aclose()
+    if ctx.pipeline.admission is not None:
+        await ctx.pipeline.admission.aclose()
     return elapsed / connections * 1e6
 
 

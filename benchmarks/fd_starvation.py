@@ -32,8 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asyncapy import Client, Packet, Server  # noqa: E402
-from asyncapy.codecs import get_codec  # noqa: E402
-from asyncapy.protocol import encode_frame  # noqa: E402
+from asyncapy.wire.codecs import get_codec  # noqa: E402
+from asyncapy.wire.protocol import encode_frame  # noqa: E402
 
 JSON = get_codec("json")
 REQUEST = encode_frame(JSON.encode({"ping": 1}), 0)

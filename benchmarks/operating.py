@@ -44,7 +44,7 @@ async def _pass_through(client: Any, packet: Any, call_next: Any) -> None:
 def _traced(feature: str, server: Server) -> Server:
     from opentelemetry import trace
 
-    from asyncapy.otel import TracingMiddleware
+    from asyncapy.ops.otel import TracingMiddleware
 
     provider: Any = trace.NoOpTracerProvider()
     if feature == "otel-sdk":

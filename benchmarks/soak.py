@@ -30,8 +30,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asyncapy import Client, Packet, Server  # noqa: E402
-from asyncapy.codecs import get_codec  # noqa: E402
-from asyncapy.protocol import encode_frame  # noqa: E402
+from asyncapy.wire.codecs import get_codec  # noqa: E402
+from asyncapy.wire.protocol import encode_frame  # noqa: E402
 
 JSON = get_codec("json")
 ZIPROTO = get_codec("ziproto")

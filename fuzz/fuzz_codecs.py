@@ -12,7 +12,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from asyncapy.codecs import DecodeError, get_codec
+    from asyncapy.wire.codecs import DecodeError, get_codec
 
 CODECS = (get_codec("json"), get_codec("ziproto"))
 

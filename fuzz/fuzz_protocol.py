@@ -14,7 +14,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from asyncapy.protocol import NEED_DATA, SENT_BY_CLIENT, SENT_BY_SERVER, Frame, FrameDecoder, FrameError, V2Frame
+    from asyncapy.wire.protocol import NEED_DATA, SENT_BY_CLIENT, SENT_BY_SERVER, Frame, FrameDecoder, FrameError, V2Frame
 
 KINDS = (None, SENT_BY_CLIENT, SENT_BY_SERVER)
 

@@ -12,8 +12,8 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from asyncapy.protocol import NEED_DATA
-    from asyncapy.proxy import (
+    from asyncapy.wire.protocol import NEED_DATA
+    from asyncapy.wire.proxy import (
         V1_MAX_LENGTH, V2_FIXED_LENGTH, V2_MAX_BODY, V2_SIGNATURE, ProxyHeader, ProxyHeaderDecoder, ProxyHeaderError,
     )  # fmt: skip
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Write the blocking client from the asyncio one: ``asyncapy/_async_client.py`` ->
-``asyncapy/_sync_client.py`` (as httpcore's ``scripts/unasync.py`` does).
+"""Write the blocking client from the asyncio one: ``asyncapy/client/_async_client.py`` ->
+``asyncapy/client/_sync_client.py`` (as httpcore's ``scripts/unasync.py`` does).
 
 Run ``python scripts/unasync.py`` after editing ``_async_client.py``; ``--check`` exits 1
 when the committed ``_sync_client.py`` is not what the script writes (a test runs it).
@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE = ROOT / "asyncapy" / "_async_client.py"
-TARGET = ROOT / "asyncapy" / "_sync_client.py"
+SOURCE = ROOT / "asyncapy" / "client" / "_async_client.py"
+TARGET = ROOT / "asyncapy" / "client" / "_sync_client.py"
 
 HEADER = '''"""``Client``: the blocking shell over ``clientcore``.
 

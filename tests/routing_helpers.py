@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from asyncapy import Client, Session
-from asyncapy.peer import encode_payload
+from asyncapy.model.peer import encode_payload
 
 
 class RecordingLink:
@@ -23,6 +23,14 @@ class RecordingLink:
 
     async def drain(self) -> None:
         pass
+
+    @property
+    def writes(self) -> int:
+        """Packets written, as an exchange counts them (rule 5 of DESIGN §3 reads it)."""
+        return len(self.sent)
+
+    def cancelled_by_server(self) -> bool:
+        return False
 
 
 def fake_client(address: str = "127.0.0.1") -> tuple[Client, RecordingLink]:

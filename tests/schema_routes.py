@@ -1,4 +1,4 @@
-"""Routes shaped like the compiled router's (the contract ``asyncapy.schema`` reads)."""
+"""Routes shaped like the compiled router's (the contract ``asyncapy.docs.schema`` reads)."""
 
 from __future__ import annotations
 

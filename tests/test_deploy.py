@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncapy.state import SHARED_STATE_UNAVAILABLE
+from asyncapy.shared.state import SHARED_STATE_UNAVAILABLE
 from examples.deploy.stack import MissingTool, Peer, Stack, find_tool, free_port, running_stack
 
 from .procs import server_process

@@ -130,7 +130,7 @@ def test_public_names_are_exported() -> None:
         assert hasattr(asyncapy, name), name
     from asyncapy import APIKeyFactory, Router, StopPropagation, filters  # noqa: F401
     from asyncapy.client import AsyncClient, Client  # noqa: F401
-    from asyncapy.filters import Filters
+    from asyncapy.app.filters import Filters
 
     assert {"Ip", "Fields", "APIFactory"} <= set(dir(Filters))
     assert (Path(asyncapy.__file__).parent / "py.typed").exists()

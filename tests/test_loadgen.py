@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncapy.protocol import encode_frame
+from asyncapy.wire.protocol import encode_frame
 
 from .procs import ROOT, free_port
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from asyncapy.codecs import get_codec
-from asyncapy.protocol import (
+from asyncapy.wire.codecs import get_codec
+from asyncapy.wire.protocol import (
     KIND_NAMES,
     SENT_BY_CLIENT,
     SENT_BY_SERVER,

@@ -39,7 +39,7 @@ README_PORT = "1500"
 PORT_USE = re.compile(r"(?:127\.0\.0\.1:|localhost:|--port[ =])(\d{4,5})\b")
 SERVER_MARK = "Ctrl-C"
 REWRITES = [  # (pattern on a command line without its comment, replacement)
-    (re.compile(r"^scripts/test\s*$"), "scripts/test tests/test_protocol.py -q"),
+    (re.compile(r"^scripts/test\s*$"), "scripts/test tests/wire/test_protocol.py -q"),
     (re.compile(r"^(.*benchmarks/run\.py.*)$"), r"\1 --duration 1 --runs 1"),
 ]
 

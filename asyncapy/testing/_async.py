@@ -9,8 +9,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from ..client import AsyncClient, Sendable
-from ..connection import Connection, ServingContext
-from ..proxied import connection_factory
+from ..serve.connection import Connection, ServingContext
 from ..server import Server
 from ._recording import CallLog, Handler, recording_plan
 from ._transport import MemoryStream
@@ -37,7 +36,7 @@ class _MemoryClient(AsyncClient):
             raise RuntimeError("use the test client as `async with AsyncTestClient(server) as client:`")
         server = self._owner.server
         extra = {"peername": (self._owner.address, next(_fake_ports)), "sockname": (server.addr, server.port)}
-        return MemoryStream(connection_factory(ctx, None)(), extra)  # gated by a shared session_limit
+        return MemoryStream(ctx.protocol_factory()(), extra)  # the served pipeline, gate included
 
     @property
     def stream(self) -> MemoryStream | None:
@@ -91,7 +90,8 @@ class AsyncTestClient:
         self.server.compile()  # the same registration checks and freeze as serving
         plan = recording_plan(self.server.router, self._log)
         await self.server._begin_lifespan()  # the lifespan, then setup()
-        self._ctx = self.server._serving_context(plan)
+        observer = self.server._observer()  # the access log and metrics, as when serving
+        self._ctx = self.server._serving_context(plan, observer)
         return self
 
     async def __aexit__(
@@ -102,6 +102,7 @@ class AsyncTestClient:
             return
         await self.close()
         await _finish(ctx, self.server.shutdown_timeout)
+        self.server._stop_observing()
         await self.server._end_lifespan()  # shutdown(), then the rest of the lifespan
 
     # -- the client methods (those of ``AsyncClient``) ----------------------------------
@@ -167,8 +168,8 @@ class AsyncTestClient:
         stream = self._client.stream
         if stream is None:
             return None
-        assert isinstance(stream.connection, Connection)
-        return stream.connection
+        protocol = stream.protocol
+        return protocol if isinstance(protocol, Connection) else None
 
 
 async def _finish(ctx: ServingContext, timeout: float) -> None:
@@ -182,7 +183,7 @@ async def _finish(ctx: ServingContext, timeout: float) -> None:
     for conn in list(ctx.connections):
         conn.close()
     await asyncio.sleep(0)
-    ctx.hosts.close()
+    ctx.close_hosts()
     if ctx.sweeper is not None:
         ctx.sweeper.cancel()
         ctx.sweeper = None

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from ..routing import Plan, Router, compile_routes
-from ..routing.introspect import handler_name
+from ..app.routing import Plan, Router, compile_routes
+from ..app.routing.introspect import handler_name
 
 Handler = Callable[..., Awaitable[Any]]
 

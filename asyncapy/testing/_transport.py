@@ -1,4 +1,8 @@
-"""An in-memory ``asyncio.Transport``: the server's ``Connection`` runs on it unchanged."""
+"""An in-memory ``asyncio.Transport``: the server's ``Connection`` runs on it unchanged.
+
+Bytes reach the server on a later turn of the event loop, outside any task, as a
+socket's do: so the connection steps handlers eagerly here as it does when serving.
+"""
 
 from __future__ import annotations
 
@@ -70,6 +74,10 @@ class MemoryTransport(asyncio.Transport):
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
 
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """The gate hands the transport to the connection (``asyncapy.gate``)."""
+        self._protocol = protocol  # type: ignore[assignment]
+
     # -- the client's side -----------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
@@ -80,6 +88,10 @@ class MemoryTransport(asyncio.Transport):
             self._held.append(data)
             return
         self._protocol.data_received(data)
+
+    def deliver(self, data: bytes) -> None:
+        """``feed`` on the loop's next turn, outside the caller's task (as a socket's read comes)."""
+        asyncio.get_running_loop().call_soon(self.feed, data)
 
     def feed_eof(self) -> None:
         """The client closed its end; the server closes too unless it keeps writing."""
@@ -112,8 +124,13 @@ class MemoryStream:
         self._eof = True
         self._arrived.set()
 
+    @property
+    def protocol(self) -> asyncio.BaseProtocol:
+        """The server's protocol of this connection now (the connection, once a gate let it through)."""
+        return self.transport.get_protocol()
+
     async def write(self, data: bytes, timeout: float | None) -> None:
-        self.transport.feed(data)  # dropped once the server closed, as a socket would
+        self.transport.deliver(data)  # dropped once the server closed, as a socket would
 
     async def read(self, timeout: float | None) -> bytes | None:
         if not self._chunks and not self._eof:
@@ -138,5 +155,12 @@ class MemoryStream:
         self.transport.close()
 
     async def close(self) -> None:
-        self.transport.feed_eof()
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        loop.call_soon(self._eof_then, done)  # after the bytes written before it
+        await done
         await asyncio.sleep(0)  # let connection_lost run, as after a socket close
+
+    def _eof_then(self, done: asyncio.Future[None]) -> None:
+        self.transport.feed_eof()
+        done.set_result(None)

@@ -8,7 +8,7 @@ from opentelemetry import trace
 from typing_extensions import assert_type
 
 from asyncapy import Server
-from asyncapy.otel import TracingMiddleware
+from asyncapy.ops.otel import TracingMiddleware
 
 server = Server(port=0, logging_level=10, access_log=True, metrics_port=9100)
 to_file = Server(port=0, access_log=Path("access.log"))

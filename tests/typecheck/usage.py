@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from typing_extensions import assert_type
 
 from asyncapy import APIKeyFactory, Client, Packet, Router, Server, filters
-from asyncapy.filters import Filters
+from asyncapy.app.filters import Filters
 
 
 class Login(BaseModel):

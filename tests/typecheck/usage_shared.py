@@ -6,9 +6,9 @@ from pydantic import BaseModel
 from typing_extensions import assert_type
 
 from asyncapy import APIKeyFactory, Client, Packet, Server
-from asyncapy.filters import ApiKey, RateLimit
-from asyncapy.proxy import Network
-from asyncapy.redis import RedisState
+from asyncapy.app.filters import ApiKey, RateLimit
+from asyncapy.wire.proxy import Network
+from asyncapy.shared.redis import RedisState
 
 
 class Search(BaseModel):

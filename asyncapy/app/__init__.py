@@ -1,0 +1,1 @@
+"""Layer 4, application: filters, dependencies, routing, middleware, lifespan and configuration."""

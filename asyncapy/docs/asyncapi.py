@@ -1,0 +1,211 @@
+"""An AsyncAPI 3.0.0 document of a server (``server.asyncapi()``).
+
+One server, one channel (an AsyncAProto connection carries every message both ways),
+one ``receive`` operation per route, with a ``reply`` when the handler declares a
+reply type. Groups, styles and filters go in ``x-asyncapy-*`` fields. Schemas come
+from ``asyncapy.docs.schema`` with their refs pointed at ``components/schemas``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ..wire.codecs import CODECS
+from ..wire.errors import ERROR_CODES
+from ..wire.protocol import PROTOCOL_VERSION
+from .schema import RouteSchema, describe_routes
+
+ASYNCAPI_VERSION = "3.0.0"
+CHANNEL = "connection"
+SERVER = "main"
+COMPONENT_REF = "#/components/schemas/{model}"
+ERROR_MESSAGE = "error"
+# JSON Schema keywords whose value maps names to schemas: their keys are not keywords.
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+# Keywords whose value is data, never a schema.
+_DATA = frozenset({"const", "default", "enum", "examples", "example"})
+
+
+class Endpoint(Protocol):
+    """What the document tells of the server: where it listens and how it frames packets.
+
+    ``asyncapy.Server`` is one; this layer never imports it (it sits above).
+    """
+
+    @property
+    def addr(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def ssl(self) -> object: ...
+
+    @property
+    def header_size(self) -> int: ...
+
+    @property
+    def byteorder(self) -> str: ...
+
+    @property
+    def max_packet_size(self) -> int: ...
+
+
+def asyncapi_document(
+    server: Endpoint, routes: Sequence[Any], *, title: str, version: str, description: str | None = None
+) -> dict[str, Any]:
+    """The AsyncAPI 3.0.0 document of ``server`` whose compiled routes are ``routes``."""
+    described, defs = describe_routes(routes, COMPONENT_REF)
+    ids = operation_ids([route.handler for route in described])
+    declared = sorted({code for route in described for code in route.errors})
+    messages: dict[str, Any] = {ERROR_MESSAGE: _error_message(declared)}
+    operations: dict[str, Any] = {}
+    for route, described_route, op_id in zip(routes, described, ids):
+        messages.update(_messages(described_route, op_id))
+        operations[op_id] = _operation(described_route, op_id, _summary(route))
+    info: dict[str, Any] = {"title": title, "version": version}
+    if description:
+        info["description"] = description
+    return {
+        "asyncapi": ASYNCAPI_VERSION,
+        "info": info,
+        "defaultContentType": "application/json",
+        "servers": {SERVER: _server(server)},
+        "channels": {CHANNEL: _channel(messages)},
+        "operations": operations,
+        "components": {
+            "schemas": {name: asyncapi_schema(schema) for name, schema in defs.items()},
+            "messages": messages,
+        },
+    }
+
+
+def asyncapi_schema(schema: Any, names: bool = False) -> Any:
+    """``schema`` with pydantic's OpenAPI-style discriminators written AsyncAPI's way.
+
+    pydantic emits ``discriminator: {propertyName, mapping}``; an AsyncAPI Schema
+    Object wants the property name itself.
+    """
+    if isinstance(schema, list):
+        return [asyncapi_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if names:
+        return {name: asyncapi_schema(sub) for name, sub in schema.items()}
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "discriminator" and isinstance(value, dict):
+            out[key] = value["propertyName"]
+        elif key in _DATA:
+            out[key] = value
+        else:
+            out[key] = asyncapi_schema(value, names=key in _SCHEMA_MAPS)
+    return out
+
+
+def operation_ids(handlers: Sequence[str]) -> list[str]:
+    """Unique operation ids made of ``[A-Za-z0-9_-]`` from handler qualnames."""
+    ids: list[str] = []
+    seen: set[str] = set()
+    for name in handlers:
+        base = re.sub(r"[^A-Za-z0-9_\-]+", "_", name.replace("<locals>", "locals")).strip("_") or "handler"
+        op_id, n = base, 1
+        while op_id in seen:
+            n += 1
+            op_id = f"{base}_{n}"
+        seen.add(op_id)
+        ids.append(op_id)
+    return ids
+
+
+def _server(server: Endpoint) -> dict[str, Any]:
+    return {
+        "host": f"{server.addr}:{server.port}",
+        "protocol": "asyncaproto",
+        "description": (
+            "AsyncAProto over TCP"
+            + (" with TLS" if server.ssl else "")
+            + ": each packet is a Content-Length header, the Protocol-Version byte, the"
+            " Content-Encoding byte and one JSON or ZiProto (MessagePack) encoded map."
+        ),
+        "x-asyncapy-framing": {
+            "headerSize": server.header_size,
+            "byteorder": server.byteorder,
+            "protocolVersion": PROTOCOL_VERSION,
+            "encodings": {codec.name: codec_id for codec_id, codec in sorted(CODECS.items())},
+            "maxPacketSize": server.max_packet_size,
+        },
+    }
+
+
+def _channel(messages: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "title": "An AsyncAProto connection",
+        "description": "Requests and their replies travel on the same connection, in order.",
+        "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in messages},
+    }
+
+
+def _messages(route: RouteSchema, op_id: str) -> dict[str, Any]:
+    found = {
+        f"{op_id}.request": {
+            "name": f"{op_id}.request",
+            "title": f"A packet {route.handler} accepts",
+            "payload": asyncapi_schema(route.accepts),
+        }
+    }
+    if route.reply is not None:
+        found[f"{op_id}.reply"] = {
+            "name": f"{op_id}.reply",
+            "title": f"The reply of {route.handler}",
+            "payload": asyncapi_schema(route.reply),
+        }
+    return found
+
+
+def _operation(route: RouteSchema, op_id: str, summary: str | None) -> dict[str, Any]:
+    channel = {"$ref": f"#/channels/{CHANNEL}"}
+    operation: dict[str, Any] = {
+        "action": "receive",
+        "channel": channel,
+        "title": route.handler,
+        "messages": [{"$ref": f"#/channels/{CHANNEL}/messages/{op_id}.request"}],
+        "x-asyncapy-handler": route.handler,
+        "x-asyncapy-group": route.group,
+        "x-asyncapy-style": route.style,
+        "x-asyncapy-filters": route.filters,
+        "x-asyncapy-errors": route.errors,
+    }
+    if summary:
+        operation["summary"] = summary
+    if route.reply is not None:
+        operation["reply"] = {
+            "channel": channel,
+            "messages": [{"$ref": f"#/channels/{CHANNEL}/messages/{op_id}.reply"}],
+        }
+    return operation
+
+
+def _error_message(declared: Sequence[str] = ()) -> dict[str, Any]:
+    return {
+        "name": ERROR_MESSAGE,
+        "title": "An error reply",
+        "summary": "Sent instead of a reply when a packet is rejected (AsyncAProto's docs/protocol.md lists each code).",
+        "payload": {
+            "type": "object",
+            "required": ["status", "error"],
+            "properties": {
+                "status": {"const": "failure"},
+                "error": {"type": "string", "enum": sorted(ERROR_CODES | set(declared))},
+                "detail": {},
+            },
+        },
+    }
+
+
+def _summary(route: Any) -> str | None:
+    doc = inspect.getdoc(route.handler)
+    return doc.strip().splitlines()[0] if doc else None

@@ -1,0 +1,110 @@
+"""JSON Schema of what a server accepts and replies, route by route (``server.schema()``).
+
+Read from the compiled plan, so the schema lists routes in the order dispatch tries
+them. Models shared by several routes are emitted once, in ``$defs``. A handler's
+dependencies never appear: only what the packet must be (the model and the filters),
+the reply, and the ``ApiError`` codes the route declares (``errors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
+
+DEFS_REF = "#/$defs/{model}"
+ANY_MAP: dict[str, Any] = {"type": "object"}
+
+
+@dataclass(frozen=True)
+class RouteSchema:
+    """One route, described: the schema of its packets and of its reply."""
+
+    handler: str
+    group: int
+    style: str
+    filters: list[dict[str, Any]]
+    accepts: dict[str, Any]
+    reply: dict[str, Any] | None
+    #: The ``ApiError`` codes the route declares (``add_handler(errors=[...])``).
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "handler": self.handler,
+            "group": self.group,
+            "style": self.style,
+            "filters": self.filters,
+            "accepts": self.accepts,
+            "reply": self.reply,
+            "errors": self.errors,
+        }
+
+
+def schema_document(routes: Sequence[Any]) -> dict[str, Any]:
+    """``{"routes": [...], "$defs": {...}}``; every ``$ref`` points into ``$defs``."""
+    described, defs = describe_routes(routes, DEFS_REF)
+    return {"routes": [route.as_dict() for route in described], "$defs": defs}
+
+
+def describe_routes(routes: Sequence[Any], ref_template: str) -> tuple[list[RouteSchema], dict[str, Any]]:
+    """Every route's ``RouteSchema`` and the shared definitions they refer to."""
+    schemas, defs = _type_schemas(routes, ref_template)
+    described = []
+    for index, route in enumerate(routes):
+        filters = [describe_filter(flt) for flt in route.filters]
+        accepts = _with_filters(schemas.get((index, "accepts"), ANY_MAP), filters)
+        described.append(
+            RouteSchema(
+                handler=route.name,
+                group=route.group,
+                style=str(route.style),
+                filters=filters,
+                accepts=accepts,
+                reply=schemas.get((index, "reply")),
+                errors=list(getattr(route, "errors", ())),
+            )
+        )
+    return described, defs
+
+
+def describe_filter(flt: Any) -> dict[str, Any]:
+    """A filter in words, and as JSON Schema when it can be expressed as one."""
+    describe = getattr(flt, "describe", None)
+    text = describe() if callable(describe) else _callable_name(flt)
+    to_schema = getattr(flt, "json_schema", None)
+    schema = to_schema() if callable(to_schema) else None
+    return {"description": text, "schema": schema}
+
+
+def _type_schemas(
+    routes: Sequence[Any], ref_template: str
+) -> tuple[dict[tuple[int, str], dict[str, Any]], dict[str, Any]]:
+    """One pydantic pass over every accepted and reply type, so shared models share a def."""
+    inputs: list[tuple[tuple[int, str], JsonSchemaMode, TypeAdapter[Any]]] = []
+    for index, route in enumerate(routes):
+        if route.accepts is not None:
+            inputs.append(((index, "accepts"), "validation", TypeAdapter(route.accepts)))
+        if route.reply_type is not None:
+            inputs.append(((index, "reply"), "serialization", TypeAdapter(route.reply_type)))
+    if not inputs:
+        return {}, {}
+    by_key, top = TypeAdapter.json_schemas(inputs, ref_template=ref_template)
+    schemas = {key: schema for (key, _mode), schema in by_key.items()}
+    return schemas, dict(top.get("$defs", {}))
+
+
+def _with_filters(schema: dict[str, Any], filters: list[dict[str, Any]]) -> dict[str, Any]:
+    """A packet must satisfy the model and every filter that has a schema."""
+    extra = [flt["schema"] for flt in filters if flt["schema"] is not None]
+    if schema == ANY_MAP and extra:
+        return extra[0] if len(extra) == 1 else {"allOf": extra}
+    return {"allOf": [schema, *extra]} if extra else schema
+
+
+def _callable_name(flt: Any) -> str:
+    name = getattr(flt, "__qualname__", None) or type(flt).__qualname__
+    return f"{name}(client, packet)"

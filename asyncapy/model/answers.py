@@ -1,0 +1,38 @@
+"""How a layer of the packet path answers: through the packet's exchange (``asyncapy.serve.exchange``).
+
+The application layer (middleware, exception handlers, the routes they wrap) and the
+operations layer (observation) sit below the serving layer that implements it; they
+see the one way out as this protocol, reached from the ``Client`` the packet came on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, cast
+
+from .peer import Client
+
+
+class Answers(Protocol):
+    """The one way out of a request: every reply and error reply of a packet leaves through it."""
+
+    #: The outcome code of the packet being handled when it is an error (None: OK).
+    code: str | None
+    #: Packets written for the packet being handled (rule 5 of DESIGN §3 reads it).
+    writes: int
+
+    def reply(self, result: Any, encoding: int) -> None:
+        """Send what a handler returned (a dict or a model; anything else is no reply)."""
+
+    def error(self, code: str, detail: Any = None, encoding: int | None = None, errors: Any = None) -> None:
+        """The packet's error reply, unless it was answered already (then it is logged)."""
+
+    def mapped(self, reply: Any, encoding: int) -> None:
+        """An exception handler's reply: the packet's answer unless it was answered already."""
+
+
+def answers_of(client: Client) -> Answers:
+    """The exchange ``client``'s packets are answered through."""
+    link = client._link
+    if getattr(link, "answers", False) is not True:
+        raise RuntimeError("this client is not served by a connection (it was closed, or made by hand)")
+    return cast(Answers, link)

@@ -1,0 +1,152 @@
+"""``Packet``: one decoded request (or a reply to send), typed by the handler's model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Iterator, Mapping
+from typing import Any, Generic, Protocol, overload
+
+from pydantic import BaseModel
+from typing_extensions import TypeVar
+
+from ..wire.codecs import get_codec
+
+T = TypeVar("T", default=dict[str, Any])
+M = TypeVar("M", bound=BaseModel)
+
+
+class Sender(Protocol):
+    """The peer a received packet came from: an ``asyncapy.Client``, as a packet sees it.
+
+    A protocol, so that this module needs nothing above it (``peer.py`` imports it).
+    """
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def encoding(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def send(
+        self, packet: Packet[Any] | Mapping[str, Any] | BaseModel, close: bool = False, *, encoding: str | None = None
+    ) -> Awaitable[None]: ...
+
+    async def close(self) -> None: ...
+
+
+class Packet(Mapping[str, Any], Generic[T]):
+    """A packet: the decoded payload map, read-only, plus what the router made of it.
+
+    ``data`` is the handler's model instance for a typed handler (``Packet[Model]``),
+    else the payload map itself. ``Packet(mapping_or_model, encoding="json")`` builds
+    one to send.
+    """
+
+    __slots__ = ("data", "payload", "encoding", "sender", "raw", "_stopped")
+
+    data: T
+    payload: Mapping[str, Any]
+    encoding: str
+    sender: Sender | None
+    raw: bytes | None
+
+    @overload
+    def __init__(
+        self: Packet[M], payload: M, encoding: str = ..., *, sender: Sender | None = ..., raw: bytes | None = ...
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Packet[dict[str, Any]],
+        payload: Mapping[str, Any],
+        encoding: str = ...,
+        *,
+        sender: Sender | None = ...,
+        raw: bytes | None = ...,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        payload: Mapping[str, Any] | BaseModel,
+        encoding: str = "json",
+        *,
+        sender: Sender | None = None,
+        raw: bytes | None = None,
+    ) -> None:
+        get_codec(encoding)  # fail early on an unknown encoding name
+        if isinstance(payload, BaseModel):
+            self.data = payload  # type: ignore[assignment]
+            self.payload = payload.model_dump(mode="json")
+        elif isinstance(payload, Mapping):
+            self.payload = payload
+            self.data = payload  # type: ignore[assignment]
+        else:
+            raise TypeError(f"a Packet holds a mapping or a pydantic model, not {type(payload).__name__}")
+        self.encoding = encoding
+        self.sender = sender
+        self.raw = raw
+        self._stopped = False
+
+    @staticmethod
+    def _received(payload: dict[str, Any], encoding: str, sender: Sender, raw: bytes) -> Packet[Any]:
+        """Build a received packet without re-validating what the server just decoded."""
+        return received_packet(payload, encoding, sender, raw)
+
+    def _with_data(self, data: Any) -> Packet[Any]:
+        """A copy whose ``data`` is a model instance; the dispatcher reads its stop flag."""
+        view: Packet[Any] = Packet.__new__(Packet)
+        view.payload = self.payload
+        view.data = data
+        view.encoding = self.encoding
+        view.sender = self.sender
+        view.raw = self.raw
+        view._stopped = False
+        return view
+
+    def stop_propagation(self) -> None:
+        """Let no handler of a later group see this packet."""
+        self._stopped = True
+
+    @property
+    def propagation_stopped(self) -> bool:
+        return self._stopped
+
+    def __getitem__(self, key: str) -> Any:
+        return self.payload[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.payload)
+
+    def __len__(self) -> int:
+        return len(self.payload)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.payload
+
+    def __repr__(self) -> str:
+        try:
+            text = json.dumps(self.payload, ensure_ascii=False)
+        except (TypeError, ValueError):
+            text = repr(dict(self.payload))
+        return f"Packet({text})"
+
+
+_new_object = object.__new__
+
+
+def received_packet(payload: dict[str, Any], encoding: str, sender: Sender, raw: bytes) -> Packet[Any]:
+    """A received packet, built without ``__init__``'s checks (one per packet on the hot path)."""
+    packet: Packet[Any] = _new_object(Packet)
+    packet.payload = payload
+    packet.data = payload
+    packet.encoding = encoding
+    packet.sender = sender
+    packet.raw = raw
+    packet._stopped = False
+    return packet

@@ -1,0 +1,345 @@
+"""The one way out: every reply and error reply of a connection leaves through its ``Exchange``.
+
+A connection moves bytes; its exchange knows what they mean. The connection hands it
+each frame (``begin``), the result of each handler coroutine (``finish``) or what it
+raised (``failed``), frame errors and timeouts; the exchange decodes, runs the
+pipeline's packet layers (``asyncapy.pipeline``), and writes every answer through
+``_write``, which knows the request it answers, its outcome code and the
+``error_details`` policy. Observers (``asyncapy.observe.Record``) are told the outcome
+here; nothing parses sent bytes to learn it.
+
+Exactly one answer per request: an error that comes after something was already sent
+for the packet (a middleware that raises after ``call_next()``, a teardown, an exception
+handler) is logged, never sent as a second packet, which a pipelining client would read
+as the answer to its next request. Whatever a handler raises, ``BaseException``s
+included, the packet gets its answer and the server goes on.
+
+The exchange is also the ``Client``'s link (``client._link``): what a handler sends goes
+through it, so it counts what was sent for the packet being handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from ..wire.codecs import CODEC_IDS, CODECS, DecodeError
+from ..wire.errors import (
+    ERR_INTERNAL,
+    ERR_NO_HANDLER,
+    ERR_REQUEST_MALFORMED,
+    ERR_TIMED_OUT,
+    ApiError,
+    StopPropagation,
+    error_payload,
+)
+from ..model.packet import received_packet
+from ..model.peer import CLOSED_LINK, REPLY_ENCODERS, Client, reply_encoder
+from ..wire.protocol import FrameError, RawFrame
+from ..app.routing import Miss
+
+if TYPE_CHECKING:
+    from ..ops.observe import Record
+
+logger = logging.getLogger("asyncapy")
+
+#: A layer of the packet path (``asyncapy.pipeline``): (client, packet) -> ``Started``.
+Layer = Callable[[Client, Any], Any]
+#: What a packet layer returns: the coroutine that handles the packet (its result is the
+#: reply, a ``Miss`` or None), a ``Miss`` (no handler), or None (answered already).
+Started = Coroutine[Any, Any, Any] | Miss | None
+
+
+class HandlerTimedOut(Exception):
+    """The handlers of one packet ran past ``handler_timeout`` (``asyncapy.pipeline``)."""
+
+
+class Rules(Protocol):
+    """What an ``Exchange`` needs from its pipeline (``asyncapy.serve.pipeline.Pipeline``)."""
+
+    @property
+    def entry(self) -> Layer: ...
+    @property
+    def default_encoding(self) -> int: ...
+    @property
+    def error_details(self) -> bool: ...
+    @property
+    def debug(self) -> bool: ...
+    @property
+    def handler_timeout(self) -> float | None: ...
+
+    def close_session(self, ex: Exchange) -> None: ...
+
+
+class Link(Protocol):
+    """What an ``Exchange`` needs from the connection under it (``asyncapy.serve.connection``)."""
+
+    closing: bool
+
+    def write_payload(self, payload: bytes, encoding: int) -> None: ...
+    def close(self) -> None: ...
+    def drain(self) -> Awaitable[None]: ...
+    def cancelled_by_server(self) -> bool: ...
+
+
+class _Gone(Link):
+    """What an exchange writes through once its connection is gone: nothing."""
+
+    closing = True
+
+    def write_payload(self, payload: bytes, encoding: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def drain(self) -> Awaitable[None]:
+        return CLOSED_LINK.drain()
+
+    def cancelled_by_server(self) -> bool:
+        return True  # the connection went away under the handler: nothing to answer
+
+
+GONE: Link = _Gone()
+
+
+class Exchange:
+    """One connection's packets as requests and answers; see the module docstring.
+
+    One per connection: AsyncAProto v1 handles a connection's packets one at a time,
+    so ``writes``, ``code`` and the record describe the packet being handled. It is the
+    ``Answers`` of ``asyncapy.model.answers``.
+    """
+
+    #: Marks the links that answer (``answers_of``).
+    answers = True
+
+    __slots__ = (
+        "client", "code", "conn", "encoding_id", "member", "record", "writes", "_entry", "_pipeline", "_session_open",
+    )  # fmt: skip
+
+    def __init__(self, pipeline: Rules, conn: Link, client: Client, record: Record | None) -> None:
+        self._pipeline = pipeline
+        self._entry = pipeline.entry
+        self.conn = conn
+        self.client = client
+        self.record = record
+        #: The session's encoding (its first packet's), once known.
+        self.encoding_id: int | None = None
+        #: Packets written for the packet being handled (its reply, its sends, its error).
+        self.writes = 0
+        #: The outcome code of the packet being handled when it is an error (None: OK).
+        self.code: str | None = None
+        self._session_open = False
+        #: The session's name in the shared admission (``SharedSessions``), if it was counted there.
+        self.member: str | None = None
+
+    # -- the Client's link -------------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        return self.conn.closing
+
+    def write_payload(self, payload: bytes, encoding: int) -> None:
+        """A send of the application (``client.send``): counted as an answer of the packet."""
+        self.conn.write_payload(payload, encoding)
+        self.writes += 1
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def drain(self) -> Awaitable[None]:
+        return self.conn.drain()
+
+    def note(self, handler: str) -> None:
+        """A handler started for the packet being handled (observation names it)."""
+        record = self.record
+        if record is not None:
+            record.ran = handler if record.ran is None else f"{record.ran},{handler}"
+
+    # -- packets -------------------------------------------------------------------------
+
+    def begin(self, frame: RawFrame) -> Coroutine[Any, Any, Any] | None:
+        """Decode ``frame`` and run the packet layers: the coroutine to run, or None when answered."""
+        record = self.record
+        if record is not None:
+            record.begin()
+        self.writes = 0
+        self.code = None
+        client = self.client
+        encoding, raw = frame
+        codec = CODECS[encoding]
+        if self.encoding_id is None:
+            self.encoding_id = encoding
+            client.encoding = codec.name
+        try:
+            payload = codec.decode(raw)
+        except DecodeError as exc:
+            self.error(ERR_REQUEST_MALFORMED, str(exc), encoding)
+            self._end()
+            return None
+        if type(payload) is not dict:
+            self.error(ERR_REQUEST_MALFORMED, f"the payload must be a map, not {_kind(payload)}", encoding)
+            self._end()
+            return None
+        packet = received_packet(payload, codec.name, client, raw)
+        try:
+            started = self._entry(client, packet)
+        except BaseException as exc:  # a filter or validator of the application raised (not a miss)
+            self.failed(exc, encoding)
+            return None
+        if started is None:
+            self._end()
+            return None
+        if type(started) is Miss:
+            self.error(ERR_NO_HANDLER, started.detail, encoding, started.errors)
+            self._end()
+            return None
+        if record is not None:
+            record.starting(started)
+        return cast("Coroutine[Any, Any, Any]", started)
+
+    def finish(self, result: Any, encoding: int) -> None:
+        """A packet's coroutine returned ``result``: send it if it is a reply; answer a ``Miss``."""
+        if result is not None:
+            if type(result) is Miss:
+                self.error(ERR_NO_HANDLER, result.detail, encoding, result.errors)
+            else:
+                self.reply(result, encoding)
+        record = self.record
+        if record is not None:
+            record.end(self)
+
+    def reply(self, result: Any, encoding: int) -> None:
+        """Write what a handler returned: a dict or a model is the reply; anything else is ignored."""
+        name = self.client.encoding
+        try:
+            try:
+                encode = REPLY_ENCODERS[name][type(result)]
+            except KeyError:
+                encode = reply_encoder(type(result), name)  # a first reply of this type (or an unknown encoding)
+            if encode is None:
+                return
+            conn = self.conn
+            if conn.closing:
+                return
+            # A reply the codec cannot carry, or too long for header_size, is the handler's failure.
+            conn.write_payload(encode(result), CODEC_IDS[name])
+            self.writes += 1
+        except Exception as exc:
+            self._fail(exc, encoding)
+
+    def failed(self, exc: BaseException, encoding: int) -> None:
+        """A packet's handling raised ``exc``: its answer (at most one), then the record."""
+        self._fail(exc, encoding)
+        record = self.record
+        if record is not None:
+            record.end(self)
+
+    def _fail(self, exc: BaseException, encoding: int) -> None:
+        if isinstance(exc, StopPropagation):
+            return
+        if isinstance(exc, ApiError):  # the application's own error reply
+            self.error(exc.code, exc.detail, encoding)
+            return
+        if isinstance(exc, HandlerTimedOut):
+            timeout = self._pipeline.handler_timeout
+            logger.warning("(%s) A handler ran past handler_timeout (%s s) and was cancelled", self._sid(), timeout)
+            self.error(ERR_TIMED_OUT, f"the handler did not finish within {timeout} seconds", encoding)
+            return
+        if isinstance(exc, asyncio.CancelledError) and self.conn.cancelled_by_server():
+            self.code = self.code or "CANCELLED"
+            logger.info("(%s) A handler was cancelled", self._sid())
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            logger.error("(%s) A handler raised CancelledError (it awaited something that was cancelled)",
+                         self._sid(), exc_info=exc)  # fmt: skip
+        else:
+            logger.error("(%s) A handler raised while handling a packet", self._sid(), exc_info=exc)
+        self.error(ERR_INTERNAL, "the handler failed; the error is in the server's log", encoding)
+
+    def error(self, code: str, detail: Any = None, encoding: int | None = None, errors: Any = None) -> None:
+        """The error reply of the packet being handled, unless it was answered already."""
+        if self.writes:
+            logger.error(
+                "(%s) %s after the packet was answered: logged, not sent (one answer per request)", self._sid(), code
+            )
+            return
+        self.code = code
+        self.writes += 1
+        self.write_error(code, detail, encoding, errors)
+
+    def mapped(self, reply: Any, encoding: int) -> None:
+        """An exception handler's reply: the packet's answer unless it was answered already."""
+        if self.writes:
+            logger.error("(%s) An exception handler's reply after the packet was answered: logged, not sent",
+                         self._sid())  # fmt: skip
+            return
+        if isinstance(reply, dict) and reply.get("status") == "failure":
+            error = reply.get("error")
+            self.code = error if type(error) is str else ERR_INTERNAL
+        self.reply(reply, encoding)
+
+    def write_error(self, code: str, detail: Any = None, encoding: int | None = None, errors: Any = None) -> None:
+        """Write an error reply, whatever was sent before (errors of the connection itself)."""
+        if encoding is None:
+            encoding = self.encoding_id if self.encoding_id is not None else self._pipeline.default_encoding
+        codec = CODECS[encoding]
+        pipeline = self._pipeline
+        if pipeline.debug:
+            logger.debug("(%s) Replying %s: %s", self._sid(), code, detail)
+        if not pipeline.error_details:
+            detail = errors = None
+        try:
+            self.conn.write_payload(codec.encode(error_payload(code, detail, errors)), encoding)
+        except (OverflowError, struct.error):  # the detail is too long for header_size: the bare error fits
+            self.conn.write_payload(codec.encode(error_payload(code)), encoding)
+
+    def frame_error(self, error: FrameError) -> None:
+        """A frame the decoder refused: its error reply is the answer of a packet of its own."""
+        record = self.record
+        if record is not None:
+            record.begin()
+        self.writes = 0
+        self.code = None
+        self.error(error.code, error.detail, error.encoding)
+        if record is not None:
+            record.end(self)
+
+    def connection_error(self, code: str, detail: str) -> None:
+        """An error of the connection itself (ERR_TIMED_OUT, a refusal): written, then the connection closes."""
+        self.write_error(code, detail)
+        record = self.record
+        if record is not None:
+            record.refused(code)
+
+    def _end(self) -> None:
+        record = self.record
+        if record is not None:
+            record.end(self)
+
+    def _sid(self) -> Any:
+        return self.client.session.id
+
+    # -- the connection's life ---------------------------------------------------------------
+
+    def opened(self) -> None:
+        """The session was admitted: it counts in the registry until ``lost``."""
+        self._session_open = True
+
+    def lost(self) -> None:
+        """The connection is gone: its session ends and the client detaches."""
+        if self._session_open:
+            self._session_open = False
+            self._pipeline.close_session(self)
+        self.client._detach()  # freed by reference counting, not left to the cycle collector
+        self.conn = GONE
+
+
+def _kind(value: object) -> str:
+    names = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+    return names.get(type(value), "null" if value is None else type(value).__name__)
+
