@@ -581,7 +581,8 @@ class FrameDecoder(Generic[F]):
                 events.append((encoding, bytes(payload) if copy else payload))
                 pos = end
             else:
-                expected = {None: "22 or 23", PROTOCOL_VERSION: "22", PROTOCOL_VERSION_2: "23"}[self._version]
+                # Until a v2 frame came, the words of a v1-only decoder: a v1 peer sees v1 unchanged.
+                expected = PROTOCOL_VERSION_2 if self._version == PROTOCOL_VERSION_2 else PROTOCOL_VERSION
                 events.append(self._invalid(f"unknown Protocol-Version {version} (expected {expected})", src[pos + hs + 1], 0))
                 pos = self._skip_body(pos + hs, length, size)
         return events, pos

@@ -224,7 +224,7 @@ def test_the_first_frame_with_a_known_version_fixes_it_even_when_refused() -> No
     assert [type(e) for e in events] == [FrameError, FrameError, FrameError]
     unknown, encoding, mismatch = events
     assert isinstance(unknown, FrameError) and isinstance(encoding, FrameError) and isinstance(mismatch, FrameError)
-    assert "unknown Protocol-Version 99 (expected 22 or 23)" in unknown.detail and unknown.version == 22
+    assert unknown.detail == "unknown Protocol-Version 99 (expected 22)" and unknown.version == 22  # as v1 says it
     assert "unknown Content-Encoding 7" in encoding.detail
     assert (encoding.version, encoding.stream_id, encoding.encoding) == (23, 5, None)
     assert mismatch.version == 23 and decoder.version == 23
@@ -351,3 +351,11 @@ def test_many_v2_frames_in_one_feed_compact_the_buffer() -> None:
 def test_kinds_must_be_v2_kinds() -> None:
     with pytest.raises(ValueError, match="kinds must be v2 Kinds"):
         FrameDecoder(kinds=frozenset({7}))
+
+
+def test_an_unknown_version_on_a_v2_connection_is_answered_in_v2() -> None:
+    decoder = server_decoder()
+    garbage = (2 + 3).to_bytes(4, "big") + b"\x63\x01abc"
+    error = _refused(decoder, garbage)
+    assert error.detail == "unknown Protocol-Version 99 (expected 23)"
+    assert (error.stream_id, error.encoding) == (0, 1)
