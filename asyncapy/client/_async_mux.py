@@ -41,6 +41,8 @@ class _Conn:
     reader: asyncio.Task[None] | None = None
     writer: asyncio.Task[None] | None = None
     lost: bool = False
+    #: Why this side dropped it (the error of the requests that were in flight on it).
+    why: str = ""
 
 
 class AsyncMux:
@@ -176,8 +178,8 @@ class AsyncMux:
                 self._kick(conn)  # requests that waited for the version, or their turn on v1
         except ProtocolError as exc:
             failure = exc
-        except asyncio.CancelledError:
-            failure = ConnectionClosed("the client is closed")
+        except asyncio.CancelledError:  # ``_lose`` stopped the reader
+            failure = ConnectionClosed(f"the connection was dropped: {conn.why}")
         finally:
             await self._settle(conn, failure)
 
@@ -203,7 +205,7 @@ class AsyncMux:
 
     def _lose(self, conn: _Conn, why: str) -> None:
         if not conn.lost:
-            conn.lost = True
+            conn.lost, conn.why = True, why
             conn.stream.abort()
             if conn.reader is not None and conn.reader is not asyncio.current_task():
                 conn.reader.cancel()
@@ -248,7 +250,7 @@ class AsyncMux:
         self._pushed_wake.set()
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._lose(conn, "closed")
+            self._lose(conn, "the client was closed")
             tasks = [t for t in (conn.reader, conn.writer) if t is not None]
             await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -265,7 +265,7 @@ class MuxCore:
             self._out = [item for item in self._out if item[0] != call.stream_id]
         else:
             self._queue.remove(call.stream_id)
-        if call.stream_id == self._probe:
+        if call.stream_id == self._probe and self.version is None:
             self._probe = None
             if self._queue:  # the next request probes instead
                 self._probe = self._queue[0]

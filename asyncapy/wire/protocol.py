@@ -351,17 +351,6 @@ class FrameDecoder(Generic[F]):
         max_packet_size: int = ...,
         encodings: frozenset[int] = ...,
         *,
-        kinds: frozenset[int],
-    ) -> None: ...
-
-    @overload
-    def __init__(
-        self: FrameDecoder[RawFrame | RawV2Frame],
-        header_size: int = ...,
-        byteorder: Byteorder = ...,
-        max_packet_size: int = ...,
-        encodings: frozenset[int] = ...,
-        *,
         kinds: frozenset[int] | None,
     ) -> None: ...
 

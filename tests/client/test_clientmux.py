@@ -412,3 +412,15 @@ def test_what_was_queued_but_never_handed_out_moves_in_order() -> None:
     ids = [core.send_request({"n": n}) for n in range(3)]
     core.receive_data(b"")
     assert [p.stream_id for p in core.detach_unsent()] == ids and core.in_flight() == []
+
+
+def test_a_request_cancelled_after_the_fallback_before_it_went_out_again_frees_the_turn() -> None:
+    core, server = MuxCore(), ServerSide()
+    first = core.send_request({"n": 0})
+    requests(server, core)
+    assert core.receive_data(ASYNCAPY_HEADER_INVALID) == [FellBack(first)]
+    assert core.cancel(first)  # its v1 frame was not handed out yet: forgotten, in step
+    assert core.data_to_send() == b""
+    second = core.send_request({"n": 1})
+    assert server.read(core.data_to_send(), version=22) == [Frame(0, b'{"n":1}')]
+    assert core.receive_data(encode_frame(b"{}", 0)) == [Reply(second, Frame(0, b"{}"))]
