@@ -1,6 +1,6 @@
 """asyncapy: typed API servers over AsyncAProto, on asyncio."""
 
-from . import filters
+from . import filters, security
 from .shared.apikeys import APIKeyFactory
 from .client import AsyncClient
 from .app.depends import Depends
@@ -21,12 +21,14 @@ from .app.middleware import CallNext
 from .model.packet import Packet
 from .model.peer import Client, Session
 from .app.routing import Router
+from .app.security import ApiKeyAuth, SecurityScheme, Unauthorized
 from .server import Server
 from .wire.version import __version__
 
 __all__ = [
     "APIKeyFactory",
     "ApiError",
+    "ApiKeyAuth",
     "AsyncAPYError",
     "AsyncClient",
     "CallNext",
@@ -41,10 +43,13 @@ __all__ = [
     "ProtocolError",
     "ReplyValidationError",
     "Router",
+    "SecurityScheme",
     "Server",
     "Session",
     "StopPropagation",
+    "Unauthorized",
     "UsageError",
     "__version__",
     "filters",
+    "security",
 ]

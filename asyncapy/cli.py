@@ -1,8 +1,9 @@
-"""The ``asyncapy`` command: ``run``, ``schema``, ``docs`` and ``send``.
+"""The ``asyncapy`` command: ``run``, ``schema``, ``docs``, ``send``, ``diff`` and ``probe``.
 
-Exit codes: 0 success, 1 the server answered an error packet, 2 bad usage (argparse's
-code, also for a bad ``module:server`` spec), 3 the server could not be reached (``send``)
-or could not listen (``run``).
+Exit codes: 0 success, 1 the server answered an error packet (``send``), a change
+breaks clients (``diff``) or the server is not serving (``probe``), 2 bad usage
+(argparse's code, also for a bad ``module:server`` spec), 3 the server could not be
+reached (``send``) or could not listen (``run``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .client import Client
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schema(commands)
     _add_docs(commands)
     _add_send(commands)
+    _add_diff(commands)
+    _add_probe(commands)
     return parser
 
 
@@ -73,8 +77,13 @@ def _add_run(commands: Any) -> None:
     run.add_argument("--access-log-file", metavar="FILE", help="write the access log to FILE (implies --access-log)")
     run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on PORT (asyncapy[prometheus])")
     run.add_argument("--workers", type=int, help="processes sharing the port (default: the server's, 1)")
-    run.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install 'asyncapy[uvloop]')")
+    run.add_argument("--uvloop", action="store_true", help="run on uvloop (the asyncapy[uvloop] extra)")
     run.add_argument("--reload", action="store_true", help="restart when a .py file of the app changes (development; asyncapy[reload])")
+    run.add_argument("--health", action="store_true", help='answer the probe {"asyncapy": "health"} (asyncapy probe, balancers)')
+    run.add_argument(
+        "--drain", type=float, metavar="SECONDS",
+        help="on SIGTERM, keep serving this long while the health probe says NOT_SERVING (implies --health)",
+    )  # fmt: skip
     run.add_argument(
         "--proxy-protocol", action="store_true", help="read a PROXY header (v1/v2) from the load balancer first"
     )
@@ -109,6 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             server.workers = _check_workers(args.workers)
         if args.uvloop:
             server.uvloop = _check_uvloop(True)
+        if args.health or args.drain is not None:
+            _enable_health(server, args.drain)
         if args.proxy_protocol or args.trusted_proxy:
             server.proxy_protocol = server.proxy_protocol or args.proxy_protocol
             server.trusted_proxies = check_trusted_proxies(server.proxy_protocol, args.trusted_proxy)
@@ -119,6 +130,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:  # the address is taken, or not this machine's
         raise CLIError(f"cannot serve on {server.addr}:{server.port}: {exc.strerror or exc}", EXIT_UNREACHABLE) from None
     return 0
+
+
+def _enable_health(server: Server, drain: float | None) -> None:
+    """``--health`` / ``--drain``: as ``Server(health=True, drain=...)``."""
+    from .serve.health import Health
+
+    if drain is not None:
+        if drain < 0:
+            raise ValueError(f"--drain must be 0 or positive, not {drain!r}")
+        server.drain = drain
+    if server.health is None:
+        server.health = Health()
 
 
 # -- schema ---------------------------------------------------------------------------
@@ -209,20 +232,20 @@ def _add_send(commands: Any) -> None:
 def cmd_send(args: argparse.Namespace) -> int:
     """Send JSON to HOST:PORT as one packet and print the reply as JSON.
 
-    An error packet from the server, or a server that cannot be reached, is reported
-    on stderr with a non-zero exit code.
+    The reply is printed on stdout, an error packet too (so scripts can read its code);
+    an error packet exits 1 with a line on stderr, a server that cannot be reached exits 3.
     """
     host, port = parse_address(args.address)
     payload = parse_payload(args.payload)
     client = Client(host, port, tls=args.tls, encoding=args.encoding, timeout=args.timeout)
     try:
         with client:
-            reply = client.request(payload, raise_errors=True)
-    except ErrorReply as exc:
-        raise CLIError(f"the server answered {exc}", EXIT_ERROR_REPLY) from None
+            reply = client.request(payload)
     except (ClientError, ProtocolError, OSError) as exc:
         raise CLIError(f"{host}:{port}: {_why(exc)}", EXIT_UNREACHABLE) from None
-    print(json.dumps(reply, ensure_ascii=False, default=_jsonable))
+    print(json.dumps(reply, ensure_ascii=False, default=_jsonable), flush=True)
+    if reply.get("status") == "failure" and "error" in reply:
+        raise CLIError(f"the server answered {ErrorReply(reply)}", EXIT_ERROR_REPLY)
     return 0
 
 
@@ -257,6 +280,92 @@ def _jsonable(value: object) -> object:
     if isinstance(value, (bytes, bytearray)):
         return base64.b64encode(value).decode("ascii")
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# -- diff -------------------------------------------------------------------------------------
+
+
+def _add_diff(commands: Any) -> None:
+    diff = commands.add_parser(
+        "diff", help="list the changes between two versions of an API, and which break clients", description=cmd_diff.__doc__
+    )
+    diff.add_argument("old", metavar="OLD", help="the released API: an `asyncapy schema --asyncapi` file, - (stdin) or MODULE:SERVER")
+    diff.add_argument("new", metavar="NEW", help="the API now: a file, - (stdin) or MODULE:SERVER")
+    diff.add_argument("--json", action="store_true", help="print the changes as JSON")
+    diff.set_defaults(command=cmd_diff)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Compare two AsyncAPI documents operation by operation; exit 1 if a change breaks clients of OLD.
+
+    Breaking: an operation or topic removed, a request field added as required, a type
+    narrowed in a request (a Literal value removed...), a reply field removed or made
+    optional, a type widened in a reply, an alias renamed, a security scheme added.
+    """
+    from .docs.diff import diff_documents, format_changes
+
+    changes = diff_documents(load_document(args.old), load_document(args.new))
+    broken = sum(change.breaking for change in changes)
+    if args.json:
+        report = {"breaking": broken, "compatible": len(changes) - broken, "changes": [c.as_dict() for c in changes]}
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(format_changes(changes))
+    return 1 if broken else 0
+
+
+def load_document(spec: str) -> dict[str, Any]:
+    """An AsyncAPI document: a JSON file (``asyncapy schema --asyncapi`` wrote it), ``-`` for stdin, or ``MODULE:SERVER``."""
+    if spec == "-" or os.path.isfile(spec):
+        try:
+            text = sys.stdin.read() if spec == "-" else Path(spec).read_text(encoding="utf-8")
+            doc = json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise CLIError(f"cannot read an AsyncAPI document from {spec}: {exc}") from None
+        if not isinstance(doc, dict) or "operations" not in doc:
+            raise CLIError(f"{spec} is not an AsyncAPI document (write one with `asyncapy schema MODULE:SERVER --asyncapi`)")
+        return doc
+    if ":" not in spec:
+        raise CLIError(f"{spec!r} is neither a file nor MODULE:SERVER")
+    return load_server(spec).asyncapi()
+
+
+# -- probe ------------------------------------------------------------------------------------
+
+
+def _add_probe(commands: Any) -> None:
+    probe = commands.add_parser(
+        "probe", help="ask a server started with health=True whether it is serving", description=cmd_probe.__doc__
+    )
+    probe.add_argument("address", metavar="HOST:PORT", help="the server, e.g. 127.0.0.1:1500")
+    probe.add_argument("--tls", action="store_true", help="connect with TLS (the certificate is verified)")
+    probe.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default: %(default)s)")
+    probe.set_defaults(command=cmd_probe)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Send the health packet {"asyncapy": "health"}; exit 0 when the answer is SERVING, 1 otherwise.
+
+    For a Kubernetes exec probe or a script. NOT_SERVING (a graceful stop began), any
+    other answer (the server has no health=True), no answer and no connection exit 1,
+    with the reason on stderr.
+    """
+    from .serve.health import HEALTH_PACKET, SERVING
+
+    host, port = parse_address(args.address)
+    try:
+        with Client(host, port, tls=args.tls, timeout=args.timeout) as client:
+            reply = client.request(dict(HEALTH_PACKET))
+    except (ClientError, ProtocolError, OSError) as exc:
+        print(f"asyncapy: {host}:{port}: {_why(exc)}", file=sys.stderr)
+        return 1
+    status = reply.get("status")
+    print(status if isinstance(status, str) and status.isupper() else json.dumps(reply, default=_jsonable))
+    if status == SERVING:
+        return 0
+    if reply.get("error"):
+        print(f"asyncapy: {host}:{port} answered {reply.get('error')}: is it started with health=True?", file=sys.stderr)
+    return 1
 
 
 # -- loading MODULE:SERVER ---------------------------------------------------------------

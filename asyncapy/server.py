@@ -17,6 +17,7 @@ from .wire.codecs import get_codec
 from .app.config import load_config
 from .serve.listener import Listener, listen
 from .serve.connection import DEFAULT_MAX_PENDING, ServingContext
+from .serve.health import Health, health_layer
 from .serve.pipeline import Settings, build_pipeline
 from .shared.ratelimit import RateLimit
 from .shared.state import SharedSessions, SharedState
@@ -74,7 +75,7 @@ class Server:
         access_log: one line per packet on the ``asyncapy.access`` logger (peer,
             handlers, outcome code, microseconds); a path: to that file only.
         metrics_port: serve Prometheus ``/metrics`` on this port of ``addr`` (0: one the
-            OS picks); ``pip install 'asyncapy[prometheus]'``; see ``asyncapy.metrics``.
+            OS picks); the ``prometheus`` extra; see ``asyncapy.metrics``.
         encoding: the encoding of error replies sent before a session declared one.
         shutdown_timeout: seconds running handlers get to finish when the server stops.
         backlog: connections the kernel may queue before ``accept`` (bursts of connects).
@@ -85,7 +86,7 @@ class Server:
             stays open: its framing is intact, only that packet failed.
         workers: processes serving the port for ``start()`` (each with its own sessions,
             limits and ``setup()``); see ``asyncapy.workers``.
-        uvloop: run ``start()`` on uvloop (``pip install asyncapy[uvloop]``).
+        uvloop: run ``start()`` on uvloop (the ``uvloop`` extra).
         error_details: False sends error replies as exactly ``{"status": "failure",
             "error": CODE}``, as AsyncAPY 0.5 did (its clients compare them whole).
         proxy_protocol: every connection starts with a PROXY header (v1 or v2) from a
@@ -96,6 +97,12 @@ class Server:
         shared_state: a ``SharedState`` (``asyncapy.redis.RedisState``) that makes
             ``session_limit`` hold across every server sharing it.
         rate_limit: a ``RateLimit`` every packet is checked against before routing.
+        health: answer the probe ``{"asyncapy": "health"}`` before routing, rate limits,
+            filters and middleware: ``{"status": "SERVING"}``, and ``"NOT_SERVING"`` from
+            the moment a graceful stop begins (``asyncapy.serve.health``).
+        drain: seconds a graceful stop keeps accepting and serving, its probes answering
+            NOT_SERVING, before it closes the port: time for a balancer to notice
+            (more than its check interval times its failure count). Needs ``health=True``.
         lifespan: ``lifespan(server)``, an async context manager entered before serving
             (in each worker, and in the TestClients) and exited after; see ``asyncapy.lifespan``.
             ``server.state`` is a namespace for what it opens.
@@ -139,6 +146,8 @@ class Server:
         lifespan: Lifespan[Server] | None = None,
         access_log: bool | str | os.PathLike[str] = False,
         metrics_port: int | None = None,
+        health: bool = False,
+        drain: float = 0.0,
     ) -> None:
         settings: dict[str, Any] = dict(
             addr=addr,
@@ -192,6 +201,11 @@ class Server:
             raise ValueError(f"rate_limit must be an asyncapy.filters.RateLimit, e.g. RateLimit('100/minute'), not {rate_limit!r}")
         self.shared_state = shared_state
         self.rate_limit = rate_limit
+        self.drain = _non_negative("drain", drain)
+        if self.drain and not health:
+            raise ValueError("drain is the time balancers get to see health probes fail: it needs health=True")
+        #: The health probe's serving flag (``asyncapy.serve.health``); None: no probe.
+        self.health: Health | None = Health() if health else None
         self.lifespan = lifespan
         #: A plain namespace for the application's resources (set them in the lifespan).
         self.state = State()
@@ -400,6 +414,10 @@ class Server:
             self._listener = await self._listen(loop, ctx.protocol_factory())
         except BaseException:
             self._stop_observing()
+            try:
+                await self._end_lifespan()  # it was entered: what it opened is closed
+            except Exception:  # the failure to listen is the error to raise
+                logger.exception("shutdown() failed after the server could not listen")
             raise
         self.port = self._listener.sockets[0].getsockname()[1]
         logger.info("Serving on %s:%d%s", self.addr, self.port, " (TLS)" if self.ssl else "")
@@ -425,14 +443,17 @@ class Server:
             self._metrics.close()
             self._metrics = None
 
-    def _serving_context(self, plan: Plan, observer: Observer | None = None) -> ServingContext:
+    def _serving_context(self, plan: Plan, observer: Observer | None = None, behind_proxy: bool = True) -> ServingContext:
         """What the connections of one serving run share, its pipeline built once (``asyncapy.pipeline``).
 
-        ``Server.serve`` and ``asyncapy.testing`` build it alike.
+        ``Server.serve`` and ``asyncapy.testing`` build it alike; a test client is the
+        client itself, never a balancer (``behind_proxy=False``: no PROXY gate).
         """
         admission = None
         if self.shared_state is not None and self.session_limit:
             admission = SharedSessions(self.shared_state, self.session_limit)
+        if self.health is not None:
+            self.health.serving = True
         settings = Settings(
             plan=plan,
             default_encoding=get_codec(self.encoding).id,
@@ -444,9 +465,10 @@ class Server:
             rate_limit=self.rate_limit,
             middleware=tuple(self._middleware),
             exception_handlers=dict(self._exception_handlers),
-            trusted_proxies=self.trusted_proxies if self.proxy_protocol else None,
+            trusted_proxies=self.trusted_proxies if self.proxy_protocol and behind_proxy else None,
             admission=admission,
             observer=observer,
+            health=None if self.health is None else health_layer(self.health),
         )
         ctx = ServingContext(
             pipeline=build_pipeline(settings),
@@ -476,6 +498,8 @@ class Server:
     async def stop(self) -> None:
         """Stop accepting, answer every packet received, close; bounded by ``shutdown_timeout``.
 
+        With ``health=True`` the health probe answers NOT_SERVING from the start, and the
+        server keeps serving ``drain`` seconds before it stops accepting.
         Connections keep being read and served until each has been quiet for
         ``SHUTDOWN_QUIET`` seconds (so packets already sent are answered), then close
         after their replies are written. A packet half-received when its connection
@@ -485,6 +509,8 @@ class Server:
         if listener is None or ctx is None:
             return
         self._listener = None
+        if self.health is not None:
+            await self._drain()  # still accepting: the listener closes after it
         listener.close()
         logger.info("Stopping: waiting for %d connection(s) to finish their packets", len(ctx.connections))
         await self._close_when_quiet(ctx)
@@ -498,6 +524,14 @@ class Server:
         await self._end_lifespan()
         self._stop_observing()
         logger.info("Server stopped")
+
+    async def _drain(self) -> None:
+        """Health probes answer NOT_SERVING from now on; keep serving ``drain`` seconds for balancers to notice."""
+        assert self.health is not None
+        self.health.serving = False
+        if self.drain:
+            logger.info("Draining: health probes answer NOT_SERVING; closing the port in %s s", self.drain)
+            await asyncio.sleep(self.drain)
 
     async def _close_when_quiet(self, ctx: ServingContext) -> None:
         """Close each connection once it is quiet; at the deadline close the rest."""
@@ -533,13 +567,33 @@ class Server:
         return self._listener is not None
 
     async def _serve_until_signal(self) -> None:
+        """Serve until SIGINT or SIGTERM. One that comes while starting (a slow lifespan or
+        ``setup()``) cancels the start: nothing is served, and the exit is as clean (status 0)."""
         loop = asyncio.get_running_loop()
-        await self.start_serving()
+        starting = asyncio.current_task()
+        started = signalled = False
+
+        def on_signal() -> None:
+            nonlocal signalled
+            if started:
+                self.request_stop()
+            elif starting is not None and not signalled:
+                signalled = True
+                starting.cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, self.request_stop)
+                loop.add_signal_handler(sig, on_signal)
             except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
                 pass
+        try:
+            await self.start_serving()
+        except asyncio.CancelledError:
+            if not signalled:
+                raise
+            logger.info("Stopped before serving: a signal came while the server was starting")
+            return
+        started = True
         assert self._stop_requested is not None
         try:
             await self._stop_requested.wait()
@@ -583,7 +637,9 @@ def _check_uvloop(enabled: bool) -> bool:
         try:
             import uvloop  # noqa: F401
         except ImportError:
-            raise ValueError("uvloop=True needs uvloop: pip install 'asyncapy[uvloop]'") from None
+            from .model.install import install_hint
+
+            raise ValueError(f"uvloop=True needs uvloop: {install_hint('uvloop')}") from None
     return bool(enabled)
 
 

@@ -1,6 +1,12 @@
 """Soak: mixed good and bad traffic against a server in a subprocess, for a set time.
 
     .venv/bin/python benchmarks/soak.py --duration 30
+    .venv/bin/python benchmarks/soak.py --duration 300 --access-log /tmp/soak-access.log --metrics
+
+``--access-log FILE`` has the server write its access log to FILE (the report counts its
+lines and their longest, which must be under 8 KiB); ``--metrics``
+serves Prometheus ``/metrics`` on a port the OS picks, scraped every second as Prometheus
+would (the report gives the series of the last scrape).
 
 Traffic: pipelining echo clients (every reply checked), clients sending each class of
 bad input, clients vanishing mid-frame (FIN and RST), slow-but-legal clients and
@@ -52,17 +58,18 @@ MIX = {"echo": 4, "invalid": 2, "vanish": 2, "slow": 1, "slowloris": 1}
 # -- the server side -----------------------------------------------------------
 
 
-def serve() -> None:
+def serve(access_log: str | None, metrics: bool) -> None:
     """Run the soak server (the subprocess): echo, and a handler that fails on request."""
 
     class PortServer(Server):
         async def start_serving(self) -> None:
             await super().start_serving()
-            print(self.port, flush=True)
+            print(self.port, self.metrics_port or 0, flush=True)
 
     server = PortServer(
-        "127.0.0.1", 0, timeout=SERVER_TIMEOUT, max_packet_size=SERVER_MAX_PACKET, logging_level=logging.CRITICAL
-    )
+        "127.0.0.1", 0, timeout=SERVER_TIMEOUT, max_packet_size=SERVER_MAX_PACKET, logging_level=logging.CRITICAL,
+        access_log=access_log or False, metrics_port=0 if metrics else None,
+    )  # fmt: skip
 
     @server.add_handler()
     async def echo(client: Client, packet: Packet) -> None:
@@ -254,14 +261,47 @@ PORT = 0
 # -- the run -------------------------------------------------------------------------
 
 
-async def _start_server() -> asyncio.subprocess.Process:
+async def _start_server(flags: list[str]) -> tuple[asyncio.subprocess.Process, int]:
+    """The server subprocess, and the port of its ``/metrics`` (0: none)."""
     global PORT
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "serve", stdout=asyncio.subprocess.PIPE
+        sys.executable, __file__, "serve", *flags, stdout=asyncio.subprocess.PIPE
     )
     assert proc.stdout is not None
-    PORT = int(await asyncio.wait_for(proc.stdout.readline(), 30))
-    return proc
+    port, metrics_port = (await asyncio.wait_for(proc.stdout.readline(), 30)).split()
+    PORT = int(port)
+    return proc, int(metrics_port)
+
+
+async def scrape(port: int) -> str:
+    """One ``GET /metrics``, as Prometheus sends it; the body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    response = await asyncio.wait_for(reader.read(), SETTLE)
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.0 200") and not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"/metrics answered {head[:40]!r}")
+    return body.decode()
+
+
+async def scraper(port: int, stop: asyncio.Event, seen: dict[str, Any]) -> None:
+    """Scrape every second until ``stop``; keeps the count and the last body's series."""
+    while not stop.is_set():
+        body = await scrape(port)
+        seen["scrapes"] = seen.get("scrapes", 0) + 1
+        seen["series"] = sum(1 for line in body.splitlines() if line and not line.startswith("#"))
+        await asyncio.sleep(1.0)
+
+
+def access_log_report(path: str) -> dict[str, int]:
+    """Lines of the access log, and the longest in bytes."""
+    lines = longest = 0
+    with open(path, "rb") as file:
+        for line in file:
+            lines += 1
+            longest = max(longest, len(line))
+    return {"lines": lines, "longest_line_bytes": longest}
 
 
 async def _fds_settle(pid: int, baseline: int) -> int:
@@ -273,12 +313,18 @@ async def _fds_settle(pid: int, baseline: int) -> int:
     return fds
 
 
-async def run(duration: float) -> dict[str, Any]:
-    proc = await _start_server()
+async def run(duration: float, access_log: str | None = None, metrics: bool = False) -> dict[str, Any]:
+    if access_log and os.path.exists(access_log):
+        os.remove(access_log)  # the report counts this run's lines only
+    flags = (["--access-log", access_log] if access_log else []) + (["--metrics"] if metrics else [])
+    proc, metrics_port = await _start_server(flags)
     await asyncio.sleep(0.2)
     fd_baseline, rss_start = open_fds(proc.pid), rss_kib(proc.pid)
     stats, stop = Stats(), asyncio.Event()
     tasks = [asyncio.create_task(KINDS[kind](stats, stop)) for kind, n in MIX.items() for _ in range(n)]
+    scraped: dict[str, Any] = {}
+    if metrics_port:
+        tasks.append(asyncio.create_task(scraper(metrics_port, stop, scraped)))
     warmup = max(2.0, duration * 0.2)
     await asyncio.sleep(warmup)
     rss_warm = rss_kib(proc.pid)
@@ -290,6 +336,11 @@ async def run(duration: float) -> dict[str, Any]:
     fds_after = await _fds_settle(proc.pid, fd_baseline)
     proc.send_signal(signal.SIGTERM)
     exit_code = await asyncio.wait_for(proc.wait(), 60)
+    extra: dict[str, Any] = {}
+    if access_log:
+        extra["access_log"] = access_log_report(access_log)
+    if metrics_port:
+        extra["metrics"] = scraped
     return {
         "duration_s": duration,
         "valid_sent": stats.valid_sent,
@@ -303,6 +354,7 @@ async def run(duration: float) -> dict[str, Any]:
         "fds": {"baseline": fd_baseline, "after": fds_after},
         "client_errors": errors,
         "server_exit_code": exit_code,
+        **extra,
     }
 
 
@@ -310,13 +362,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", default="run", choices=["run", "serve"])
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of traffic (default 30)")
+    parser.add_argument("--access-log", metavar="FILE", help="the server writes its access log to FILE")
+    parser.add_argument("--metrics", action="store_true", help="the server serves /metrics, scraped every second")
     args = parser.parse_args()
     if args.mode == "serve":
-        serve()
+        serve(args.access_log, args.metrics)
         return 0
-    report = asyncio.run(run(args.duration))
+    report = asyncio.run(run(args.duration, args.access_log, args.metrics))
     print(json.dumps(report))
     ok = report["lost"] == 0 and report["fds"]["after"] <= report["fds"]["baseline"] and not report["client_errors"]
+    ok = ok and report.get("access_log", {}).get("longest_line_bytes", 0) < 8 * 1024
+    ok = ok and (not args.metrics or report["metrics"].get("scrapes", 0) > 0)
     return 0 if ok and report["server_exit_code"] == 0 else 1
 
 

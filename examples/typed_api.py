@@ -16,6 +16,11 @@ from asyncapy.filters import Fields
 
 server = Server("127.0.0.1", 1500)
 
+# Input ranges: a sum that both codecs carry (a signed 64-bit integer, which ZiProto
+# needs), and lengths whose area is a finite float (1e200 squared would overflow).
+MAX_TERM = 2**62
+MAX_LENGTH = 1e150
+
 
 class Ping(BaseModel):
     kind: Literal["ping"]
@@ -27,8 +32,8 @@ class Pong(BaseModel):
 
 class Add(BaseModel):
     kind: Literal["add"]
-    a: int
-    b: int
+    a: int = Field(ge=-MAX_TERM, le=MAX_TERM)
+    b: int = Field(ge=-MAX_TERM, le=MAX_TERM)
 
 
 class Sum(BaseModel):
@@ -38,12 +43,12 @@ class Sum(BaseModel):
 
 class Circle(BaseModel):
     kind: Literal["circle"]
-    radius: float = Field(ge=0)
+    radius: float = Field(ge=0, le=MAX_LENGTH)
 
 
 class Square(BaseModel):
     kind: Literal["square"]
-    side: float = Field(ge=0)
+    side: float = Field(ge=0, le=MAX_LENGTH)
 
 
 Shape = Annotated[Union[Circle, Square], Field(discriminator="kind")]

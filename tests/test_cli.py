@@ -85,8 +85,19 @@ async def test_send_reports_an_error_reply(capsys: pytest.CaptureFixture[str]) -
     async with running(server):
         code = await asyncio.to_thread(main, ["send", f"127.0.0.1:{server.port}", "{}", "--timeout", "5"])
     out, err = capsys.readouterr()
-    assert code == 1 and out == ""
-    assert "ERR_INTERNAL" in err
+    assert code == 1
+    reply = json.loads(out)  # on stdout, for scripts
+    assert reply["status"] == "failure" and reply["error"] == "ERR_INTERNAL" and "bug" not in out
+    assert "the server answered ERR_INTERNAL" in err
+
+
+def test_send_prints_an_error_reply_on_stdout_and_exits_1(served_example: int) -> None:
+    """A script reads the error packet from stdout; the exit status says it was one."""
+    result = asyncapy("send", f"127.0.0.1:{served_example}", '{"kind": "add", "a": "one"}')
+    assert result.returncode == 1, result.stderr
+    reply = json.loads(result.stdout)
+    assert reply["status"] == "failure" and reply["error"] == "ERR_NO_HANDLER" and reply["errors"]
+    assert "the server answered ERR_NO_HANDLER" in result.stderr
 
 
 @pytest.mark.parametrize(

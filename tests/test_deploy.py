@@ -6,16 +6,20 @@ the client's address only if the PROXY header carried it.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from asyncapy.client import Client
 from asyncapy.shared.state import SHARED_STATE_UNAVAILABLE
 from examples.deploy.stack import MissingTool, Peer, Stack, find_tool, free_port, running_stack
 
-from .procs import server_process
+from .procs import ROOT, server_process
 from .services import redis_process
 
 #: Packets sent on each connection while Redis is killed (bounded in count and time).
@@ -23,6 +27,13 @@ DURING_OUTAGE = 200
 SESSION_LIMIT = 4
 RATE = "5/minute"
 UNAVAILABLE = {"status": "failure", "error": "ERR_INTERNAL", "detail": SHARED_STATE_UNAVAILABLE}
+#: HAProxy probes each instance this often; a stopping instance drains for DRAIN seconds:
+#: well over the two failed probes (``fall 2``) it takes to be taken out.
+CHECK_INTER = "200ms"
+DRAIN = 2.0
+#: Bounds of the drain test: requests per client thread, and seconds of traffic in all.
+DRAIN_REQUESTS = 3000
+DRAIN_SECONDS = 30.0
 
 
 @pytest.fixture
@@ -32,7 +43,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         find_tool("haproxy", "haproxy")
     except MissingTool as exc:
         pytest.fail(f"{exc} (scripts/system-packages.txt lists every such tool)", pytrace=False)
-    with running_stack(tmp_path, session_limit=SESSION_LIMIT, rate=RATE) as running:
+    with running_stack(tmp_path, session_limit=SESSION_LIMIT, rate=RATE, check_inter=CHECK_INTER, drain=DRAIN) as running:
         yield running
 
 
@@ -175,3 +186,80 @@ def test_session_limit_across_workers(monkeypatch: pytest.MonkeyPatch) -> None:
                     peer.close()
             assert sum(1 for r in replies if r.get("kind") == "you") == 1
             assert all(r["error"] == "ERR_SESSION_LIMIT_REACHED" for r in replies if r.get("kind") != "you")
+
+
+def test_haproxy_checks_the_health_packet(stack: Stack) -> None:
+    """The probe bytes of haproxy.cfg are the health packet, and both instances answer them SERVING."""
+    from asyncapy.serve.health import health_frame
+
+    config = (ROOT / "examples" / "deploy" / "haproxy.cfg").read_text()
+    assert f"tcp-check send-binary {health_frame().hex()}" in config
+    serving = health_frame("SERVING")
+    assert f"tcp-check expect min-recv {len(serving)} binary {serving.hex()}" in config
+    for port in stack.app_ports:  # the probe through a PROXY header, as HAProxy sends it
+        out = subprocess.run(
+            [sys.executable, "-m", "asyncapy", "probe", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30
+        )
+        assert out.returncode == 1  # no PROXY header: the instance closes the connection unanswered
+    assert "is DOWN" not in stack.log("haproxy")  # HAProxy's own probes pass
+    with Peer(stack.front_port) as peer:
+        assert peer.request({"kind": "whoami"})["kind"] == "you"
+
+
+def test_a_stopping_instance_is_drained_without_a_lost_request(stack: Stack) -> None:
+    """SIGTERM one instance under load: HAProxy sees NOT_SERVING and takes it out while it still
+    serves; every request is answered, by one instance or the other; it exits 0."""
+    stop = threading.Event()
+    results: list[list[tuple[float, dict[str, object]]]] = [[] for _ in range(4)]
+    failures: list[str] = []
+
+    def one_per_connection(n: int) -> None:
+        for _ in range(DRAIN_REQUESTS):
+            if stop.is_set():
+                return
+            try:
+                with Peer(stack.front_port) as peer:
+                    results[n].append((time.monotonic(), peer.request({"kind": "whoami"})))
+            except OSError as exc:
+                failures.append(repr(exc))
+            time.sleep(0.01)
+
+    def persistent(n: int) -> None:
+        """One client connection, requests 0.4 s apart: the stopping instance closes it while it is quiet."""
+        with Client("127.0.0.1", stack.front_port, timeout=10) as client:
+            for _ in range(DRAIN_REQUESTS):
+                if stop.is_set():
+                    return
+                results[n].append((time.monotonic(), client.request({"kind": "whoami"})))
+                time.sleep(0.4)
+
+    threads = [threading.Thread(target=one_per_connection, args=(n,)) for n in range(3)]
+    threads.append(threading.Thread(target=persistent, args=(3,)))
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)  # both instances serve
+        app1 = stack.terminate("app1")
+        stopping = time.monotonic()
+        assert app1.wait(timeout=DRAIN_SECONDS) == 0
+        ended = time.monotonic()
+        time.sleep(1.0)  # and the other one goes on alone
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(DRAIN_SECONDS)
+    assert time.monotonic() - started < DRAIN_SECONDS * 2
+    replies = [(when, reply) for got in results for when, reply in got]
+    assert failures == [] and all(reply.get("kind") == "you" for _, reply in replies), (failures, replies[-5:])
+    app1_port, app2_port = stack.app_ports
+    served_by_app1 = [when for when, reply in replies if reply["instance"] == app1_port]
+    assert any(when < stopping for when in served_by_app1)  # it served before it was told to stop
+    assert all(when < ended for when in served_by_app1)
+    assert sum(1 for when, reply in replies if when > ended and reply["instance"] == app2_port) > 10
+    assert len(results[3]) >= 4  # the persistent client went on, reconnecting to the other instance
+    log = stack.log("app1")
+    assert "Draining: health probes answer NOT_SERVING" in log
+    assert "asyncapy_instances/app1 is DOWN" in stack.log("haproxy")  # taken out by its probe, not by a refusal
+    down_reason = [line for line in stack.log("haproxy").splitlines() if "app1 is DOWN" in line][0]
+    assert "Layer7 invalid response" in down_reason, down_reason  # NOT_SERVING, while it still accepted

@@ -61,16 +61,17 @@ class Dependency:
         return f"Depends({_name(self.provider)}{extra})"
 
 
-def Depends(dependency: Callable[..., Any], *, use_cache: bool = True) -> Any:  # noqa: N802 - FastAPI's spelling
+def Depends(dependency: Callable[..., Any] | Dependency, *, use_cache: bool = True) -> Any:  # noqa: N802 - FastAPI's spelling
     """Declare a dependency: ``Annotated[T, Depends(f)]``, ``x: T = Depends(f)`` or in ``dependencies=[...]``.
 
     ``dependency`` is called once per packet (``use_cache=False``: once per use) with
     what its parameters ask for: the ``Client``, the ``Packet`` (typed as the handler's),
     the handler's model, or other ``Depends``. Typed ``Any`` so that the default form
-    type-checks, as in FastAPI.
+    type-checks, as in FastAPI. A ``dependency`` that is not callable is a ``UsageError``
+    when the handler is registered, where its name and the parameter's are known.
     """
-    if not callable(dependency):
-        raise UsageError(f"Depends() takes a callable (a function, a generator function, a class), not {dependency!r}")
+    if isinstance(dependency, Dependency):  # a dependency object already (a ``SecurityScheme``)
+        return dependency
     return Dependency(dependency, use_cache)
 
 
@@ -255,20 +256,23 @@ def build_steps(
         return None
     builder = _Builder(handler_name, models)
     for dep in extra:
-        builder.add(as_dependency(dep, handler_name), "dependencies=[...]", ())
+        builder.add(as_dependency(dep, f"handler {handler_name!r}"), "dependencies=[...]", ())
     handler_params = tuple((name, builder.add(dep, name, ())) for name, dep in params.items())
     return Steps(tuple(builder.steps), handler_params)
 
 
-def as_dependency(dep: Any, handler_name: str) -> Dependency:
-    """``Depends(f)`` as it is, or a bare callable as ``Depends(callable)``."""
+def as_dependency(dep: Any, where: str) -> Dependency:
+    """``Depends(f)`` as it is, or a bare callable as ``Depends(callable)``; ``where`` names the list in errors."""
     if isinstance(dep, Dependency):
+        if not callable(dep.provider):
+            raise UsageError(
+                f"{where}: dependencies=[...]: Depends() takes a callable (a function, a generator function, "
+                f"a class), not {dep.provider!r}"
+            )
         return dep
     if callable(dep):
         return Dependency(dep)
-    raise UsageError(
-        f"handler {handler_name!r}: {dep!r} in dependencies=[...] is not a dependency; write Depends(provider)"
-    )
+    raise UsageError(f"{where}: {dep!r} in dependencies=[...] is not a dependency; write Depends(provider)")
 
 
 class _Builder:
@@ -280,6 +284,11 @@ class _Builder:
 
     def add(self, dep: Dependency, param: str, path: tuple[Any, ...]) -> int:
         provider = dep.provider
+        if not callable(provider):
+            raise UsageError(
+                f"handler {self.handler_name!r}: parameter {param!r}: Depends() takes a callable "
+                f"(a function, a generator function, a class), not {provider!r}"
+            )
         if provider in path:
             chain = " -> ".join(_name(p) for p in (*path, provider))
             raise UsageError(f"handler {self.handler_name!r}: parameter {param!r}: dependency cycle {chain}")

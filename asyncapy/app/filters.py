@@ -227,9 +227,8 @@ class Fields(Filter):
         return all(p.fullmatch(str(payload[k])) is not None for k, p in self._patterns)
 
     def describe(self) -> str:
-        names = ", ".join(self.fields) or "(none)"
-        rules = "".join(f", {k} matching {p!r}" for k, p in self.fields.items() if p is not None)
-        return f"exactly the fields {names}{rules}"
+        each = [name if rule is None else f"{name} (matching {rule!r})" for name, rule in self.fields.items()]
+        return "exactly the fields " + (", ".join(each) or "(none)")
 
     def json_schema(self) -> dict[str, Any]:
         props = {k: ({} if p is None else {"pattern": f"^(?:{p})$"}) for k, p in self.fields.items()}

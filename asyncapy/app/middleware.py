@@ -21,7 +21,9 @@ Order of events for one packet: the outermost middleware (registered first) runs
 ERR_NO_HANDLER miss is sent inside it). An exception a handler raised comes out of
 ``call_next`` (middleware see it first); if it leaves the outermost middleware, the
 exception handler registered for its class (or the nearest base class) makes the reply;
-with none, ``ApiError`` is its own reply and anything else ERR_INTERNAL.
+with none, ``ApiError`` is its own reply and anything else ERR_INTERNAL. An ``ApiError`` is
+the application's answer: only a handler registered for ``ApiError`` or one of its
+subclasses maps it, never one for a base class such as ``Exception``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from ..wire.codecs import CODEC_IDS
-from ..wire.errors import ERR_NO_HANDLER, StopPropagation, UsageError
+from ..wire.errors import ERR_NO_HANDLER, ApiError, StopPropagation, UsageError
 from ..model.answers import answers_of
 from ..model.packet import Packet
 from ..model.peer import Client
@@ -90,6 +92,8 @@ class App:
                 answers_of(client).mapped(reply, CODEC_IDS[packet.encoding])  # one answer per request
 
     def _handler_for(self, kind: type[BaseException]) -> ExceptionHandler[Any] | None:
+        """The handler of ``kind`` or its nearest base; an ``ApiError`` is the app's answer, so
+        for one the search stops at ``ApiError`` (a catch-all for ``Exception`` never takes it)."""
         handlers = self.exception_handlers
         if not handlers:
             return None
@@ -97,6 +101,8 @@ class App:
             found = handlers.get(base)
             if found is not None:
                 return found
+            if base is ApiError:
+                return None
         return None
 
 

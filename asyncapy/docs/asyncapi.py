@@ -2,7 +2,8 @@
 
 One server, one channel (an AsyncAProto connection carries every message both ways),
 one ``receive`` operation per route, with a ``reply`` when the handler declares a
-reply type. Groups, styles and filters go in ``x-asyncapy-*`` fields. Schemas come
+reply type and a ``security`` list when an ``asyncapy.security`` scheme guards it (the
+schemes are in ``components/securitySchemes``). Groups, styles and filters go in ``x-asyncapy-*`` fields. Schemas come
 from ``asyncapy.docs.schema`` with their refs pointed at ``components/schemas``.
 """
 
@@ -63,9 +64,13 @@ def asyncapi_document(
     declared = sorted({code for route in described for code in route.errors})
     messages: dict[str, Any] = {ERROR_MESSAGE: _error_message(declared)}
     operations: dict[str, Any] = {}
+    schemes: dict[str, Any] = {}
     for route, described_route, op_id in zip(routes, described, ids):
         messages.update(_messages(described_route, op_id))
         operations[op_id] = _operation(described_route, op_id, _summary(route))
+        if described_route.security:
+            names = [_scheme_key(entry, schemes) for entry in described_route.security]
+            operations[op_id]["security"] = [{"$ref": f"#/components/securitySchemes/{name}"} for name in names]
     info: dict[str, Any] = {"title": title, "version": version}
     if description:
         info["description"] = description
@@ -79,8 +84,24 @@ def asyncapi_document(
         "components": {
             "schemas": {name: asyncapi_schema(schema) for name, schema in defs.items()},
             "messages": messages,
+            **({"securitySchemes": schemes} if schemes else {}),
         },
     }
+
+
+def _scheme_key(entry: dict[str, Any], schemes: dict[str, Any]) -> str:
+    """The key of a security scheme under ``components/securitySchemes`` (added there if new).
+
+    Schemes are told apart by what they say: two with one name but different objects get
+    ``name_2``, ``name_3``...
+    """
+    base = re.sub(r"[^A-Za-z0-9_.\-]+", "_", entry["name"]) or "scheme"
+    key, n = base, 1
+    while key in schemes and schemes[key] != entry["scheme"]:
+        n += 1
+        key = f"{base}_{n}"
+    schemes[key] = entry["scheme"]
+    return key
 
 
 def asyncapi_schema(schema: Any, names: bool = False) -> Any:

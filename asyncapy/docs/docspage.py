@@ -26,6 +26,7 @@ ERROR_MEANINGS: Final = {
     "ERR_NO_HANDLER": ("no handler in any group accepted the packet; detail and errors say why", "stays open"),
     "ERR_INTERNAL": ("a handler raised, or its reply could not be sent; the traceback is in the server's log", "stays open"),
     "ERR_RATE_LIMITED": ("over a rate limit; detail says when to retry", "stays open"),
+    "ERR_UNAUTHORIZED": ("a security scheme refused the packet: its credential is missing or wrong", "stays open"),
 }
 _REF = "#/components/schemas/"
 _MAX_DEPTH = 6  # example values of recursive models stop here
@@ -35,6 +36,7 @@ def render(doc: Mapping[str, Any]) -> str:
     """The HTML page of the AsyncAPI document ``doc`` (as ``server.asyncapi()`` returns it)."""
     schemas: Mapping[str, Any] = doc.get("components", {}).get("schemas", {})
     messages: Mapping[str, Any] = doc.get("components", {}).get("messages", {})
+    security: Mapping[str, Any] = doc.get("components", {}).get("securitySchemes", {})
     info = doc.get("info", {})
     title = str(info.get("title", "API"))
     framing = _framing(doc)
@@ -44,14 +46,15 @@ def render(doc: Mapping[str, Any]) -> str:
         f' · AsyncAPI {_e(doc.get("asyncapi", ""))}</p>',
         f"<p>{_e(info['description'])}</p>" if info.get("description") else "",
         "</header>",
-        _nav(operations, schemas),
+        _nav(operations, schemas, security),
         "<main>",
         _server_section(doc, framing),
         '<section id="operations"><h2>Operations</h2>',
         '<p class="note">Groups run in ascending order; inside a group the first handler whose filters pass and '
         "whose model validates the packet runs. A packet no handler accepts gets ERR_NO_HANDLER.</p>",
-        *(_operation(op_id, op, messages, schemas, framing) for op_id, op in operations.items()),
+        *(_operation(op_id, op, messages, schemas, framing, security) for op_id, op in operations.items()),
         "</section>",
+        _security_section(security),
         _models_section(schemas),
         _errors_section(messages),
         "</main>",
@@ -66,11 +69,12 @@ def render(doc: Mapping[str, Any]) -> str:
 # -- sections -----------------------------------------------------------------------------
 
 
-def _nav(operations: Mapping[str, Any], schemas: Mapping[str, Any]) -> str:
+def _nav(operations: Mapping[str, Any], schemas: Mapping[str, Any], security: Mapping[str, Any]) -> str:
     items = "".join(f'<li><a href="#op-{_id(op_id)}">{_e(op_id)}</a></li>' for op_id in operations)
     models = "".join(f'<li><a href="#model-{_id(name)}">{_e(name)}</a></li>' for name in schemas)
     return (
         '<nav><a href="#server">Server</a><h3>Operations</h3><ul>' + items + "</ul>"
+        + ('<a href="#security">Security</a>' if security else "")
         + ("<h3>Models</h3><ul>" + models + "</ul>" if models else "")
         + '<a href="#errors">Error codes</a></nav>'
     )  # fmt: skip
@@ -101,7 +105,12 @@ def _server_section(doc: Mapping[str, Any], framing: Mapping[str, Any]) -> str:
 
 
 def _operation(
-    op_id: str, op: Mapping[str, Any], messages: Mapping[str, Any], schemas: Mapping[str, Any], framing: Mapping[str, Any]
+    op_id: str,
+    op: Mapping[str, Any],
+    messages: Mapping[str, Any],
+    schemas: Mapping[str, Any],
+    framing: Mapping[str, Any],
+    security: Mapping[str, Any] | None = None,
 ) -> str:
     request = _message(op.get("messages", []), messages)
     reply = _message(op.get("reply", {}).get("messages", []), messages)
@@ -120,6 +129,7 @@ def _operation(
         + ("<ul>" + "".join(f"<li>{_e(f.get('description', ''))}</li>" for f in filters) + "</ul>" if filters else
            '<span class="none">none: every packet that validates</span>')
         + "</div>",
+        _operation_security(op.get("security", []), security or {}),
         '<div class="io"><div class="request">',
         _payload_block("Request", request, schemas, framing),
         '</div><div class="reply">',
@@ -128,6 +138,39 @@ def _operation(
         "</div></div></article>",
     ]
     return "\n".join(parts)
+
+
+def _operation_security(refs: list[Mapping[str, Any]], security: Mapping[str, Any]) -> str:
+    """The schemes guarding an operation: a packet without their credential gets ERR_UNAUTHORIZED."""
+    if not refs:
+        return ""
+    items = []
+    for ref in refs:
+        name = str(ref.get("$ref", "")).rsplit("/", 1)[-1]
+        scheme = security.get(name, ref)
+        items.append(f'<li><a href="#security-{_id(name)}">{_e(name)}</a>: {_e(scheme.get("description", ""))}</li>')
+    return '<div class="filters security"><h4>Security</h4><ul>' + "".join(items) + "</ul></div>"
+
+
+def _security_section(security: Mapping[str, Any]) -> str:
+    if not security:
+        return ""
+    rows = "".join(
+        f'<tr id="security-{_id(name)}"><td><code>{_e(name)}</code></td><td>{_e(scheme.get("type", ""))}</td>'
+        f"<td>{_field_of(scheme)}</td><td>{_e(scheme.get('description', ''))}</td></tr>"
+        for name, scheme in security.items()
+    )
+    return (
+        '<section id="security"><h2>Security</h2><p>The operations a scheme guards answer ERR_UNAUTHORIZED to a '
+        "packet whose credential is missing or wrong.</p>"
+        '<table class="fields"><thead><tr><th>scheme</th><th>type</th><th>credential</th><th>description</th></tr>'
+        f"</thead><tbody>{rows}</tbody></table></section>"
+    )
+
+
+def _field_of(scheme: Mapping[str, Any]) -> str:
+    field = scheme.get("x-asyncapy-field")
+    return f"field <code>{_e(field)}</code>" if field else ""
 
 
 def _message(refs: list[Mapping[str, Any]], messages: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -327,9 +370,11 @@ def example(schema: Any, schemas: Mapping[str, Any], depth: int = 0) -> Any:
     if kind == "string" or (kind is None and "pattern" in schema):
         return _string_example(schema)
     if kind == "integer":
-        return int(schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1))
+        low = schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1)
+        return 0 if low <= 0 <= schema.get("maximum", 0) else int(low)  # 0 when the range allows it
     if kind == "number":
-        return float(schema.get("minimum", 0.0))
+        low = schema.get("minimum", 0.0)
+        return 0.0 if low <= 0 <= schema.get("maximum", 0.0) else float(low)
     if kind == "boolean":
         return True
     return None

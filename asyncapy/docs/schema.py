@@ -2,8 +2,9 @@
 
 Read from the compiled plan, so the schema lists routes in the order dispatch tries
 them. Models shared by several routes are emitted once, in ``$defs``. A handler's
-dependencies never appear: only what the packet must be (the model and the filters),
-the reply, and the ``ApiError`` codes the route declares (``errors``).
+dependencies never appear, except authentication (``asyncapy.security``): only what the
+packet must be (the model, the filters, a scheme's credential field), the reply, the
+``ApiError`` codes the route declares (``errors``) and its security schemes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class RouteSchema:
     reply: dict[str, Any] | None
     #: The ``ApiError`` codes the route declares (``add_handler(errors=[...])``).
     errors: list[str] = field(default_factory=list)
+    #: The ``asyncapy.security`` schemes guarding it: ``{"name", "scheme"}`` (an AsyncAPI Security Scheme Object).
+    security: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +44,7 @@ class RouteSchema:
             "accepts": self.accepts,
             "reply": self.reply,
             "errors": self.errors,
+            "security": self.security,
         }
 
 
@@ -56,7 +60,9 @@ def describe_routes(routes: Sequence[Any], ref_template: str) -> tuple[list[Rout
     described = []
     for index, route in enumerate(routes):
         filters = [describe_filter(flt) for flt in route.filters]
-        accepts = _with_filters(schemas.get((index, "accepts"), ANY_MAP), filters)
+        schemes = getattr(route, "security", ())
+        required = [flt["schema"] for flt in filters] + [scheme.json_schema() for scheme in schemes]
+        accepts = _with_filters(schemas.get((index, "accepts"), ANY_MAP), required)
         described.append(
             RouteSchema(
                 handler=route.name,
@@ -66,6 +72,7 @@ def describe_routes(routes: Sequence[Any], ref_template: str) -> tuple[list[Rout
                 accepts=accepts,
                 reply=schemas.get((index, "reply")),
                 errors=list(getattr(route, "errors", ())),
+                security=[{"name": scheme.name, "scheme": scheme.security_scheme()} for scheme in schemes],
             )
         )
     return described, defs
@@ -97,9 +104,9 @@ def _type_schemas(
     return schemas, dict(top.get("$defs", {}))
 
 
-def _with_filters(schema: dict[str, Any], filters: list[dict[str, Any]]) -> dict[str, Any]:
-    """A packet must satisfy the model and every filter that has a schema."""
-    extra = [flt["schema"] for flt in filters if flt["schema"] is not None]
+def _with_filters(schema: dict[str, Any], parts: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """A packet must satisfy the model and every filter (and security scheme) that has a schema."""
+    extra = [part for part in parts if part is not None]
     if schema == ANY_MAP and extra:
         return extra[0] if len(extra) == 1 else {"allOf": extra}
     return {"allOf": [schema, *extra]} if extra else schema

@@ -17,8 +17,10 @@ class Answers(Protocol):
 
     #: The outcome code of the packet being handled when it is an error (None: OK).
     code: str | None
-    #: Packets written for the packet being handled (rule 5 of DESIGN §3 reads it).
-    writes: int
+
+    @property
+    def writes(self) -> int:
+        """Frames written for the packet being handled."""
 
     def reply(self, result: Any, encoding: int) -> None:
         """Send what a handler returned (a dict or a model; anything else is no reply)."""
@@ -26,13 +28,16 @@ class Answers(Protocol):
     def error(self, code: str, detail: Any = None, encoding: int | None = None, errors: Any = None) -> None:
         """The packet's error reply, unless it was answered already (then it is logged)."""
 
+    def note(self, handler: str) -> None:
+        """A handler (or a layer answering for one) runs for the packet: observation names it."""
+
     def mapped(self, reply: Any, encoding: int) -> None:
         """An exception handler's reply: the packet's answer unless it was answered already."""
 
 
 def answers_of(client: Client) -> Answers:
-    """The exchange ``client``'s packets are answered through."""
-    link = client._link
-    if getattr(link, "answers", False) is not True:
+    """The exchange ``client``'s packets are answered through (its connection's)."""
+    exchange = getattr(client._link, "exchange", None)
+    if exchange is None:
         raise RuntimeError("this client is not served by a connection (it was closed, or made by hand)")
-    return cast(Answers, link)
+    return cast(Answers, exchange)

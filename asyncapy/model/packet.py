@@ -9,6 +9,7 @@ from typing import Any, Generic, Protocol, overload
 from pydantic import BaseModel
 from typing_extensions import TypeVar
 
+from .aliases import dump_for_wire
 from ..wire.codecs import get_codec
 
 T = TypeVar("T", default=dict[str, Any])
@@ -82,7 +83,7 @@ class Packet(Mapping[str, Any], Generic[T]):
         get_codec(encoding)  # fail early on an unknown encoding name
         if isinstance(payload, BaseModel):
             self.data = payload  # type: ignore[assignment]
-            self.payload = payload.model_dump(mode="json")
+            self.payload = dump_for_wire(payload)  # keyed by its aliases: the wire names
         elif isinstance(payload, Mapping):
             self.payload = payload
             self.data = payload  # type: ignore[assignment]

@@ -10,7 +10,8 @@ from typing import Any, Final, Protocol
 
 from pydantic import BaseModel
 
-from ..wire.codecs import CODEC_IDS, get_codec
+from .aliases import dump_for_wire, json_encoder
+from ..wire.codecs import CODEC_IDS, finite_json, get_codec
 from .packet import Packet
 
 
@@ -208,9 +209,55 @@ def _encode_packet(packet: Packet[Any], encoding: str) -> bytes:
 
 
 def _encode_model(model: BaseModel, encoding: str) -> bytes:
-    if encoding == "json":
-        return model.__pydantic_serializer__.to_json(model)
-    return get_codec(encoding).encode(model.model_dump(mode="json"))
+    """A model in a codec other than JSON, keyed by its aliases when it has any (``asyncapy.model.aliases``)."""
+    return get_codec(encoding).encode(dump_for_wire(model))
+
+
+def _model_encoder(kind: type[BaseModel]) -> Callable[[Any, str], bytes]:
+    """How to send instances of ``kind``: JSON by pydantic-core's serializer (by alias when it has aliases)."""
+    to_json = _model_json(kind)
+
+    def encode(model: BaseModel, encoding: str) -> bytes:
+        if encoding == "json":
+            return to_json(model)
+        return _encode_model(model, encoding)
+
+    return encode
+
+
+def _model_json(kind: type[BaseModel]) -> Callable[[BaseModel], bytes]:
+    """A model's JSON encoder: pydantic-core's serializer, which writes NaN and infinities as
+    ``null``; so for a model that may hold a float, one that refuses them (DESIGN §10)."""
+    to_json: Callable[[BaseModel], bytes] = json_encoder(kind)  # by alias when it has aliases
+    if not _may_hold_float(kind.__pydantic_core_schema__, set()):
+        return to_json  # nothing to check: no cost per reply
+
+    def encode(model: BaseModel) -> bytes:
+        data = to_json(model)
+        return data if data.find(b"null") < 0 else finite_json(data, model)
+
+    return encode
+
+
+#: Core schema types whose JSON may be a float: floats, and what holds anything.
+_FLOATY: Final = frozenset({"float", "any", "is-instance", "is-subclass", "callable", "function-plain", "function-wrap"})
+
+
+def _may_hold_float(schema: Any, seen: set[int]) -> bool:
+    """Whether a pydantic core schema can serialize a float anywhere (conservative: custom
+    serializers and extra fields count as yes)."""
+    if id(schema) in seen:
+        return False
+    seen.add(id(schema))
+    if isinstance(schema, dict):
+        if schema.get("type") in _FLOATY or schema.get("sub_type") == "float" or "serialization" in schema:
+            return True
+        if schema.get("extra_fields_behavior") == "allow":
+            return True
+        return any(_may_hold_float(value, seen) for value in schema.values())
+    if isinstance(schema, (list, tuple)):
+        return any(_may_hold_float(value, seen) for value in schema)
+    return isinstance(schema, float)
 
 
 def _encode_mapping(mapping: Mapping[str, Any], encoding: str) -> bytes:
@@ -233,7 +280,7 @@ def _encoder_for(kind: type) -> Callable[[Any, str], bytes]:
     if issubclass(kind, Packet):
         return _encode_packet
     if issubclass(kind, BaseModel):
-        return _encode_model
+        return _model_encoder(kind)
     if issubclass(kind, Mapping):
         return _encode_mapping
     return _refuse
@@ -243,7 +290,8 @@ def reply_encoder(kind: type, encoding: str) -> Callable[[Any], bytes] | None:
     """How to encode, in ``encoding``, what a handler returned; None: it is not a reply (ignored).
 
     A handler's reply is a dict or a pydantic model. Worked out once per type and
-    encoding; a model's JSON encoder is pydantic-core's own serializer, called directly.
+    encoding; a model's JSON encoder is pydantic-core's own serializer, called directly
+    (with ``by_alias=True`` bound when the model has aliases: they are the wire names).
     """
     table = REPLY_ENCODERS.get(encoding)
     if table is None:
@@ -258,7 +306,7 @@ def reply_encoder(kind: type, encoding: str) -> Callable[[Any], bytes] | None:
         encode = codec.encode
     elif issubclass(kind, BaseModel):
         if codec.name == "json":
-            encode = kind.__pydantic_serializer__.to_json
+            encode = _model_json(kind)  # by alias when it has aliases; NaN refused
         else:
             encode = partial(_encode_model, encoding=codec.name)
     table[kind] = encode

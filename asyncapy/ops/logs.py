@@ -10,6 +10,10 @@ message, and the session (the connection) the line was logged for, when there is
 
 The access log is the ``asyncapy.access`` logger: one INFO line per packet,
 ``PEER HANDLERS OUTCOME DURATION``, e.g. ``127.0.0.1:50312 person OK 87us``.
+
+Text a client chose (a field name in ERR_NO_HANDLER's detail, the code of an echoed
+packet shaped like an error reply) goes through ``clean`` before it reaches a line:
+one event stays one line, under 8 KiB, and a terminal shows it as text.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, Final, TextIO, cast
 
 from ..model.peer import Client
@@ -29,6 +35,38 @@ LOG_FORMAT_PID: Final = "%(asctime)s.%(msecs)03d %(levelname)-5s [%(process)d] %
 LOG_DATEFMT: Final = "%Y-%m-%d %H:%M:%S"
 
 access_logger = logging.getLogger(ACCESS_LOGGER)
+
+#: Characters of client-supplied text kept in one log line (escapes included): at 4 bytes
+#: a character at most (UTF-8), a line with it and its prefix stays under 8 KiB.
+MAX_CLIENT_TEXT: Final = 1500
+
+
+def clean(text: object, limit: int = MAX_CLIENT_TEXT) -> str:
+    """``text``, supplied by a client, as it may enter a log line.
+
+    Non-printable characters (line breaks, ANSI escapes, U+2028, bidirectional
+    overrides) and the backslash are written ``\\xNN`` (``\\uNNNN`` past Latin-1) as nginx
+    writes its access log; text past ``limit`` characters is cut and ends with
+    ``...(+N characters)``. Plain short text comes back as it is, after two C scans.
+    """
+    text = text if isinstance(text, str) else str(text)
+    if len(text) <= limit and text.isprintable() and "\\" not in text:
+        return text
+    pieces: list[str] = []
+    size = 0
+    for char in text:
+        piece = char if char.isprintable() and char != "\\" else _escape(char)
+        if size + len(piece) > limit:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    left = len(text) - len(pieces)
+    return "".join(pieces) + (f"...(+{left} characters)" if left else "")
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 class SessionFormatter(logging.Formatter):
@@ -65,32 +103,42 @@ def configure_logging(level: int, *, pid: bool = False) -> None:
 def current_session_id() -> str | None:
     """The id of the session whose packet the running code handles, or None.
 
-    Found only when a line is logged (never per packet): the running task is the
-    connection's host task (``asyncapy.serve._eager.Host``), whose owner is the connection,
-    or a task whose coroutine was given the ``client`` (``handler_timeout``'s).
+    Found only when a line is logged (never per packet), by walking the stack of the
+    code that logs: a frame that holds the ``client`` (a handler's, a dependency's), or
+    one of the connection's own frames. Under ``handler_timeout`` the handler runs in a
+    task of its own; the task's coroutine was given the ``client``.
     """
+    frame = sys._getframe(1)
+    while frame is not None:
+        client = _client_in(frame)
+        if client is not None:
+            return str(client.session.id)
+        frame = frame.f_back  # type: ignore[assignment]
     try:
         task = asyncio.current_task()
     except RuntimeError:  # no running loop: a thread, or code outside the server
         return None
-    if task is None:
-        return None
-    client = _client_of(task)
+    coro_frame = getattr(task.get_coro(), "cr_frame", None) if task is not None else None
+    client = _client_in(coro_frame) if coro_frame is not None else None
     return None if client is None else str(client.session.id)
 
 
-def _client_of(task: asyncio.Task[Any]) -> Client | None:
-    frame = getattr(task.get_coro(), "cr_frame", None)
-    if frame is None:
-        return None
-    local = frame.f_locals
-    client = local.get("client")
-    if isinstance(client, Client):
-        return client
-    host = local.get("self")
-    owner = getattr(getattr(host, "_on_suspend", None), "__self__", None)  # Host -> Connection
-    client = getattr(owner, "client", None)
-    return client if isinstance(client, Client) else None
+#: The connection's methods a handler runs under (eagerly, or in a host task).
+_CONNECTION_FRAMES: Final = frozenset({"_work_eagerly", "_work", "_after_wait"})
+
+
+def _client_in(frame: FrameType) -> Client | None:
+    """The ``Client`` a frame holds as ``client``, or as its connection's (``self.client``)."""
+    code = frame.f_code
+    if "client" in code.co_varnames:
+        client = frame.f_locals.get("client")
+        if isinstance(client, Client):
+            return client
+    if code.co_name in _CONNECTION_FRAMES:
+        client = getattr(frame.f_locals.get("self"), "client", None)
+        if isinstance(client, Client):
+            return client
+    return None
 
 
 #: ``line(client, handlers, outcome, seconds)``: one access log line.

@@ -1,4 +1,4 @@
-"""Prometheus metrics (``Server(metrics_port=9100)``, ``pip install 'asyncapy[prometheus]'``).
+"""Prometheus metrics (``Server(metrics_port=9100)``, the ``prometheus`` extra).
 
 What ``/metrics`` shows (DESIGN §7), summed over the server's worker processes:
 
@@ -52,7 +52,9 @@ def check_installed() -> None:
     try:
         import prometheus_client  # noqa: F401
     except ImportError:
-        raise ValueError("metrics_port needs prometheus-client: pip install 'asyncapy[prometheus]'") from None
+        from ..model.install import install_hint
+
+        raise ValueError(f"metrics_port needs prometheus-client: {install_hint('prometheus')}") from None
 
 
 class ProcessMetrics:

@@ -82,12 +82,12 @@ def make_observer(access_log: OnPacket | None, metrics: ProcessMetrics | None, a
 class Record:
     """One connection's packet being observed: when it began, which handlers ran, how it ended."""
 
-    __slots__ = ("ran", "named", "started", "when_reported", "_observer", "_client", "_names", "_metrics", "_log", "_ok_only")
+    __slots__ = ("ran", "named", "names", "started", "when_reported", "_observer", "_client", "_metrics", "_log", "_ok_only")
 
     def __init__(self, observer: Observer, client: Client) -> None:
         self._observer = observer
         self._client = client
-        self._names = observer.names
+        self.names = observer.names  # qualname -> route (read by the exchange)
         self._metrics = observer.metrics
         self._log = observer.access_log
         #: Metrics on, no access log: an OK packet of a named route takes the short path in ``end``.
@@ -106,7 +106,7 @@ class Record:
 
     def starting(self, coro: Any) -> None:
         """The exchange runs ``coro`` for the packet: name its route, when handlers are called directly."""
-        names = self._names
+        names = self.names
         if names is not None:
             named = names.get(getattr(coro, "__qualname__", None))  # type: ignore[arg-type]
             if named is not None:
@@ -170,7 +170,7 @@ def when_reported(client: Client, callback: Callable[[str, str], None]) -> bool:
 
 
 def _record_of(client: Client) -> Record | None:
-    record = getattr(client._link, "record", None)
+    record = getattr(getattr(client._link, "exchange", None), "record", None)
     return record if type(record) is Record else None
 
 
@@ -305,9 +305,9 @@ def _recording(handler: Callable[..., Awaitable[Any]], name: str) -> Callable[..
     """
 
     def recording(client: Client, *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        note = getattr(client._link, "note", None)  # the exchange (a closed link has none)
-        if note is not None:
-            note(name)
+        exchange = getattr(client._link, "exchange", None)  # the connection's (a closed link has none)
+        if exchange is not None:
+            exchange.note(name)
         return handler(client, *args, **kwargs)
 
     recording.__name__ = getattr(handler, "__name__", name)

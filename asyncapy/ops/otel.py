@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing: ``server.middleware(TracingMiddleware())`` (``pip install 'asyncapy[otel]'``).
+"""OpenTelemetry tracing: ``server.middleware(TracingMiddleware())`` (the ``otel`` extra).
 
 One span per packet, of kind SERVER, named after the handler(s) that ran (``person``;
 ``audit,person`` when two groups ran; ``asyncapy`` when none did), with attributes

@@ -1,6 +1,6 @@
 """``asyncapy run --reload``: restart the server when a ``.py`` file of the app changes.
 
-For development (``pip install 'asyncapy[reload]'``, on watchfiles). This process
+For development (the ``reload`` extra: watchfiles). This process
 imports nothing of the app: it runs ``asyncapy run`` (the same arguments, without
 ``--reload``) as a child process, watches the app's directory, and on a change stops
 the child with SIGINT (it finishes its packets, as on Ctrl-C) and starts a new one. An
@@ -43,7 +43,9 @@ def run_reloading(spec: str, child_args: Sequence[str]) -> int:
     try:
         from watchfiles import PythonFilter, run_process
     except ImportError:
-        print("asyncapy: error: --reload needs watchfiles: pip install 'asyncapy[reload]'", file=sys.stderr)
+        from ..model.install import install_hint
+
+        print(f"asyncapy: error: --reload needs watchfiles: {install_hint('reload')}", file=sys.stderr)
         return 2
     directory = app_directory(spec)
     command = shlex.join([sys.executable, "-m", "asyncapy", "run", *child_args])

@@ -65,7 +65,7 @@ class Host:
     ``host.context.run(...)``; otherwise it ``submit``s a worker.
     """
 
-    __slots__ = ("_loop", "context", "_pristine", "_inbox", "task", "_on_suspend", "_on_resume", "_busy", "_closed")
+    __slots__ = ("_loop", "context", "initial", "_inbox", "task", "_on_suspend", "_on_resume", "_busy", "_closed")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, on_suspend: Callable[[], None], on_resume: Callable[[], None]
@@ -77,7 +77,7 @@ class Host:
         self._closed = False
         self._inbox: asyncio.Future[Worker | None] = loop.create_future()
         self.context = contextvars.copy_context()
-        self._pristine = self.context.copy()  # what the context holds before any handler ran
+        self.initial = self.context.copy()  # what the context holds before any handler ran
         if _TASK_CONTEXT:
             self.task = loop.create_task(self._serve(), context=self.context)  # type: ignore[call-arg,unused-ignore]
         else:
@@ -93,16 +93,8 @@ class Host:
             and not task.done()
             and task.get_loop() is loop
             and _cancelling(task) == 0
-            and self.context == self._pristine
+            and self.context == self.initial
         )
-
-    def pristine(self) -> bool:
-        """No handler left a context variable set (one pointer comparison when none did)."""
-        return self.context == self._pristine
-
-    def bound_to(self, owner: object) -> bool:
-        """``owner``'s callbacks are this host's (a connection that borrowed it last)."""
-        return getattr(self._on_suspend, "__self__", None) is owner
 
     def rebind(self, on_suspend: Callable[[], None], on_resume: Callable[[], None]) -> None:
         """Serve another connection (only while parked)."""
@@ -191,9 +183,7 @@ def _stepper() -> Generator[Any, Any, None]:
     while True:
         # ``yield from`` takes a returning coroutine's value without raising
         # StopIteration, which ``coro.send`` would (an exception per packet).
-        result = yield from coro
-        coro = None  # an idle connection keeps no finished coroutine alive
-        coro = yield (DONE, result)
+        coro = yield (DONE, (yield from coro))
 
 
 def new_stepper() -> Generator[Any, Any, None]:

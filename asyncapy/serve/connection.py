@@ -42,6 +42,8 @@ MAX_SWEEP_INTERVAL: Final = 1.0
 #: long: closing a socket with unread input makes the kernel send a reset, which can
 #: destroy the error reply before the peer reads it.
 LINGER_AFTER_ERROR: Final = 1.0
+#: ERR_INTERNAL's detail: what failed is in the log, never in the reply.
+_INTERNAL_DETAIL: Final = "the handler failed; the error is in the server's log"
 
 # Why reading is paused; reading resumes when no reason is left.
 #: An idle connection's queue (``Connection._queue`` makes a list when events wait).
@@ -131,7 +133,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "_cancelled", "_clock", "_corked", "_ctx", "_decoder", "_drain_waiters", "_eof", "_ex", "_holds", "_host",
         "_idle_waiters", "_loop", "_mark", "_max_pending", "_out", "_out_size", "_pack_header", "_pending",
-        "_ready", "_registered", "_seen", "_transport", "_working", "_write_paused", "bytes_in",
+        "_ready", "_registered", "_seen", "_transport", "_working", "_write_paused", "bytes_in", "writes",
         "bytes_out", "closing", "__weakref__",
     )  # fmt: skip
 
@@ -165,9 +167,11 @@ class Connection(asyncio.Protocol):
         self._ex: Exchange | None = None
         #: The server cancelled the running handler (shutdown): its CancelledError is no handler failure.
         self._cancelled = False
-        #: Bytes read and written (the metrics' traffic counters, ``ServingContext.traffic``).
+        #: Bytes read and written (``ServingContext.traffic``), and the frames written for the
+        #: packet being handled (its exchange resets ``writes`` as the packet begins).
         self.bytes_in = 0
         self.bytes_out = 0
+        self.writes = 0
 
     @property
     def client(self) -> Client | None:
@@ -177,6 +181,11 @@ class Connection(asyncio.Protocol):
     @property
     def session(self) -> Session | None:
         return None if self._ex is None else self._ex.client.session
+
+    @property
+    def exchange(self) -> Exchange | None:
+        """Where this connection's packets are answered (``asyncapy.model.answers``)."""
+        return self._ex
 
     @property
     def transport(self) -> asyncio.Transport | None:
@@ -243,9 +252,6 @@ class Connection(asyncio.Protocol):
         if self._host is not None:
             self._ctx.hosts.give_back(self._host, self._loop)
             self._host = None
-        spare = self._ctx.spare
-        if spare is not None and spare.bound_to(self):  # it borrowed the spare last: let go of it
-            spare.rebind(_unbound, _unbound)
         self._unregister()
         self._wake_drainers()
         if self._ex is not None:
@@ -283,7 +289,7 @@ class Connection(asyncio.Protocol):
             return
         size = len(payload)
         header = self._pack_header(size + FRAME_TAIL, PROTOCOL_VERSION, encoding)
-        self.bytes_out += size + FRAME_TAIL + self._ctx.header_size
+        self.writes += 1
         if self._corked:
             out = self._out
             if out is None:
@@ -295,6 +301,7 @@ class Connection(asyncio.Protocol):
                 self._flush()
             return
         if self._transport is not None:
+            self.bytes_out += len(header) + size
             self._transport.writelines((header, payload))
 
     def close(self) -> None:
@@ -375,7 +382,7 @@ class Connection(asyncio.Protocol):
         return self._clock() - max(self._seen, self._mark)
 
     def _shed(self) -> None:
-        """Quiet for a while: give the host task back to the pool and drop the stepper.
+        """Quiet for a while: give the host task back to the pool.
 
         Only a connection whose handler waited (or set a context variable) holds a
         host between packets (``_start``); this lets it go once it is quiet.
@@ -417,7 +424,9 @@ class Connection(asyncio.Protocol):
         self._out = None
         self._out_size = 0
         if self._transport is not None and not self.closing:
-            self._transport.write(b"".join(out))
+            data = b"".join(out)
+            self.bytes_out += len(data)
+            self._transport.write(data)
 
     def _work_eagerly(self, events: Batch) -> None:
         """Handle ``events`` without a task, stepping each handler once; hand over on a wait.
@@ -448,7 +457,8 @@ class Connection(asyncio.Protocol):
                     ex.failed(exc, event[0])
                     continue
                 if type(out) is tuple and out[0] is DONE:
-                    ex.finish(out[1], event[0])
+                    if out[1] is not None or ex.record is not None:
+                        ex.finish(out[1], event[0])
                     continue
                 ctx.stepper = new_stepper()  # the host task finishes this one
                 self._hand_over(rest, self._after_wait(stepper, out, event[0]))
@@ -465,7 +475,23 @@ class Connection(asyncio.Protocol):
         pending.extend(rest)
         if len(pending) >= self._max_pending:
             self._hold_reading(_HOLD_QUEUE)
-        self._host.submit(worker)  # type: ignore[union-attr]  # set and bound by _start
+        host = self._host or self._claim()
+        host.rebind(self._uncork, self._cork)  # the host task runs this connection's worker
+        host.submit(worker)
+
+    def _borrow(self) -> Host:
+        """The serving run's spare host (made on the first burst, or after one was claimed)."""
+        ctx = self._ctx
+        host = ctx.spare = ctx.hosts.take(self._loop)
+        return host
+
+    def _claim(self) -> Host:
+        """Keep the spare host this burst borrowed: a handler waits in it, or set its context."""
+        ctx = self._ctx
+        host: Host = ctx.spare  # type: ignore[assignment]  # _start borrowed it
+        ctx.spare = None
+        self._host = host
+        return host
 
     async def _after_wait(self, stepper: Generator[Any, Any, None], waiting_on: Any, encoding: int) -> None:
         """In the host task: finish the handler that waited, then the rest of the queue."""
@@ -560,13 +586,10 @@ class Connection(asyncio.Protocol):
         if pending:  # left by a cancelled worker (shutdown): they go first
             events = [*pending, *events]
             self._pending = _NO_PENDING
-        ctx = self._ctx
         loop = self._loop
-        host = self._host
-        if host is None:  # the serving run's spare host lends its task and context to the burst
-            host = self._host = ctx.spare or ctx.hosts.take(loop)
-            ctx.spare = None
-            host.rebind(self._uncork, self._cork)  # its owner while the burst runs (the logs read it)
+        # A connection holds a host only while a handler of it waits (or after one set a
+        # context variable); otherwise the burst borrows the serving run's spare host.
+        host = self._host or self._ctx.spare or self._borrow()
         self._working = True
         self._corked = True
         if running_task(loop) is not None:  # a task runs (a test's): no eager start
@@ -578,16 +601,17 @@ class Connection(asyncio.Protocol):
             host.context.run(self._work_eagerly, events)
         finally:
             leave_task(loop, task)
-        if not self._working and host.pristine() and ctx.spare is None:
-            self._host = None  # nothing waited, nothing set: the host is the next burst's
-            ctx.spare = host
+        if self._host is None and host.context != host.initial:
+            self._claim()  # a handler set a context variable: it lives for this connection
         self._corked = False
         out = self._out
         if out:  # as _flush()
             self._out = None  # an idle connection holds no buffer
             self._out_size = 0
             if not self.closing:
-                self._transport.write(b"".join(out))  # type: ignore[union-attr]  # set before any data
+                data = b"".join(out)
+                self.bytes_out += len(data)
+                self._transport.write(data)  # type: ignore[union-attr]  # set before any data
 
     async def _relieve(self) -> None:
         """Between packets while reading is held: wait for the peer to read, refill the queue."""
@@ -671,10 +695,6 @@ def _sweep(ctx: ServingContext, loop: asyncio.AbstractEventLoop) -> None:
     for conn in late:
         conn._timed_out()
     ctx.sweeper = loop.call_later(ctx.sweep_every, _sweep, ctx, loop)
-
-
-def _unbound() -> None:
-    pass
 
 
 def _clock_of(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:

@@ -14,8 +14,8 @@ handler) is logged, never sent as a second packet, which a pipelining client wou
 as the answer to its next request. Whatever a handler raises, ``BaseException``s
 included, the packet gets its answer and the server goes on.
 
-The exchange is also the ``Client``'s link (``client._link``): what a handler sends goes
-through it, so it counts what was sent for the packet being handled.
+The ``Client`` writes straight to the connection, which counts the frames it writes;
+the exchange reads that count to know whether the packet being handled was answered.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from time import perf_counter
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..wire.codecs import CODEC_IDS, CODECS, DecodeError
+from ..ops.logs import clean
+from ..wire.codecs import CODEC_IDS, CODECS, DecodeError, EncodeError
 from ..wire.errors import (
     ERR_INTERNAL,
     ERR_NO_HANDLER,
@@ -45,6 +47,9 @@ if TYPE_CHECKING:
     from ..ops.observe import Record
 
 logger = logging.getLogger("asyncapy")
+
+#: ERR_INTERNAL's detail: what failed is in the log, never in the reply.
+INTERNAL_DETAIL = "the handler failed; the error is in the server's log"
 
 #: A layer of the packet path (``asyncapy.pipeline``): (client, packet) -> ``Started``.
 Layer = Callable[[Client, Any], Any]
@@ -78,6 +83,8 @@ class Link(Protocol):
     """What an ``Exchange`` needs from the connection under it (``asyncapy.serve.connection``)."""
 
     closing: bool
+    #: Frames written for the packet being handled (the exchange resets it as a packet begins).
+    writes: int
 
     def write_payload(self, payload: bytes, encoding: int) -> None: ...
     def close(self) -> None: ...
@@ -89,6 +96,7 @@ class _Gone(Link):
     """What an exchange writes through once its connection is gone: nothing."""
 
     closing = True
+    writes = 0
 
     def write_payload(self, payload: bytes, encoding: int) -> None:
         pass
@@ -114,11 +122,8 @@ class Exchange:
     ``Answers`` of ``asyncapy.model.answers``.
     """
 
-    #: Marks the links that answer (``answers_of``).
-    answers = True
-
     __slots__ = (
-        "client", "code", "conn", "encoding_id", "member", "record", "writes", "_entry", "_pipeline", "_session_open",
+        "client", "code", "conn", "encoding_id", "member", "record", "_entry", "_pipeline", "_session_open",
     )  # fmt: skip
 
     def __init__(self, pipeline: Rules, conn: Link, client: Client, record: Record | None) -> None:
@@ -129,30 +134,16 @@ class Exchange:
         self.record = record
         #: The session's encoding (its first packet's), once known.
         self.encoding_id: int | None = None
-        #: Packets written for the packet being handled (its reply, its sends, its error).
-        self.writes = 0
         #: The outcome code of the packet being handled when it is an error (None: OK).
         self.code: str | None = None
         self._session_open = False
         #: The session's name in the shared admission (``SharedSessions``), if it was counted there.
         self.member: str | None = None
 
-    # -- the Client's link -------------------------------------------------------------
-
     @property
-    def closing(self) -> bool:
-        return self.conn.closing
-
-    def write_payload(self, payload: bytes, encoding: int) -> None:
-        """A send of the application (``client.send``): counted as an answer of the packet."""
-        self.conn.write_payload(payload, encoding)
-        self.writes += 1
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def drain(self) -> Awaitable[None]:
-        return self.conn.drain()
+    def writes(self) -> int:
+        """Frames written for the packet being handled (its reply, its sends, its error)."""
+        return self.conn.writes
 
     def note(self, handler: str) -> None:
         """A handler started for the packet being handled (observation names it)."""
@@ -165,10 +156,11 @@ class Exchange:
     def begin(self, frame: RawFrame) -> Coroutine[Any, Any, Any] | None:
         """Decode ``frame`` and run the packet layers: the coroutine to run, or None when answered."""
         record = self.record
-        if record is not None:
-            record.begin()
-        self.writes = 0
-        self.code = None
+        if record is not None:  # Record.begin, inlined: this runs for every observed packet
+            record.started = perf_counter()
+            record.ran = record.named = None
+            self.code = None  # what the record reports (set by ``error``)
+        self.conn.writes = 0
         client = self.client
         encoding, raw = frame
         codec = CODECS[encoding]
@@ -198,39 +190,39 @@ class Exchange:
             self.error(ERR_NO_HANDLER, started.detail, encoding, started.errors)
             self._end()
             return None
-        if record is not None:
-            record.starting(started)
-        return cast("Coroutine[Any, Any, Any]", started)
+        if record is not None and record.names is not None:  # Record.starting, inlined
+            named = record.named = record.names.get(getattr(started, "__qualname__", None))  # type: ignore[arg-type]
+            if named is not None:
+                record.ran = named.name
+        return started  # type: ignore[no-any-return]
 
-    def finish(self, result: Any, encoding: int) -> None:
-        """A packet's coroutine returned ``result``: send it if it is a reply; answer a ``Miss``."""
+    def finish(self, result: Any, encoding: int, report: bool = True) -> None:
+        """A packet's coroutine returned ``result``: write it if it is a reply (a dict or a
+        model; anything else is ignored), answer a ``Miss``; then report the packet."""
         if result is not None:
-            if type(result) is Miss:
+            kind = type(result)
+            if kind is Miss:
                 self.error(ERR_NO_HANDLER, result.detail, encoding, result.errors)
             else:
-                self.reply(result, encoding)
+                name = self.client.encoding
+                try:
+                    try:
+                        encode = REPLY_ENCODERS[name][kind]
+                    except KeyError:
+                        encode = reply_encoder(kind, name)  # a first reply of this type (or an unknown encoding)
+                    conn = self.conn
+                    if encode is not None and not conn.closing:
+                        # A reply the codec cannot carry, or too long for header_size, is the handler's failure.
+                        conn.write_payload(encode(result), CODEC_IDS[name])
+                except Exception as exc:
+                    self._fail(exc, encoding)
         record = self.record
-        if record is not None:
+        if record is not None and report:
             record.end(self)
 
     def reply(self, result: Any, encoding: int) -> None:
-        """Write what a handler returned: a dict or a model is the reply; anything else is ignored."""
-        name = self.client.encoding
-        try:
-            try:
-                encode = REPLY_ENCODERS[name][type(result)]
-            except KeyError:
-                encode = reply_encoder(type(result), name)  # a first reply of this type (or an unknown encoding)
-            if encode is None:
-                return
-            conn = self.conn
-            if conn.closing:
-                return
-            # A reply the codec cannot carry, or too long for header_size, is the handler's failure.
-            conn.write_payload(encode(result), CODEC_IDS[name])
-            self.writes += 1
-        except Exception as exc:
-            self._fail(exc, encoding)
+        """Write what a handler returned, without ending the packet (a layer answers for it)."""
+        self.finish(result, encoding, False)
 
     def failed(self, exc: BaseException, encoding: int) -> None:
         """A packet's handling raised ``exc``: its answer (at most one), then the record."""
@@ -254,12 +246,14 @@ class Exchange:
             self.code = self.code or "CANCELLED"
             logger.info("(%s) A handler was cancelled", self._sid())
             return
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, EncodeError):  # a reply its encoding cannot carry: the reason says it all
+            logger.error("(%s) A reply could not be sent: %s", self._sid(), clean(exc))
+        elif isinstance(exc, asyncio.CancelledError):
             logger.error("(%s) A handler raised CancelledError (it awaited something that was cancelled)",
                          self._sid(), exc_info=exc)  # fmt: skip
         else:
             logger.error("(%s) A handler raised while handling a packet", self._sid(), exc_info=exc)
-        self.error(ERR_INTERNAL, "the handler failed; the error is in the server's log", encoding)
+        self.error(ERR_INTERNAL, INTERNAL_DETAIL, encoding)
 
     def error(self, code: str, detail: Any = None, encoding: int | None = None, errors: Any = None) -> None:
         """The error reply of the packet being handled, unless it was answered already."""
@@ -269,7 +263,6 @@ class Exchange:
             )
             return
         self.code = code
-        self.writes += 1
         self.write_error(code, detail, encoding, errors)
 
     def mapped(self, reply: Any, encoding: int) -> None:
@@ -290,21 +283,24 @@ class Exchange:
         codec = CODECS[encoding]
         pipeline = self._pipeline
         if pipeline.debug:
-            logger.debug("(%s) Replying %s: %s", self._sid(), code, detail)
+            logger.debug("(%s) Replying %s: %s", self._sid(), code, clean(detail))  # maybe the client's text
         if not pipeline.error_details:
             detail = errors = None
         try:
             self.conn.write_payload(codec.encode(error_payload(code, detail, errors)), encoding)
         except (OverflowError, struct.error):  # the detail is too long for header_size: the bare error fits
             self.conn.write_payload(codec.encode(error_payload(code)), encoding)
+        except EncodeError as exc:  # an ApiError's detail the encoding cannot carry: the app's failure
+            logger.error("(%s) A reply could not be sent: %s", self._sid(), clean(exc))
+            self.conn.write_payload(codec.encode(error_payload(ERR_INTERNAL, INTERNAL_DETAIL)), encoding)
 
     def frame_error(self, error: FrameError) -> None:
         """A frame the decoder refused: its error reply is the answer of a packet of its own."""
         record = self.record
         if record is not None:
             record.begin()
-        self.writes = 0
-        self.code = None
+            self.code = None
+        self.conn.writes = 0
         self.error(error.code, error.detail, error.encoding)
         if record is not None:
             record.end(self)

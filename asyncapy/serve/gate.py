@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from ..wire.errors import ERR_INTERNAL, ERR_SESSION_LIMIT_REACHED
+from ..ops.logs import clean
 from ..wire.protocol import NEED_DATA
 from ..wire.proxy import Network, ProxyHeader, ProxyHeaderDecoder, ProxyHeaderError, is_trusted
 from ..shared.state import SHARED_STATE_UNAVAILABLE, SharedSessions, SharedStateUnavailable
@@ -105,7 +106,12 @@ class Gate(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if self._proxy is not None:
-            self._drop(f"{self._peer[0]}:{self._peer[1]} closed before a whole PROXY header")
+            peer = f"{self._peer[0]}:{self._peer[1]}"
+            if self._proxy.buffered:
+                self._drop(f"{peer} closed before a whole PROXY header")
+            else:  # connected and closed, nothing sent: a port probe or a balancer's TCP check
+                logger.debug("A connection from %s closed before sending anything", peer)
+                self._drop(None)
             return None
         self._eof = True
         return True  # keep the write side open: its packets are answered once admitted
@@ -162,11 +168,13 @@ class Gate(asyncio.Protocol):
         if self._proxy is not None:
             self._drop(f"no whole PROXY header from {self._peer[0]}:{self._peer[1]} within {delay} s")
 
-    def _drop(self, why: str) -> None:
-        """Close without a reply: whoever this is, it is not a client speaking through our proxy."""
+    def _drop(self, why: str | None) -> None:
+        """Close without a reply: whoever this is, it is not a client speaking through our proxy
+        (logged once, with ``why``; None: nothing to warn about)."""
         if self._done:
             return
-        logger.warning("Closed a connection without reply: %s", why)
+        if why is not None:
+            logger.warning("Closed a connection without reply: %s", clean(why))
         self._proxy = None
         self._done = True
         self._cancel_timer()

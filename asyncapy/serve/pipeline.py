@@ -33,7 +33,7 @@ from .liveness import peer_left
 from ..app.middleware import App, ExceptionHandler, Middleware
 from ..ops.observe import Observer, observed_plan
 from ..model.packet import Packet
-from ..model.peer import CLOSED_LINK, Client, Session
+from ..model.peer import Client, Session
 from ..wire.proxy import Network
 from ..shared.ratelimit import RateLimit
 from ..app.routing import Miss, Plan
@@ -64,7 +64,7 @@ class Settings:
     trusted_proxies: tuple[Network, ...] | None = None
     admission: SharedSessions | None = None
     observer: Observer | None = None
-    #: An optional outermost packet layer (``asyncapy.health``), given the next layer.
+    #: An optional outermost packet layer (``asyncapy.serve.health``), given the next layer.
     health: Callable[[Layer], Layer] | None = None
 
 
@@ -98,10 +98,9 @@ class Pipeline:
              member: str | None = None) -> Exchange | None:  # fmt: skip
         """The connection layers for a new connection: its exchange, or None when it was refused (and answered)."""
         session = Session(host, port)
-        client = Client(host, port, session, CLOSED_LINK, self.sessions, self.encoding_name)
+        client = Client(host, port, session, conn, self.sessions, self.encoding_name)
         observer = self.observer
         ex = Exchange(self, conn, client, None if observer is None else observer.record(client))
-        client._link = ex
         ex.member = member
         if refusal is None and self.max_connections and open_connections >= self.max_connections:
             refusal = (ERR_SERVER_BUSY, f"the server is at its limit of {self.max_connections} connections")

@@ -1,4 +1,4 @@
-"""``RedisState``: the state several servers share, kept in Redis (``pip install 'asyncapy[redis]'``).
+"""``RedisState``: the state several servers share, kept in Redis (the ``redis`` extra).
 
 Keys, under ``namespace`` (so several APIs can share one Redis):
 
@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, Final, TypeVar
 
 try:
     import redis.asyncio as aioredis
@@ -31,7 +32,9 @@ try:
     from redis.backoff import NoBackoff
     from redis.exceptions import RedisError
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("asyncapy.redis needs the redis package: pip install 'asyncapy[redis]'") from exc
+    from ..model.install import install_hint
+
+    raise ImportError(f"asyncapy.redis needs the redis package: {install_hint('redis')}") from exc
 
 from .state import DEFAULT_TTL, SharedState, SharedStateUnavailable
 
@@ -89,6 +92,22 @@ local new_tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
 return 0
 """
+
+
+_T = TypeVar("_T")
+
+if sys.version_info >= (3, 11):
+
+    async def _within(seconds: float, awaitable: Awaitable[_T]) -> _T:
+        """``await awaitable``, cancelled after ``seconds`` (redis-py drops a connection whose
+        command was cancelled: no reply is ever read for the wrong command)."""
+        async with asyncio.timeout(seconds):
+            return await awaitable
+
+else:  # Python 3.10: no asyncio.timeout
+
+    async def _within(seconds: float, awaitable: Awaitable[_T]) -> _T:
+        return await asyncio.wait_for(awaitable, seconds)
 
 
 class RedisState(SharedState):
@@ -160,9 +179,11 @@ class RedisState(SharedState):
         return script
 
     async def _call(self, what: str, awaitable: Any) -> Any:
-        """Await one Redis call; a failure or a timeout is ``SharedStateUnavailable``."""
+        """Await one Redis call, within ``timeout`` as a whole (the wait for a pooled
+        connection and the reply, each bounded by the client, could add up to twice
+        that); a failure or a timeout is ``SharedStateUnavailable``."""
         try:
-            result = await awaitable  # bounded by the client's socket timeouts
+            result = await _within(self.timeout, awaitable)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             self._went_down(what, exc)
             raise SharedStateUnavailable(f"Redis at {self.url} did not answer ({what}): {exc!r}") from exc

@@ -91,7 +91,7 @@ class AsyncTestClient:
         plan = recording_plan(self.server.router, self._log)
         await self.server._begin_lifespan()  # the lifespan, then setup()
         observer = self.server._observer()  # the access log and metrics, as when serving
-        self._ctx = self.server._serving_context(plan, observer)
+        self._ctx = self.server._serving_context(plan, observer, behind_proxy=False)  # address= is the client's
         return self
 
     async def __aexit__(

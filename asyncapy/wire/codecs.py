@@ -14,6 +14,7 @@ input, the MessagePack features ZiProto lacks (ext types, trailing bytes).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Final, Protocol
 
 import msgpack
@@ -47,7 +48,7 @@ class Codec(Protocol):
 
 
 class JSONCodec:
-    """JSON: UTF-8, no NaN, integers of any size exact (docs/protocol.md).
+    """JSON: UTF-8, integers of any size exact, no NaN or infinity (docs/protocol.md; DESIGN §10).
 
     Decoding goes through msgspec, which reads integers beyond 64 bits as Python
     ints (orjson reads them as rounded floats) and refuses the absurdly long ones
@@ -65,18 +66,19 @@ class JSONCodec:
 
     def encode(self, obj: Any) -> bytes:
         try:
-            return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+            data = orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
         except TypeError as exc:
             if str(exc) == _ORJSON_WIDE_INT:
                 return self._encode_wide_ints(obj)
             raise EncodeError(f"cannot encode as JSON: {exc}") from None
+        return data if data.find(b"null") < 0 else finite_json(data, obj)
 
     def _encode_wide_ints(self, obj: Any) -> bytes:
         try:
             data: bytes = self._encode_wide(obj)
-            return data
         except (TypeError, ValueError, OverflowError) as exc:
             raise EncodeError(f"cannot encode as JSON: {exc}") from None
+        return finite_json(data, obj)
 
     def decode(self, data: bytes) -> Any:
         try:
@@ -87,6 +89,54 @@ class JSONCodec:
 
 #: What orjson raises for an integer it cannot write (beyond 64 bits).
 _ORJSON_WIDE_INT: Final = "Integer exceeds 64-bit range"
+
+
+#: Characters of a map key, and of the whole path, in the reason a NaN was refused (keys may
+#: come from a client).
+_MAX_KEY: Final = 32
+_MAX_PATH: Final = 200
+
+
+def finite_json(data: bytes, value: Any) -> bytes:
+    """``data``, the JSON of ``value``, unless ``value`` holds NaN or an infinity.
+
+    JSON has neither, and orjson, msgspec and pydantic write them as ``null``: a changed
+    value (DESIGN §10). So ``value`` is searched only when ``null`` is in ``data``
+    (``find``: faster than ``in`` on bytes).
+
+    Raises:
+        EncodeError: naming where the value is (``$.rows[1].value``).
+    """
+    if data.find(b"null") >= 0:
+        where = _non_finite(value.model_dump() if hasattr(value, "model_dump") else value, "$")
+        if where is not None:
+            path = where[0] if len(where[0]) <= _MAX_PATH else where[0][: _MAX_PATH - 3] + "..."
+            raise EncodeError(f"cannot encode as JSON: {path} is {where[1]} (JSON has no NaN or infinity)")
+    return data
+
+
+def _non_finite(value: Any, path: str) -> tuple[str, float] | None:
+    """Where in ``value`` (a reply's maps, lists and numbers) the first NaN or infinity is, and it."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = str(key)
+            found = _non_finite(item, f"{path}.{name if len(name) <= _MAX_KEY else name[: _MAX_KEY - 3] + '...'}")
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _non_finite(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    elif hasattr(value, "model_dump"):  # a model inside a map
+        return _non_finite(value.model_dump(), path)
+    return None
+
+
+#: Why an integer cannot be written as ZiProto (msgpack's message names no type or bound).
+_ZIPROTO_WIDE_INT: Final = "cannot encode as ZiProto: an integer beyond 64 bits (ZiProto carries -2**63 to 2**64 - 1)"
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
@@ -106,7 +156,9 @@ class ZiProtoCodec:
         try:
             data: bytes = self._packer.pack(obj)
             return data
-        except (TypeError, ValueError, OverflowError) as exc:
+        except OverflowError:
+            raise EncodeError(_ZIPROTO_WIDE_INT) from None
+        except (TypeError, ValueError) as exc:
             raise EncodeError(f"cannot encode as ZiProto: {exc}") from None
 
     def decode(self, data: bytes) -> Any:
@@ -123,7 +175,16 @@ class ZiProtoCodec:
         except DecodeError:
             raise
         except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
-            raise DecodeError(f"invalid ZiProto: {type(exc).__name__}: {exc}") from None
+            raise DecodeError(f"invalid ZiProto: {_why_undecodable(exc)}") from None
+
+
+def _why_undecodable(exc: BaseException) -> str:
+    """msgpack's reason, in words even when its exception carries no message."""
+    if isinstance(exc, msgpack.FormatError):
+        return "a byte that starts no ZiProto value (FormatError)"
+    if isinstance(exc, (msgpack.StackError, RecursionError)):
+        return "values nested too deeply (StackError)"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 CODECS: dict[int, Codec] = {}

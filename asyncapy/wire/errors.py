@@ -10,6 +10,7 @@
     ├── StopPropagation        control flow: ends the dispatch of one packet
     ├── ApiError               an application error reply: ``{"error": code, "detail": ...}``
     │   ├── RateLimited        ERR_RATE_LIMITED, over a ``RateLimit`` (``asyncapy.shared.ratelimit``)
+    │   ├── Unauthorized       ERR_UNAUTHORIZED, refused by a ``SecurityScheme`` (``asyncapy.app.security``)
     │   └── SharedStateUnavailable  ERR_INTERNAL, Redis did not answer (``asyncapy.shared.state``)
     ├── LifespanError          the server's lifespan raised before serving (nothing is served)
     └── ClientError            raised by ``asyncapy.client``
@@ -39,6 +40,7 @@ ERR_SERVER_BUSY = "ERR_SERVER_BUSY"
 ERR_NO_HANDLER = "ERR_NO_HANDLER"
 ERR_INTERNAL = "ERR_INTERNAL"
 ERR_RATE_LIMITED = "ERR_RATE_LIMITED"
+ERR_UNAUTHORIZED = "ERR_UNAUTHORIZED"
 # v2 (docs/protocol.md); not in ERROR_CODES until the server sends them.
 ERR_CANCELLED = "ERR_CANCELLED"
 ERR_DEADLINE_EXCEEDED = "ERR_DEADLINE_EXCEEDED"
@@ -55,6 +57,7 @@ ERROR_CODES = frozenset(
         ERR_NO_HANDLER,
         ERR_INTERNAL,
         ERR_RATE_LIMITED,
+        ERR_UNAUTHORIZED,
     }
 )
 

@@ -8,8 +8,10 @@ Run one instance by hand (``stack.py`` starts two, a Redis and an HAProxy for yo
 Settings come from the environment: ``ASYNCAPY_REDIS_URL``, ``ASYNCAPY_NAMESPACE``,
 ``ASYNCAPY_REDIS_TIMEOUT`` (seconds), ``ASYNCAPY_SESSION_LIMIT`` (per client IP, across every instance), ``ASYNCAPY_RATE``
 (of ``{"kind": "limited"}``, per client IP, across every instance) and
-``ASYNCAPY_ADMIN_NETWORK`` (who may create and revoke API keys); ``ASYNCAPY_PROXY_PROTOCOL=0``
-serves clients directly, without a balancer (the benchmark's "one instance" row).
+``ASYNCAPY_ADMIN_NETWORK`` (who may create and revoke API keys), ``ASYNCAPY_DRAIN`` (seconds a
+stopping instance keeps serving while its health probe says NOT_SERVING, for HAProxy to
+take it out first); ``ASYNCAPY_PROXY_PROTOCOL=0`` serves clients directly, without a
+balancer (the benchmark's "one instance" row).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ server = Server(
     session_limit=int(os.environ.get("ASYNCAPY_SESSION_LIMIT", "10")),
     shared_state=STATE,
     proxy_protocol=os.environ.get("ASYNCAPY_PROXY_PROTOCOL", "1") == "1",  # 0: clients connect directly
+    health=True,  # answers HAProxy's probe {"asyncapy": "health"} (haproxy.cfg)
+    drain=float(os.environ.get("ASYNCAPY_DRAIN", "3")),  # > HAProxy's check interval x its fall count
 )
 
 

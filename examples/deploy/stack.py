@@ -62,6 +62,10 @@ class Stack:
     namespace: str = "deploy-demo"
     #: Generous: the demo and the tests may run on a busy machine (a dead Redis fails at once anyway).
     redis_timeout: float = 2.0
+    #: How often HAProxy probes each instance (``tcp-check`` of the health packet), and how
+    #: long a stopping instance keeps serving with its probe failing: over 2 intervals (``fall 2``).
+    check_inter: str = "1s"
+    drain: float = 3.0
     redis_port: int = field(default_factory=free_port)
     app_ports: tuple[int, int] = field(default_factory=lambda: (free_port(), free_port()))
     front_port: int = field(default_factory=free_port)
@@ -80,6 +84,7 @@ class Stack:
             ASYNCAPY_SESSION_LIMIT=str(self.session_limit),
             ASYNCAPY_RATE=self.rate,
             ASYNCAPY_REDIS_TIMEOUT=str(self.redis_timeout),
+            ASYNCAPY_DRAIN=str(self.drain),
             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         )
         for n, port in enumerate(self.app_ports, 1):
@@ -87,7 +92,10 @@ class Stack:
                     "--proxy-protocol", "--trusted-proxy", "127.0.0.1", "--log-level", "info"]  # fmt: skip
             self._spawn(f"app{n}", args, port, env)
         haproxy = find_tool("haproxy", "haproxy")
-        ports = dict(FRONT_PORT=str(self.front_port), APP1_PORT=str(self.app_ports[0]), APP2_PORT=str(self.app_ports[1]))
+        ports = dict(
+            FRONT_PORT=str(self.front_port), APP1_PORT=str(self.app_ports[0]), APP2_PORT=str(self.app_ports[1]),
+            CHECK_INTER=self.check_inter,
+        )  # fmt: skip
         self._spawn("haproxy", [haproxy, "-db", "-f", str(HERE / "haproxy.cfg")], self.front_port, dict(os.environ, **ports))
 
     def start_redis(self) -> None:
@@ -99,8 +107,20 @@ class Stack:
         """SIGKILL Redis: an outage (it comes back empty with ``start_redis``)."""
         self._end("redis", signal.SIGKILL)
 
+    def terminate(self, name: str) -> subprocess.Popen[bytes]:
+        """SIGTERM one process without waiting: an instance's graceful stop (``proc.wait()`` for its end)."""
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGTERM)
+        return proc
+
     def stop(self) -> None:
-        for name in ("haproxy", "app1", "app2", "redis"):
+        """The balancer first, then both instances at once (each drains), then Redis."""
+        self._end("haproxy", signal.SIGTERM)
+        for name in ("app1", "app2"):
+            proc = self.procs.get(name)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name in ("app1", "app2", "redis"):
             self._end(name, signal.SIGTERM)
 
     def log(self, name: str) -> str:

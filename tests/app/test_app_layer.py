@@ -269,7 +269,7 @@ async def test_generator_teardown_runs_after_the_reply_is_written() -> None:
 
     def resource(client: Client) -> Iterator[int]:
         yield 1
-        written_before_teardown.append(len(client._link.conn._out))  # type: ignore[attr-defined]
+        written_before_teardown.append(len(client._link._out))  # type: ignore[attr-defined]
 
     @server.add_handler()
     async def h(client: Client, packet: Packet, r: Annotated[int, Depends(resource)]) -> dict[str, Any]:
@@ -389,8 +389,10 @@ def test_dependency_misuse_is_a_usage_error_naming_handler_and_parameter() -> No
     with pytest.raises(UsageError, match=r"cyclic.*'v'.*cycle"):
         server.register_handler(cyclic)
 
-    with pytest.raises(UsageError, match="callable"):
-        Depends(42)  # type: ignore[arg-type]
+    async def not_callable(client: Client, packet: Packet, n: Annotated[int, Depends(42)]) -> None: ...
+
+    with pytest.raises(UsageError, match=r"not_callable.*'n'.*callable"):
+        server.register_handler(not_callable)
 
     async def wrong_model(p: Placed) -> None: ...
 

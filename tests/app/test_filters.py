@@ -196,3 +196,9 @@ async def test_custom_filters_run_after_validation_on_typed_data() -> None:
     assert miss is not None and "filter failed: custom filter" in miss.detail
     assert await plan.dispatch(client, Packet({"qty": "many"})) is not None
     assert called == [50] and seen == [Order(qty=50), Order(qty=5)]  # never called on invalid data
+
+
+def test_fields_describes_each_field_once() -> None:
+    assert Fields(user=r"[a-z]{1,16}").describe() == "exactly the fields user (matching '[a-z]{1,16}')"
+    assert Fields(user=r"\w+", token=None).describe() == "exactly the fields user (matching '\\\\w+'), token"
+    assert Fields().describe() == "exactly the fields (none)"

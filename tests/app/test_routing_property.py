@@ -285,6 +285,7 @@ async def through_middleware(entries: list[Entry], address: str, payload: dict[s
     pipeline = build_pipeline(Settings(plan=plan, default_encoding=0, sessions=SessionRegistry(0), middleware=(passthrough,)))
     exchange = pipeline.open(link, address, 0, 0)
     assert exchange is not None
+    link.exchange = exchange  # as a Connection holds its exchange
     client = exchange.client
     result = await run_started(pipeline.entry(client, Packet._received(payload, "json", client, b"")))
     assert result is None  # the middleware layer answers through the exchange

@@ -178,3 +178,44 @@ async def test_miss_detail_is_short() -> None:
     assert account.miss
     assert account.text.count(":") <= 5 and "(+2 more)" in account.text
     assert "pa55word" not in account.text and "old" not in account.text
+
+
+class Sized(BaseModel):
+    size: int
+
+
+async def test_a_miss_lists_its_groups_in_ascending_order() -> None:
+    """Group 0's reasons come before group 1's, the group's tag note included."""
+    server = make_server()
+
+    @server.add_handler(group=1)
+    async def add(client: Client, packet: Packet[Add]) -> None: ...
+
+    @server.add_handler(group=1)
+    async def halt(client: Client, packet: Packet[Halt]) -> None: ...
+
+    @server.add_handler(group=0)
+    async def sized(client: Client, packet: Packet[Sized]) -> None: ...
+
+    async with running(server):
+        async with AsyncClient("127.0.0.1", server.port) as client:
+            reply = await client.request({"kind": "nope", "size": "big"})
+    assert reply["error"] == "ERR_NO_HANDLER"
+    lines = reply["detail"].split("; ")
+    assert [line.split(":")[0].split("(group ")[-1].rstrip(")") for line in lines] == ["0", "group 1"], lines
+    assert lines[0].startswith("test_a_miss_lists_its_groups_in_ascending_order.<locals>.sized (group 0)")
+    assert lines[1] == "group 1: no handler takes this 'kind' (known: 'add', 'halt', 'raise')"
+    assert [entry["group"] for entry in reply["errors"]] == [0]
+
+
+async def test_a_packet_without_the_tag_is_told_the_field_is_missing() -> None:
+    server = make_server()
+
+    @server.add_handler()
+    async def add(client: Client, packet: Packet[Add]) -> None: ...
+
+    @server.add_handler()
+    async def halt(client: Client, packet: Packet[Halt]) -> None: ...
+
+    miss = await server.explain({"a": 1, "b": 2})
+    assert miss.miss and miss.text == "group 0: the packet has no 'kind' field (its handlers take 'add', 'halt', 'raise')"

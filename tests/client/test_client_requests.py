@@ -447,7 +447,7 @@ async def test_over_tls_too() -> None:
         def talk() -> list[int]:
             # A pause after each close: over TLS the server's end keeps reading until the
             # client's close_notify, so a request racing the close gets no TCP reset to
-            # prove it unread (see the README); the asyncio client sees the close first.
+            # prove it unread (see docs/clients.md); the asyncio client sees the close first.
             with SyncClient("127.0.0.1", server.port, ssl_context=client_ctx, timeout=5) as sync:
                 answers = []
                 for n in range(8):

@@ -104,7 +104,7 @@ def test_typed_api_examples_are_the_models(tmp_path: Path) -> None:
 
 
 def test_screenshot(tmp_path: Path) -> None:
-    """Chromium lays it out and paints it (the README's docs/api-page.png is made the same way)."""
+    """Chromium lays it out and paints it (docs/api-page.png, shown in docs/schema.md, is made the same way)."""
     page = tmp_path / "api.html"
     write_page("examples.typed_api:server", page)
     shot = tmp_path / "api.png"

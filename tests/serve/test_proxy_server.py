@@ -147,10 +147,15 @@ async def test_a_missing_header_times_out_unanswered(caplog: pytest.LogCaptureFi
         assert await asyncio.wait_for(reader.read(), 10) == b""
         writer.close()
         reader, writer = await _open(server.port)
+        writer.write(b"\r\n\r\n")
         writer.write_eof()  # a peer that hangs up before a whole header
         assert await asyncio.wait_for(reader.read(), 10) == b""
         writer.close()
-    assert "within 0.3 s" in caplog.text and "closed before a whole PROXY header" in caplog.text
+        reader, writer = await _open(server.port)
+        writer.write_eof()  # one that sends nothing at all (a port probe): closed, no warning
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+    assert "within 0.3 s" in caplog.text and caplog.text.count("closed before a whole PROXY header") == 1
 
 
 async def test_without_proxy_protocol_a_header_is_an_ordinary_bad_frame() -> None:

@@ -1,11 +1,13 @@
 """A server with a lifespan, for process tests (``asyncapy run tests.servers.lifespan_app:server``).
 
 ``LIFESPAN_LOG`` (a file path) gets one line per lifespan event: "enter PID", "exit PID";
-``LIFESPAN_FAIL=1`` makes the lifespan raise before serving.
+``LIFESPAN_FAIL=1`` makes the lifespan raise before serving; ``LIFESPAN_SLOW=S`` makes it take
+S seconds to start (logging "starting PID" first, "interrupted PID" if it is cancelled).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +27,14 @@ def _log(line: str) -> None:
 async def lifespan(server: Server) -> AsyncIterator[None]:
     if os.environ.get("LIFESPAN_FAIL"):
         raise ConnectionRefusedError("the database is down")
+    slow = float(os.environ.get("LIFESPAN_SLOW", "0"))
+    if slow:
+        _log("starting")
+        try:
+            await asyncio.sleep(slow)
+        except asyncio.CancelledError:
+            _log("interrupted")
+            raise
     _log("enter")
     server.state.pid = os.getpid()
     yield

@@ -78,12 +78,15 @@ def test_bytes_round_trip_and_the_known_empty_bytes_divergence() -> None:
 def test_hostile_ziproto_payloads_are_decode_errors(data: bytes, why: str) -> None:
     tracemalloc.start()
     try:
-        with pytest.raises(DecodeError):
+        with pytest.raises(DecodeError) as caught:
             ZIPROTO.decode(data)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 10 * 1024 * 1024 + 20 * len(data), why
+    detail = str(caught.value)  # what ERR_REQUEST_MALFORMED's detail says
+    assert "ZiProto" in detail and not detail.rstrip().endswith(":"), (why, detail)  # never an empty "FormatError: "
+    assert len(detail) > len("invalid ZiProto: ") + 8, (why, detail)
 
 
 @pytest.mark.parametrize(
@@ -129,3 +132,26 @@ def test_a_registered_codec_is_found_by_byte_and_name() -> None:
     finally:
         CODECS.pop(200)
         _BY_NAME.pop("upper-test")
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ({"a": float("nan")}, r"\$\.a is nan"),
+        ({"rows": [1.0, {"b": float("-inf")}]}, r"\$\.rows\[1\]\.b is -inf"),
+        ({"wide": 2**70, "c": float("inf")}, r"\$\.c is inf"),  # the msgspec path (an integer beyond 64 bits)
+        ({"k" * 1000: float("nan")}, r"\$\.k{29}\.\.\. is nan"),  # a client's key, cut
+    ],
+)
+def test_json_refuses_nan_and_infinity_instead_of_writing_null(value: Any, where: str) -> None:
+    with pytest.raises(EncodeError, match=where):
+        JSON.encode(value)
+
+
+def test_json_null_itself_and_finite_floats_still_encode() -> None:
+    assert JSON.decode(JSON.encode({"a": None, "b": [None, 1.5], "c": -0.0})) == {"a": None, "b": [None, 1.5], "c": -0.0}
+
+
+def test_ziproto_says_why_an_integer_does_not_fit() -> None:
+    with pytest.raises(EncodeError, match="beyond 64 bits"):
+        ZIPROTO.encode({"n": 2**64})

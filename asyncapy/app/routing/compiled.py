@@ -25,7 +25,8 @@ class CompiledRoute:
     wrapper of ``TypeAdapter.validate_python`` (it is on the hot path).
     ``call``/``call_data``/``run`` are how dispatch calls the handler (``routing.invoke``):
     ``call`` is ``handler`` itself unless dependencies or a reply check need more.
-    ``errors`` are the ``ApiError`` codes the route declares.
+    ``errors`` are the ``ApiError`` codes the route declares; ``security`` the
+    ``asyncapy.security`` schemes among its dependencies (for the schema and docs).
     """
 
     name: str
@@ -46,6 +47,7 @@ class CompiledRoute:
     call_data: bool
     run: Callable[..., Awaitable[Any]] | None
     errors: tuple[str, ...] = ()
+    security: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import TypeAdapter
 
-from ..depends import build_steps
+from ..depends import Steps, build_steps
+from ...wire.errors import ERR_UNAUTHORIZED
 from ...model.replies import exact_model, reply_checker
 from .compiled import CompiledGroup, CompiledRoute, Tag
 from .discriminator import find_discriminator
@@ -62,6 +63,8 @@ def _compile_route(
     steps = build_steps(route.name, dict(spec.dependencies), route.dependencies, spec.models)
     check = reply_checker(route.name, spec.returns)
     how = invocation(route.name, route.handler, spec.style == "model", steps, check, exact_model(spec.returns))
+    security = _security(steps)
+    errors = route.errors + ((ERR_UNAUTHORIZED,) if security and ERR_UNAUTHORIZED not in route.errors else ())
     return CompiledRoute(
         name=route.name,
         group=route.group,
@@ -80,8 +83,21 @@ def _compile_route(
         call=how.call,
         call_data=how.call_data,
         run=how.run,
-        errors=route.errors,
+        errors=errors,
+        security=security,
     )
+
+
+def _security(steps: Steps | None) -> tuple[Any, ...]:
+    """The ``asyncapy.security`` schemes among a route's dependencies (nested ones too), each once.
+
+    A scheme's provider is its own bound method; schemes are told by their marker, so that
+    routing does not import the security layer above it.
+    """
+    if steps is None:
+        return ()
+    found = (getattr(step.provider, "__self__", None) for step in steps.steps)
+    return tuple(dict.fromkeys(owner for owner in found if getattr(owner, "asyncapy_security_scheme", False) is True))
 
 
 def _adapter(accepts: Any, adapters: dict[Any, TypeAdapter[Any]]) -> TypeAdapter[Any]:

@@ -51,10 +51,7 @@ def make_route(
     if not isinstance(group, int) or isinstance(group, bool):
         raise UsageError(f"handler {name!r}: group must be an int, not {group!r}")
     deps = check_dependencies(dependencies, f"handler {name!r}")
-    codes = tuple(errors or ())
-    for code in codes:
-        if not isinstance(code, str) or _CODE.fullmatch(code) is None:
-            raise UsageError(f"handler {name!r}: errors=[...] lists error codes like 'ERR_NOT_FOUND', not {code!r}")
+    codes = check_errors(errors, f"handler {name!r}")
     for flt in filters:
         if not is_filter(flt):
             raise UsageError(
@@ -64,6 +61,17 @@ def make_route(
     spec = inspect_handler(handler)
     build_steps(name, dict(spec.dependencies), deps, spec.models)  # a wrong graph fails here, at its decorator
     return Route(handler, tuple(as_filter(f) for f in filters), group, spec, deps, codes)
+
+
+def check_errors(errors: Iterable[str] | None, where: str) -> tuple[str, ...]:
+    """``errors=[...]`` as a tuple of codes, each ``[A-Z][A-Z0-9_]*``."""
+    if isinstance(errors, str):
+        raise UsageError(f"{where}: errors must be a list of codes, such as ['ERR_NOT_FOUND'], not {errors!r}")
+    codes = tuple(errors or ())
+    for code in codes:
+        if not isinstance(code, str) or _CODE.fullmatch(code) is None:
+            raise UsageError(f"{where}: errors=[...] lists error codes like 'ERR_NOT_FOUND', not {code!r}")
+    return codes
 
 
 def check_dependencies(dependencies: Iterable[Any] | None, where: str) -> tuple[Dependency, ...]:
@@ -80,11 +88,14 @@ class Router:
 
     ``dependencies`` run before every handler of the router (and of the routers it
     includes), for their effect: ``Router(dependencies=[Depends(logged_in)])``.
+    ``errors`` are the ``ApiError`` codes every one of those routes may answer with,
+    for the schema (after each route's own).
     """
 
-    def __init__(self, *, dependencies: Sequence[Any] | None = None) -> None:
+    def __init__(self, *, dependencies: Sequence[Any] | None = None, errors: Sequence[str] | None = None) -> None:
         self._entries: list[Route | Router] = []
         self.dependencies = check_dependencies(dependencies, "Router(dependencies=...)")
+        self.errors = check_errors(errors, "Router(errors=...)")
 
     def register_handler(
         self,
@@ -132,6 +143,8 @@ class Router:
                 out.append(entry)
         if self.dependencies:
             out = [replace(route, dependencies=self.dependencies + route.dependencies) for route in out]
+        if self.errors:
+            out = [replace(route, errors=_merged(route.errors, self.errors)) for route in out]
         return out
 
     def _descendants(self) -> list[Router]:
@@ -141,3 +154,8 @@ class Router:
                 found.append(entry)
                 found.extend(entry._descendants())
         return found
+
+
+def _merged(codes: tuple[str, ...], more: tuple[str, ...]) -> tuple[str, ...]:
+    """``codes`` then those of ``more`` not in it yet."""
+    return codes + tuple(code for code in more if code not in codes)

@@ -24,8 +24,8 @@ import pytest
 from asyncapy import CallNext, Client, Depends, Packet, Server
 from asyncapy.filters import RateLimit
 
-from .conftest import make_server, read_frame, running
-from .procs import ROOT, free_port, stop_process, wait_for_port
+from ..conftest import make_server, read_frame, running
+from ..procs import ROOT, free_port, stop_process, wait_for_port
 
 
 def frame(obj: dict[str, Any]) -> bytes:
