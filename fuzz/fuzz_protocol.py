@@ -1,5 +1,7 @@
 """atheris harness: FrameDecoder yields frames or FrameErrors, never another exception.
 
+Each input picks a v1-only decoder or a two-version one (a server's or a client's Kinds).
+
 Not a CI dependency. Run (bounded):
     .venv/bin/pip install atheris
     .venv/bin/python fuzz/fuzz_protocol.py -atheris_runs=2000000 -max_total_time=120
@@ -12,7 +14,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from asyncapy.wire.protocol import NEED_DATA, Frame, FrameDecoder, FrameError
+    from asyncapy.wire.protocol import NEED_DATA, SENT_BY_CLIENT, SENT_BY_SERVER, Frame, FrameDecoder, FrameError, V2Frame
+
+KINDS = (None, SENT_BY_CLIENT, SENT_BY_SERVER)
 
 #: Small limit so fuzzed lengths land on both sides of it.
 MAX_PACKET = 256
@@ -24,7 +28,8 @@ def test_one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     header_size = fdp.ConsumeIntInRange(1, 8)
     byteorder = "big" if fdp.ConsumeBool() else "little"
-    decoder = FrameDecoder(header_size, byteorder, MAX_PACKET)
+    kinds = KINDS[fdp.ConsumeIntInRange(0, 2)]
+    decoder = FrameDecoder(header_size, byteorder, MAX_PACKET, kinds=kinds)
     while fdp.remaining_bytes():
         chunk = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 64))
         decoder.feed(chunk)
@@ -32,7 +37,8 @@ def test_one_input(data: bytes) -> None:
             event = decoder.next_event()
             if event is NEED_DATA:
                 break
-            assert isinstance(event, (Frame, FrameError)), event
+            assert isinstance(event, (Frame, V2Frame, FrameError)), event
+            assert kinds is not None or not isinstance(event, V2Frame), event
         else:
             raise AssertionError("the decoder never asked for more data")
         assert decoder.buffered <= header_size + MAX_PACKET + 64

@@ -4,6 +4,9 @@
 
 Run ``python scripts/unasync.py`` after editing ``_async_client.py``; ``--check`` exits 1
 when the committed ``_sync_client.py`` is not what the script writes (a test runs it).
+Lines from ``# async only {`` to ``# async only }`` (those comment lines included) are
+left out of the blocking client: what the asyncio client does alone for now (v2
+multiplexing, ``protocol=2``).
 """
 
 from __future__ import annotations
@@ -43,9 +46,13 @@ PHRASES = [
 ]
 
 
+ASYNC_ONLY = re.compile(r"^[ \t]*# async only \{\n.*?^[ \t]*# async only \}\n", re.S | re.M)
+
+
 def unasync(source: str) -> str:
     """The blocking client's source, from the asyncio client's."""
     body = source.split('"""', 2)[2].lstrip("\n")  # drop the module docstring
+    body = ASYNC_ONLY.sub("", body)
     for pattern, replacement in PHRASES:
         if replacement is None:
             body = pattern.sub(lambda m: WORDS[m.group(1)], body)

@@ -75,3 +75,16 @@ def test_connection_benchmark_prints_every_row_with_its_baseline() -> None:
     for row in ("raw echo", "asyncapy echo", "asyncapy typed handler", "asyncapy reconnect", "asyncapy 1000 tagged handlers"):
         assert any(line.startswith(row + " ") for line in lines), (row, out.stdout)
     assert "x base" in out.stdout
+
+
+def test_protocol_benchmark_prints_every_row_next_to_its_reference() -> None:
+    """``bench_protocol.py`` loads the decoder of a git revision next to this tree's (no speed asserted)."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_protocol.py"), "--calls", "200", "--repeat", "1", "--base", "HEAD"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    rows = table(out.stdout)
+    for row in ("v1 receive 1", "v1 receive 16", "v1 split", "v1 next_event", "v2 receive 1", "v2 receive 16"):
+        ns, ref_ns, ratio, _ = rows[row]
+        assert float(ns) > 0 and float(ref_ns) > 0 and float(ratio) > 0, (row, out.stdout)
+    loop = subprocess.run([*cmd[:2], "--loop", "split", "--calls", "100"], capture_output=True, text=True, timeout=60, check=False)
+    assert loop.returncode == 0 and loop.stdout == "", loop.stderr

@@ -14,6 +14,12 @@ from typing import Any, TypeVar, overload
 
 from ._streams import AsyncByteStream, AsyncLock, AsyncSemaphore, AsyncStream
 from .clientcore import ClientCore, Sendable, maybe_unread, read_reply
+# async only {
+from collections.abc import AsyncIterator
+
+from ._async_mux import AsyncMux
+from .clientmux import MuxCore
+# async only }
 from ..wire.errors import ClientTimeout, ConnectionClosed
 from ..wire.protocol import Frame
 
@@ -76,9 +82,22 @@ class AsyncClient:
         timeout: float | None = 60,
         pool_size: int = 1,
         reconnect: bool = True,
+        # async only {
+        # 2: ``request()``s go out as AsyncAProto v2 (docs/protocol.md), all in flight at once
+        # on one connection, ``timeout`` as their deadline, a CANCEL when the awaiting task is
+        # cancelled, v1 again for a server that speaks only v1 (``asyncapy.client._async_mux``).
+        # 1, the default until the server speaks v2: v1. The blocking client speaks v1.
+        protocol: int = 1,
+        # async only }
     ) -> None:
         if not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be an int of at least 1, not {pool_size!r}")
+        # async only {
+        if protocol not in (1, 2):
+            raise ValueError(f"protocol must be 1 or 2, not {protocol!r}")
+        if protocol == 2 and pool_size != 1:
+            raise ValueError("pool_size is for v1: protocol=2 sends every request on one connection")
+        # async only }
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -89,6 +108,9 @@ class AsyncClient:
         self._channels = [AsyncChannel(self._core.fresh()) for _ in range(pool_size)]
         self._free = deque(reversed(self._channels))  # the first connection is taken first
         self._slots = AsyncSemaphore(pool_size)
+        # async only {
+        self._mux = AsyncMux(self._open_stream, self._mux_core, timeout, reconnect) if protocol == 2 else None
+        # async only }
 
     # -- requests ----------------------------------------------------------------------
 
@@ -113,6 +135,11 @@ class AsyncClient:
             ReplyValidationError: the reply is not a valid ``reply`` (``.reply`` is the map).
             ConnectionClosed, ClientTimeout, OSError: no reply came.
         """
+        # async only {
+        if self._mux is not None:
+            frame = await self._mux.request(obj, encoding, self.timeout)
+            return read_reply(self._core.decode(frame), reply, raise_errors)
+        # async only }
         data = self._core.frame(obj, encoding)
         channel = self._channels[0] if self.pool_size == 1 else await self._take()
         try:
@@ -160,6 +187,11 @@ class AsyncClient:
 
         With ``reconnect=False``, it is also what lets lost connections be replaced again.
         """
+        # async only {
+        if self._mux is not None:
+            await self._mux.connect()
+            return
+        # async only }
         for channel in self._channels:
             channel.lost = None
         channel = self._channels[0]
@@ -185,8 +217,30 @@ class AsyncClient:
         """The next packet's map, error replies included."""
         return self._core.decode(await self._receive())
 
+    # async only {
+    def _mux_core(self, protocol: int) -> MuxCore:
+        core = self._core
+        return MuxCore(core.encoding, core.header_size, core.byteorder, protocol, core.max_packet_size)
+
+    async def pushed(self) -> AsyncIterator[dict[str, Any]]:
+        """With ``protocol=2``: the packets the server sent that answer no request, as they come.
+
+        Example:
+            async for news in client.pushed():
+                ...
+        """
+        if self._mux is None:
+            raise ValueError("pushed() reads v2 PUSH frames: make the client with protocol=2")
+        async for payload in self._mux.pushed():
+            yield payload
+
+    # async only }
     async def close(self) -> None:
         """Close every connection (the next call opens a new one)."""
+        # async only {
+        if self._mux is not None:
+            await self._mux.close()
+        # async only }
         for channel in self._channels:
             stream, channel.stream, channel.lost = channel.stream, None, None
             if stream is not None:

@@ -3,7 +3,8 @@
 ``ClientCore`` turns objects into frames and received bytes into replies, and knows
 whether its connection is still in step; ``read_reply`` turns a reply map into what
 ``request`` returns. The blocking ``Client``, the ``AsyncClient`` and the test
-clients only move bytes between a socket (or memory) and this module.
+clients only move bytes between a socket (or memory) and this module. The wire:
+docs/protocol.md; the v2 side of it is ``clientmux``.
 """
 
 from __future__ import annotations
@@ -145,13 +146,22 @@ class ClientCore:
 
     def decode(self, frame: Frame) -> dict[str, Any]:
         """The reply map carried by ``frame``."""
-        try:
-            value = CODECS[frame.encoding].decode(frame.payload)
-        except DecodeError as exc:
-            raise RequestMalformed(f"the server sent an undecodable payload: {exc}") from None
-        if not isinstance(value, dict):
-            raise RequestMalformed(f"the server sent a {type(value).__name__}, not a map")
-        return value
+        return decode_reply(frame)
+
+
+def decode_reply(frame: Frame) -> dict[str, Any]:
+    """The map carried by ``frame``, a packet from the server.
+
+    Raises:
+        RequestMalformed: the payload does not decode, or is not a map.
+    """
+    try:
+        value = CODECS[frame.encoding].decode(frame.payload)
+    except DecodeError as exc:
+        raise RequestMalformed(f"the server sent an undecodable payload: {exc}") from None
+    if not isinstance(value, dict):
+        raise RequestMalformed(f"the server sent a {type(value).__name__}, not a map")
+    return value
 
 
 def maybe_unread(core: ClientCore, closed: BaseException) -> bool:

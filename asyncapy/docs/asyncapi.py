@@ -214,7 +214,7 @@ def _error_message(declared: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "name": ERROR_MESSAGE,
         "title": "An error reply",
-        "summary": "Sent instead of a reply when a packet is rejected (see DESIGN §1 for each code).",
+        "summary": "Sent instead of a reply when a packet is rejected (AsyncAProto's docs/protocol.md lists each code).",
         "payload": {
             "type": "object",
             "required": ["status", "error"],

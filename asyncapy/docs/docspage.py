@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-#: What each error code means (DESIGN §1); codes of the application are listed without one.
+#: What each error code means (docs/protocol.md); codes of the application are listed without one.
 ERROR_MEANINGS: Final = {
     "ERR_HEADER_INVALID": ("unknown Protocol-Version or Content-Encoding, or Content-Length < 2", "stays open"),
     "ERR_REQUEST_MALFORMED": ("the payload does not decode, or is not a map", "stays open"),

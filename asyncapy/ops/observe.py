@@ -40,7 +40,7 @@ OTHER: Final = "other"
 #: The outcome of a packet whose handler the server cancelled (shutdown, handler_timeout).
 CANCELLED: Final = "CANCELLED"
 _FIRST_BUCKET: Final = BUCKETS[0]  # most packets: tested before the bisection
-#: The codes of DESIGN §1's table (asyncapy's own, those of v2 and authentication included).
+#: The codes of docs/protocol.md's table (asyncapy's own, those of v2 and authentication included).
 FRAMEWORK_CODES: Final = ERROR_CODES | {
     "ERR_UNAUTHORIZED", "ERR_CANCELLED", "ERR_DEADLINE_EXCEEDED", "ERR_STREAM_ID_IN_USE", "ERR_SLOW_CONSUMER", CANCELLED,
 }  # fmt: skip

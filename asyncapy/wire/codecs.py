@@ -48,7 +48,7 @@ class Codec(Protocol):
 
 
 class JSONCodec:
-    """JSON: UTF-8, integers of any size exact (DESIGN §1), no NaN or infinity (DESIGN §10).
+    """JSON: UTF-8, integers of any size exact, no NaN or infinity (docs/protocol.md; DESIGN §10).
 
     Decoding goes through msgspec, which reads integers beyond 64 bits as Python
     ints (orjson reads them as rounded floats) and refuses the absurdly long ones

@@ -1,7 +1,7 @@
 """Every exception asyncapy raises, and the wire error codes.
 
     AsyncAPYError
-    ├── ProtocolError          the peer's fault; carries a wire ``code`` (DESIGN §1)
+    ├── ProtocolError          the peer's fault; carries a wire ``code`` (docs/protocol.md)
     │   ├── HeaderInvalid      ERR_HEADER_INVALID
     │   ├── RequestMalformed   ERR_REQUEST_MALFORMED
     │   └── PayloadTooLarge    ERR_PAYLOAD_TOO_LARGE
@@ -41,6 +41,10 @@ ERR_NO_HANDLER = "ERR_NO_HANDLER"
 ERR_INTERNAL = "ERR_INTERNAL"
 ERR_RATE_LIMITED = "ERR_RATE_LIMITED"
 ERR_UNAUTHORIZED = "ERR_UNAUTHORIZED"
+# v2 (docs/protocol.md); not in ERROR_CODES until the server sends them.
+ERR_CANCELLED = "ERR_CANCELLED"
+ERR_DEADLINE_EXCEEDED = "ERR_DEADLINE_EXCEEDED"
+ERR_STREAM_ID_IN_USE = "ERR_STREAM_ID_IN_USE"
 
 ERROR_CODES = frozenset(
     {
@@ -59,7 +63,7 @@ ERROR_CODES = frozenset(
 
 
 def error_payload(code: str, detail: Any = None, errors: Any = None) -> dict[str, Any]:
-    """The map of an error reply, as DESIGN §1 defines it (``errors``: ERR_NO_HANDLER's list)."""
+    """The map of an error reply, as docs/protocol.md defines it (``errors``: ERR_NO_HANDLER's list)."""
     if detail is None and errors is None:
         return {"status": "failure", "error": code}
     payload = {"status": "failure", "error": code, "detail": detail}

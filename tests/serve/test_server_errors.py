@@ -1,4 +1,4 @@
-"""Every error code of DESIGN §1 over a real loopback socket, with its connection rule."""
+"""Every error code of docs/protocol.md (v1) over a real loopback socket, with its connection rule."""
 
 from __future__ import annotations
 

@@ -1,0 +1,171 @@
+"""``AsyncClient(protocol=2)`` over real sockets, against servers that speak v1 only: this
+server as it is today, and one that behaves as AsyncAPY 0.5 does. Both must answer every
+request exactly once, through the fallback to v1.
+
+(v2 itself, end to end, needs the server's v2 support; the client core's v2 is tested
+back to back with the server's decoder in tests/client/test_clientmux.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from asyncapy import Client, Packet, Server
+from asyncapy.client import AsyncClient
+from asyncapy.wire.protocol import FrameDecoder, encode_frame
+
+from ..conftest import make_server, running
+from .test_clientmux import ASYNCAPY_HEADER_INVALID
+
+
+class Ask(BaseModel):
+    n: int
+    sleep: float = 0
+
+
+def answering_server() -> tuple[Server, list[tuple[str, int]]]:
+    """Answers ``Ask`` with ``{"n": n}`` after ``sleep``; records (session, n) of each request handled."""
+    server = make_server()
+    handled: list[tuple[str, int]] = []
+
+    @server.add_handler()
+    async def answer(client: Client, packet: Packet[Ask]) -> dict[str, int]:
+        handled.append((str(client.session.id), packet.data.n))
+        if packet.data.sleep:
+            await asyncio.sleep(packet.data.sleep)
+        return {"n": packet.data.n}
+
+    return server, handled
+
+
+async def test_concurrent_requests_fall_back_on_one_connection_to_a_v1_server() -> None:
+    server, handled = answering_server()
+    async with running(server), AsyncClient("127.0.0.1", server.port, protocol=2, timeout=10) as client:
+        replies = await asyncio.gather(*(client.request({"n": n, "sleep": 0.001}) for n in range(20)))
+        assert replies == [{"n": n} for n in range(20)]
+        assert sorted(n for _, n in handled) == list(range(20))  # each handled once
+        assert len({session for session, _ in handled}) == 1  # the fallback kept the connection
+        assert await client.request({"n": 99}) == {"n": 99}
+
+
+async def test_a_task_cancelled_on_a_v1_connection_drops_it_and_the_next_starts_in_v1() -> None:
+    server, handled = answering_server()
+    async with running(server), AsyncClient("127.0.0.1", server.port, protocol=2, timeout=10) as client:
+        assert await client.request({"n": 1}) == {"n": 1}
+        slow = asyncio.create_task(client.request({"n": 2, "sleep": 5}))
+        for _ in range(500):  # bounded: until the server runs it
+            if len(handled) == 2:
+                break
+            await asyncio.sleep(0.01)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        assert await client.request({"n": 3}) == {"n": 3}  # v1 cannot cancel: a new connection
+        sessions = [session for session, _ in handled]
+        assert sessions[0] == sessions[1] != sessions[2]
+
+
+async def test_a_timeout_raises_and_the_client_goes_on() -> None:
+    server, _ = answering_server()
+    async with running(server), AsyncClient("127.0.0.1", server.port, protocol=2, timeout=0.2) as client:
+        assert await client.request({"n": 1}) == {"n": 1}
+        with pytest.raises(TimeoutError):
+            await client.request({"n": 2, "sleep": 2})
+        assert await client.request({"n": 3}) == {"n": 3}
+
+
+class AsyncAPYLike:
+    """A server that does what AsyncAPY 0.5 does with a frame (read from its
+    ``asyncapy/server.py``): a Protocol-Version other than 22 gets its exact
+    ERR_HEADER_INVALID bytes and the connection is closed; a v1 JSON request is answered
+    with the same map. Records each connection's frames, to prove nothing ran twice."""
+
+    def __init__(self) -> None:
+        self.connections: list[list[bytes]] = []
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frames: list[bytes] = []
+        self.connections.append(frames)
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            while True:
+                length = int.from_bytes(await reader.readexactly(4), "big")
+                body = await reader.readexactly(length)
+                frames.append(body)
+                if body[0] != 22:
+                    writer.write(ASYNCAPY_HEADER_INVALID)
+                    await writer.drain()
+                    return
+                writer.write(encode_frame(body[2:], 0))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+        if self.tasks:  # the client closed its connections: each handler ends on its own
+            _, pending = await asyncio.wait(self.tasks, timeout=10)
+            assert not pending
+
+
+async def test_against_asyncapy_the_request_is_sent_again_in_v1_on_a_new_connection() -> None:
+    peer = AsyncAPYLike()
+    async with peer as port, AsyncClient("127.0.0.1", port, protocol=2, timeout=10) as client:
+        assert await client.request({"a": 1}) == {"a": 1}
+        assert await client.request({"b": 2}) == {"b": 2}  # v1 from the start now
+    first, second = peer.connections
+    assert len(first) == 1 and first[0][0] == 23  # the v2 probe, refused, then closed
+    assert second == [b'\x16\x00{"a":1}', b'\x16\x00{"b":2}']  # each handled once
+
+
+async def test_pushed_needs_protocol_2_and_the_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="protocol must be 1 or 2"):
+        AsyncClient("127.0.0.1", 1, protocol=3)
+    with pytest.raises(ValueError, match="pool_size is for v1"):
+        AsyncClient("127.0.0.1", 1, protocol=2, pool_size=2)
+    client = AsyncClient("127.0.0.1", 1)
+    with pytest.raises(ValueError, match="protocol=2"):
+        async for _ in client.pushed():
+            pass
+
+
+async def test_v1_packets_no_request_asked_for_come_out_of_pushed() -> None:
+    """After the fallback, a packet the server sends on its own is a push (v1 has no PUSH kind)."""
+    server = make_server()
+
+    @server.add_handler()
+    async def twice(client: Client, packet: Packet) -> None:
+        await client.send({"reply": 1})
+        await client.send({"extra": 2})
+
+    async with running(server), AsyncClient("127.0.0.1", server.port, protocol=2, timeout=10) as client:
+        assert await client.request({"go": 1}) == {"reply": 1}
+        pushed = client.pushed()
+        assert await asyncio.wait_for(pushed.__anext__(), 10) == {"extra": 2}
+    with pytest.raises(StopAsyncIteration):  # closing the client ends it
+        await asyncio.wait_for(pushed.__anext__(), 10)
+
+
+def test_the_blocking_client_has_no_protocol_argument_yet() -> None:
+    from asyncapy.client import Client as SyncClient
+
+    with pytest.raises(TypeError):
+        SyncClient("127.0.0.1", 1, protocol=2)  # type: ignore[call-arg]
+    decoder: Any = FrameDecoder()
+    assert decoder.version == 22
