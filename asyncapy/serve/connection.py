@@ -132,8 +132,8 @@ class Connection(asyncio.Protocol):
     # Slots: every packet reads and writes a dozen of these (slot access is the fastest).
     __slots__ = (
         "_cancelled", "_clock", "_corked", "_ctx", "_decoder", "_drain_waiters", "_eof", "_ex", "_holds", "_host",
-        "_idle_waiters", "_loop", "_mark", "_max_pending", "_out", "_out_size", "_pack_header", "_pending",
-        "_ready", "_registered", "_seen", "_transport", "_working", "_write_paused", "bytes_in", "writes",
+        "_idle_waiters", "_loop", "_mark", "_out", "_out_size", "_pack_header", "_pending",
+        "_seen", "_transport", "_working", "_write_paused", "bytes_in", "writes",
         "bytes_out", "closing", "__weakref__",
     )  # fmt: skip
 
@@ -142,8 +142,7 @@ class Connection(asyncio.Protocol):
         self._loop = loop = asyncio.get_running_loop()
         self._clock = _clock_of(loop)
         self._pack_header = ctx.pack_header
-        self._max_pending = ctx.max_pending
-        self._ready = ctx.done_future(loop)
+        ctx.done_future(loop)  # made once for the run's loop: what drain returns when it need not wait
         self._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, ctx.encodings)
         # A list (made when events wait, see ``_queue``), not a deque: it holds at most
         # max_pending events, and an idle connection holds none (an empty deque is 760 bytes).
@@ -161,7 +160,6 @@ class Connection(asyncio.Protocol):
         #: True once the connection is closing: later sends are ignored (read by ``Client``).
         self.closing = False
         self._eof = False
-        self._registered = False
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] | None = None
         self._ex: Exchange | None = None
@@ -207,7 +205,6 @@ class Connection(asyncio.Protocol):
         if self._ex is None:  # refused: its error reply is written
             self.close()
             return
-        self._registered = True
         ctx.connections.add(self)
         self._mark = self._clock()
         if ctx.sweeper is None:
@@ -228,7 +225,7 @@ class Connection(asyncio.Protocol):
         if not decoder.in_frame:
             self._mark = now  # a packet must be whole within `timeout` of its first byte
         pending = self._pending
-        events = decoder.receive(data, self._max_pending - len(pending))
+        events = decoder.receive(data, self._ctx.max_pending - len(pending))
         if events:
             last = events[-1]
             if type(last) is FrameError and last.fatal:
@@ -238,7 +235,7 @@ class Connection(asyncio.Protocol):
                 return
             pending = self._queue()
             pending.extend(events)
-        if len(pending) >= self._max_pending:
+        if len(pending) >= self._ctx.max_pending:
             self._hold_reading(_HOLD_QUEUE)
 
     def eof_received(self) -> bool | None:
@@ -258,9 +255,8 @@ class Connection(asyncio.Protocol):
             self._ex.lost()
 
     def _unregister(self) -> None:
-        if self._registered:
-            self._registered = False
-            ctx = self._ctx
+        ctx = self._ctx
+        if self in ctx.connections:
             ctx.connections.discard(self)
             ctx.bytes_in += self.bytes_in
             ctx.bytes_out += self.bytes_out
@@ -343,7 +339,7 @@ class Connection(asyncio.Protocol):
         runs no Python code) instead of a new coroutine.
         """
         if not self._write_paused or self.closing:
-            return self._ready
+            return self._ctx._done  # type: ignore[return-value]  # made by __init__
         waiter = self._loop.create_future()
         if self._drain_waiters is None:
             self._drain_waiters = []
@@ -473,7 +469,7 @@ class Connection(asyncio.Protocol):
         """Queue the events not handled yet and let the host task go on with ``worker``."""
         pending = self._queue()
         pending.extend(rest)
-        if len(pending) >= self._max_pending:
+        if len(pending) >= self._ctx.max_pending:
             self._hold_reading(_HOLD_QUEUE)
         host = self._host or self._claim()
         host.rebind(self._uncork, self._cork)  # the host task runs this connection's worker
@@ -618,9 +614,9 @@ class Connection(asyncio.Protocol):
         if self._write_paused:
             await self.drain()
         pending = self._queue()
-        if self._holds & _HOLD_QUEUE and len(pending) <= self._max_pending // 2:
+        if self._holds & _HOLD_QUEUE and len(pending) <= self._ctx.max_pending // 2:
             pending.extend(self._pull_more())
-            if len(pending) < self._max_pending:
+            if len(pending) < self._ctx.max_pending:
                 self._release_reading(_HOLD_QUEUE)
 
     def _pull_more(self) -> Batch:
@@ -628,7 +624,7 @@ class Connection(asyncio.Protocol):
         decoder = self._decoder
         if not decoder.in_frame:
             return []
-        events = decoder.pull(self._max_pending - len(self._pending))
+        events = decoder.pull(self._ctx.max_pending - len(self._pending))
         if events:
             last = events[-1]
             if type(last) is FrameError and last.fatal:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 import struct
+import functools
 import sys
 from typing import Any, Final, Generic, Literal, NamedTuple, Union, overload
 
@@ -312,6 +313,14 @@ def _length_unpacker(header_size: int, byteorder: Byteorder) -> Callable[[bytes 
     return unpack
 
 
+@functools.lru_cache(maxsize=None)
+def _stream_kinds(kinds: frozenset[int] | None) -> tuple[frozenset[int], frozenset[int]]:
+    """The Kinds a decoder takes with a non-zero Stream-Id, and with Stream-Id 0: shared by
+    every decoder of the same kinds (a connection holds no sets of its own)."""
+    kinds = kinds or frozenset()
+    return kinds - {PUSH}, kinds & {REPLY, PUSH}
+
+
 class FrameDecoder(Generic[F]):
     """Turns a byte stream into frames; see the module docstring.
 
@@ -375,8 +384,7 @@ class FrameDecoder(Generic[F]):
             raise ValueError(f"kinds must be v2 Kinds (0 to {len(KIND_NAMES) - 1}), not {sorted(kinds)!r}")
         self._kinds = kinds
         #: The Kinds taken with a non-zero Stream-Id, and with Stream-Id 0 (REPLY: a connection error; PUSH).
-        self._nonzero = (kinds or frozenset()) - {PUSH}
-        self._zero = (kinds or frozenset()) & {REPLY, PUSH}
+        self._nonzero, self._zero = _stream_kinds(kinds)
         #: The connection's Protocol-Version once a frame fixed it (a v1-only decoder: 22 from the start).
         self._version: int | None = PROTOCOL_VERSION if kinds is None else None
         #: The version byte the v1 loops take as theirs: -1 (none) until the connection is known to speak v1.
