@@ -1,9 +1,9 @@
 """Observation: the access log, the metrics' counters and tracing's report, told each packet's outcome.
 
 When none is on, nothing here runs: the pipeline gives its exchanges no ``Record``.
-When one is on (decided once per serving run, ``asyncapy.pipeline``), each connection's
-exchange has a ``Record``: ``begin`` when a packet is decoded, ``starting`` with the
-coroutine that handles it, ``end`` once its answer was written. The outcome is the code
+When one is on (decided once per serving run, ``asyncapy.serve.pipeline``), each connection's
+exchange has a ``Record``: begun when a packet is decoded, named by the coroutine that
+handles it (both inline in ``Exchange.begin``), ``end`` once its answer was written. The outcome is the code
 the exchange answered with (``Exchange.code``), never read back from the bytes sent,
 and its label is one of a bounded set: the codes asyncapy sends, the ``ApiError`` codes
 the routes declare (``errors=[...]``), else ``other``.
@@ -100,18 +100,10 @@ class Record:
         self.when_reported: Callable[[str, str], None] | None = None
 
     def begin(self) -> None:
+        """A packet begins (``Exchange.begin`` does the same inline, with the naming)."""
         self.started = perf_counter()
         self.ran = None
         self.named = None
-
-    def starting(self, coro: Any) -> None:
-        """The exchange runs ``coro`` for the packet: name its route, when handlers are called directly."""
-        names = self.names
-        if names is not None:
-            named = names.get(getattr(coro, "__qualname__", None))  # type: ignore[arg-type]
-            if named is not None:
-                self.named = named
-                self.ran = named.name
 
     def end(self, exchange: Answers) -> None:
         """The packet was answered (or needed no answer): report it, once."""

@@ -190,7 +190,7 @@ class Exchange:
             self.error(ERR_NO_HANDLER, started.detail, encoding, started.errors)
             self._end()
             return None
-        if record is not None and record.names is not None:  # Record.starting, inlined
+        if record is not None and record.names is not None:  # the route's name, looked up once
             named = record.named = record.names.get(getattr(started, "__qualname__", None))  # type: ignore[arg-type]
             if named is not None:
                 record.ran = named.name
@@ -302,8 +302,7 @@ class Exchange:
             self.code = None
         self.conn.writes = 0
         self.error(error.code, error.detail, error.encoding)
-        if record is not None:
-            record.end(self)
+        self._end()
 
     def connection_error(self, code: str, detail: str) -> None:
         """An error of the connection itself (ERR_TIMED_OUT, a refusal): written, then the connection closes."""
