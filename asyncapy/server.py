@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from .wire.codecs import get_codec
 from .app.config import load_config
 from .serve.listener import Listener, listen
-from .serve.connection import DEFAULT_MAX_PENDING, ServingContext
+from .serve.connection import DEFAULT_MAX_PENDING, DEFAULT_MAX_STREAMS, ServingContext
+from .serve.multiplex import upgrade
 from .serve.health import Health, health_layer
 from .serve.pipeline import Settings, build_pipeline
 from .shared.ratelimit import RateLimit
@@ -81,9 +82,12 @@ class Server:
         backlog: connections the kernel may queue before ``accept`` (bursts of connects).
         max_pending: packets one connection may have waiting to be handled; reading
             from it pauses while that many wait (bounds a pipelining client's memory).
+        max_streams: AsyncAProto v2 requests one connection may have running at once
+            (as many more are read ahead and wait; past that reading pauses).
         handler_timeout: seconds the handlers of one packet may run (None: no limit);
             past it they are cancelled and the peer gets ERR_TIMED_OUT. The connection
-            stays open: its framing is intact, only that packet failed.
+            stays open: its framing is intact, only that packet failed. On AsyncAProto v2
+            it ends that request only.
         workers: processes serving the port for ``start()`` (each with its own sessions,
             limits and ``setup()``); see ``asyncapy.workers``.
         uvloop: run ``start()`` on uvloop (the ``uvloop`` extra).
@@ -135,6 +139,7 @@ class Server:
         shutdown_timeout: float = 30.0,
         backlog: int = 1024,
         max_pending: int = DEFAULT_MAX_PENDING,
+        max_streams: int = DEFAULT_MAX_STREAMS,
         handler_timeout: float | None = None,
         workers: int = 1,
         uvloop: bool = False,
@@ -162,6 +167,7 @@ class Server:
             encoding=encoding,
             shutdown_timeout=shutdown_timeout,
             max_pending=max_pending,
+            max_streams=max_streams,
             handler_timeout=handler_timeout,
             error_details=error_details,
             proxy_protocol=proxy_protocol,
@@ -185,6 +191,9 @@ class Server:
         self.max_pending = int(settings["max_pending"])
         if self.max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, not {self.max_pending!r}")
+        self.max_streams = int(settings["max_streams"])
+        if self.max_streams < 1:
+            raise ValueError(f"max_streams must be at least 1, not {self.max_streams!r}")
         self.handler_timeout: float | None = settings["handler_timeout"] or None
         if self.handler_timeout is not None:
             _non_negative("handler_timeout", self.handler_timeout)
@@ -477,6 +486,8 @@ class Server:
             max_packet_size=self.max_packet_size,
             timeout=self.timeout,
             max_pending=self.max_pending,
+            max_streams=self.max_streams,
+            upgrade=upgrade,
         )
         if observer is not None and observer.metrics is not None:
             observer.metrics.open_connections = ctx.connections.__len__

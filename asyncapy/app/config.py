@@ -55,6 +55,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "max_packet_size": int,
     "shutdown_timeout": float,
     "max_pending": int,
+    "max_streams": int,
     "handler_timeout": float,  # 0: no limit
     "error_details": _boolean,
     "proxy_protocol": _boolean,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any, Generic, Protocol, overload
 
 from pydantic import BaseModel
@@ -11,6 +13,11 @@ from typing_extensions import TypeVar
 
 from .aliases import dump_for_wire
 from ..wire.codecs import get_codec
+
+#: The event loop time at which the AsyncAProto v2 request being handled in this task
+#: expires, set only for requests that have a deadline: an asyncapy client called from
+#: the handler sends at most the time left (deadline propagation, DESIGN §8).
+REQUEST_DEADLINE: ContextVar[float | None] = ContextVar("asyncapy_request_deadline", default=None)
 
 T = TypeVar("T", default=dict[str, Any])
 M = TypeVar("M", bound=BaseModel)
@@ -117,6 +124,21 @@ class Packet(Mapping[str, Any], Generic[T]):
     @property
     def propagation_stopped(self) -> bool:
         return self._stopped
+
+    @property
+    def deadline(self) -> float | None:
+        """The event loop's time at which this AsyncAProto v2 request expires; None without
+        one (v1 packets, v2 requests sent with Deadline-Ms 0). Read from the request's
+        stream, so that a packet costs nothing for it."""
+        deadline = getattr(getattr(self.sender, "_link", None), "deadline", None)
+        return deadline if type(deadline) is float else None
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before ``deadline`` (0.0 once it passed), or None without a deadline."""
+        deadline = self.deadline
+        if deadline is None:
+            return None
+        return max(0.0, deadline - asyncio.get_running_loop().time())
 
     def __getitem__(self, key: str) -> Any:
         return self.payload[key]

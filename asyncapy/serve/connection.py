@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from ._eager import DONE, Host, HostPool, enter_task, leave_task, new_stepper, resume_stepper, running_task
 from ..wire.codecs import CODECS
@@ -25,7 +25,7 @@ from .exchange import Exchange
 from .gate import Gate
 from ..model.peer import Client, Session
 from .pipeline import Pipeline
-from ..wire.protocol import FRAME_TAIL, PROTOCOL_VERSION, Batch, Byteorder, FrameDecoder, FrameError, RawFrame, header_packer
+from ..wire.protocol import FRAME_TAIL, PROTOCOL_VERSION, PROTOCOL_VERSION_2, V2_TAIL, Batch, Byteorder, FrameDecoder, FrameError, RawFrame, header_packer
 
 logger = logging.getLogger("asyncapy")
 
@@ -33,6 +33,8 @@ logger = logging.getLogger("asyncapy")
 #: well-behaved client never waits on it, and 64 x max_packet_size bounds what one
 #: greedy connection can queue.
 DEFAULT_MAX_PENDING: Final = 64
+#: AsyncAProto v2 requests of one connection running at once (``asyncapy.serve.multiplex``).
+DEFAULT_MAX_STREAMS: Final = 100
 #: ``timeout`` is enforced by a sweep over the connections this often per timeout
 #: period (so a timeout fires at most an eighth of it late), and at least once a second.
 SWEEPS_PER_TIMEOUT: Final = 8
@@ -53,6 +55,8 @@ _NO_PENDING: Final[tuple[()]] = ()
 _HOLD_QUEUE: Final = 1  # max_pending packets wait to be handled
 _HOLD_WRITE: Final = 2  # the peer does not read its replies
 _HOLD_FATAL: Final = 4  # a fatal frame error: the connection is closing
+HOLD_QUEUE: Final = _HOLD_QUEUE
+HOLD_FATAL: Final = _HOLD_FATAL
 
 #: Replies queued while handlers run are flushed early past this many bytes, so a
 #: handler that sends a lot without ever waiting still hands it to the transport
@@ -71,6 +75,10 @@ class ServingContext:
     timeout: float
     connections: set[Connection] = field(default_factory=set)
     max_pending: int = DEFAULT_MAX_PENDING
+    max_streams: int = DEFAULT_MAX_STREAMS
+    #: Serves a connection whose first frame is AsyncAProto v2 (``asyncapy.serve.multiplex.upgrade``),
+    #: given the connection and the bytes read so far; None: every connection speaks v1 only.
+    upgrade: Callable[[Connection, bytes], None] | None = None
     #: Bytes read from and written to the connections closed so far (``traffic``).
     bytes_in: int = 0
     bytes_out: int = 0
@@ -133,7 +141,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "_cancelled", "_clock", "_corked", "_ctx", "_decoder", "_drain_waiters", "_eof", "_ex", "_holds", "_host",
         "_idle_waiters", "_loop", "_mark", "_out", "_out_size", "_pack_header", "_pending",
-        "_seen", "_transport", "_working", "_write_paused", "bytes_in", "writes",
+        "_requests", "_seen", "_transport", "_working", "_write_paused", "bytes_in", "writes",
         "bytes_out", "closing", "__weakref__",
     )  # fmt: skip
 
@@ -143,7 +151,13 @@ class Connection(asyncio.Protocol):
         self._clock = _clock_of(loop)
         self._pack_header = ctx.pack_header
         ctx.done_future(loop)  # made once for the run's loop: what drain returns when it need not wait
-        self._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, ctx.encodings)
+        self._decoder: FrameDecoder | _FirstRead = (
+            FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, ctx.encodings)
+            if ctx.upgrade is None
+            else _FirstRead(self)
+        )
+        #: A v2 connection's requests (``asyncapy.serve.multiplex``), which serve it once it upgraded.
+        self._requests: Requests | None = None
         # A list (made when events wait, see ``_queue``), not a deque: it holds at most
         # max_pending events, and an idle connection holds none (an empty deque is 760 bytes).
         self._pending: list[RawFrame | FrameError] | tuple[()] = _NO_PENDING
@@ -389,7 +403,10 @@ class Connection(asyncio.Protocol):
 
     def cancel_work(self) -> None:
         """Cancel the running handler (shutdown past its deadline)."""
-        if self._working and self._host is not None:
+        if self._requests is not None:
+            self._cancelled = True
+            self._requests.cancel_all()
+        elif self._working and self._host is not None:
             self._cancelled = True
             self._host.cancel_worker()
 
@@ -402,6 +419,39 @@ class Connection(asyncio.Protocol):
         self.closing = True
         if self._transport is not None:
             self._transport.abort()
+
+    # -- what a v2 connection's requests (``asyncapy.serve.multiplex``) tell the connection ------
+
+    def serve_requests(self, requests: Requests, decoder: FrameDecoder[Any]) -> None:
+        """From now on ``requests`` read and answer this connection's frames (it spoke v2)."""
+        self._requests = requests
+        self._decoder = decoder
+
+    def note_read(self, size: int, in_frame: bool) -> None:
+        """``size`` bytes were read; ``in_frame``: a frame had begun before them (timeouts, traffic)."""
+        self.bytes_in += size
+        self._seen = now = self._clock()
+        if not in_frame:
+            self._mark = now
+
+    def begin_work(self) -> None:
+        """Requests are in flight: the idle timeout stops, ``busy`` is True."""
+        self._working = True
+
+    def end_work(self) -> None:
+        """No request is in flight any more (``_done``)."""
+        self._done()
+
+    def hold_reading(self, reason: int) -> None:
+        self._hold_reading(reason)
+
+    def release_reading(self, reason: int) -> None:
+        self._release_reading(reason)
+
+    @property
+    def holds(self) -> int:
+        """Why reading is paused (``HOLD_*`` bits); 0 when it is not."""
+        return self._holds
 
     # -- handling packets, in order: eagerly, replies of a burst in one write ------
 
@@ -662,6 +712,56 @@ class Connection(asyncio.Protocol):
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+class Requests(Protocol):
+    """A v2 connection's requests in flight (``asyncapy.serve.multiplex.Multiplexer``)."""
+
+    def cancel_all(self) -> None:
+        """Shutdown past its deadline: cancel every request in flight."""
+
+
+class _FirstRead:
+    """A connection's decoder until its first frame says which version it speaks.
+
+    Holds back at most ``header_size`` bytes (until the Protocol-Version byte arrived).
+    Then a v1 frame (or one of a version nobody speaks, answered as v1 always answered
+    it) gets the connection its v1 decoder, which reads on from here; a v2 frame with
+    room for its header goes to ``ServingContext.upgrade``. Nothing per packet.
+    """
+
+    __slots__ = ("conn", "held")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.held = b""
+
+    @property
+    def in_frame(self) -> bool:
+        return bool(self.held)
+
+    @property
+    def buffered(self) -> int:
+        return len(self.held)
+
+    def pull(self, limit: int) -> Batch:
+        return []
+
+    def receive(self, data: bytes, limit: int) -> Batch:
+        conn = self.conn
+        ctx = conn._ctx
+        if self.held:
+            data = self.held + data
+        hs = ctx.header_size
+        if len(data) <= hs and (len(data) < hs or int.from_bytes(data, ctx.byteorder) <= ctx.max_packet_size):
+            self.held = data  # the Protocol-Version byte has not arrived yet
+            return []
+        self.held = b""
+        decoder = conn._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, ctx.encodings)
+        if len(data) > hs and data[hs] == PROTOCOL_VERSION_2 and int.from_bytes(data[:hs], ctx.byteorder) >= V2_TAIL:
+            ctx.upgrade(conn, data)  # type: ignore[misc]  # set, or there would be no _FirstRead
+            return []
+        return decoder.receive(data, limit)
 
 
 def _sweep(ctx: ServingContext, loop: asyncio.AbstractEventLoop) -> None:

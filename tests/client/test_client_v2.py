@@ -1,9 +1,6 @@
-"""``AsyncClient(protocol=2)`` over real sockets, against servers that speak v1 only: this
-server as it is today, and one that behaves as AsyncAPY 0.5 does. Both must answer every
-request exactly once, through the fallback to v1.
-
-(v2 itself, end to end, needs the server's v2 support; the client core's v2 is tested
-back to back with the server's decoder in tests/client/test_clientmux.py.)
+"""``AsyncClient(protocol=2)`` over real sockets: against this server, which speaks v2
+(more in tests/serve/test_v2_server.py), and against one that behaves as AsyncAPY 0.5
+does, which must answer every request exactly once through the fallback to v1.
 """
 
 from __future__ import annotations
@@ -42,7 +39,7 @@ def answering_server() -> tuple[Server, list[tuple[str, int]]]:
     return server, handled
 
 
-async def test_concurrent_requests_fall_back_on_one_connection_to_a_v1_server() -> None:
+async def test_concurrent_requests_share_one_connection() -> None:
     server, handled = answering_server()
     async with running(server), AsyncClient("127.0.0.1", server.port, protocol=2, timeout=10) as client:
         replies = await asyncio.gather(*(client.request({"n": n, "sleep": 0.001}) for n in range(20)))
@@ -52,7 +49,7 @@ async def test_concurrent_requests_fall_back_on_one_connection_to_a_v1_server() 
         assert await client.request({"n": 99}) == {"n": 99}
 
 
-async def test_a_task_cancelled_on_a_v1_connection_drops_it_and_the_next_starts_in_v1() -> None:
+async def test_a_task_cancelled_on_a_v2_connection_cancels_the_handler_and_keeps_it() -> None:
     server, handled = answering_server()
     async with running(server), AsyncClient("127.0.0.1", server.port, protocol=2, timeout=10) as client:
         assert await client.request({"n": 1}) == {"n": 1}
@@ -64,9 +61,10 @@ async def test_a_task_cancelled_on_a_v1_connection_drops_it_and_the_next_starts_
         slow.cancel()
         with pytest.raises(asyncio.CancelledError):
             await slow
-        assert await client.request({"n": 3}) == {"n": 3}  # v1 cannot cancel: a new connection
+        assert await client.request({"n": 3}) == {"n": 3}  # v2 sent a CANCEL: the same connection
         sessions = [session for session, _ in handled]
-        assert sessions[0] == sessions[1] != sessions[2]
+        assert sessions[0] == sessions[1] == sessions[2]
+        assert client._mux is not None and client._mux.protocol == 2
 
 
 async def test_a_timeout_raises_and_the_client_goes_on() -> None:

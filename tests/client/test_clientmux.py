@@ -356,7 +356,7 @@ def test_header_invalid_is_recognised_whatever_its_details() -> None:
 # -- over a real socket, against this server as it is today (v1 only) ----------------------
 
 
-async def test_falls_back_against_a_v1_server_on_the_same_connection() -> None:
+async def test_this_server_answers_the_probe_in_v2_without_a_fallback() -> None:
     server = make_server()
 
     @server.add_handler()
@@ -382,7 +382,7 @@ async def test_falls_back_against_a_v1_server_on_the_same_connection() -> None:
                         replies[event.stream_id] = core.decode(event.frame)
                 if len(replies) == 2:
                     break
-            assert fell_back == [first] and core.version == 22
+            assert fell_back == [] and core.version == 23  # the server speaks v2 (the fallback: ServerSide tests)
             assert replies == {first: {"n": 0}, second: {"n": 1}}
         finally:
             writer.close()

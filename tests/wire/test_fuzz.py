@@ -310,10 +310,10 @@ async def _send_garbage(port: int, data: bytes) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(data)
     writer.write_eof()
-    decoder = FrameDecoder(max_packet_size=1 << 20)
+    decoder = FrameDecoder(max_packet_size=1 << 20, kinds=SENT_BY_SERVER)  # garbage may start as v2
     decoder.feed(await asyncio.wait_for(reader.read(), 10))
     for event in _drain(decoder):  # whatever came back is well-formed
-        assert isinstance(event, Frame)
+        assert isinstance(event, (Frame, V2Frame))
         assert isinstance(get_codec(event.encoding).decode(event.payload), dict)
     writer.close()
 

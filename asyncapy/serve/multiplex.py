@@ -1,0 +1,439 @@
+"""AsyncAProto v2 on the server: many requests in flight on one connection (DESIGN §8, docs/protocol.md).
+
+A connection reads its first frame as every connection does (``Connection``); when that
+frame is v2, ``upgrade`` hands the transport to a ``Multiplexer`` with
+``transport.set_protocol``. The ``Connection`` stays what the server tracks (session,
+idle timeout, flow control, shutdown); the multiplexer reads the frames and runs the
+requests. Nothing subclasses the connection, and a v1 connection pays nothing for v2.
+
+Each REQUEST is a ``Stream``: its own task, its own ``Exchange`` (the pipeline's layers
+and answering policies, exactly as on v1, one answer per request) and its own ``Client``
+view, whose link is the stream: the first frame written for the request is its REPLY on
+its Stream-Id, anything later (a second send) a PUSH on Stream-Id 0, as is every send
+of the connection's own client (a background task's). Up to ``max_streams`` requests
+run at once, as many more wait, and past that reading pauses (backpressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections import deque
+from collections.abc import Awaitable, Coroutine
+from typing import Any, Final, cast
+
+from ..model.packet import REQUEST_DEADLINE
+from ..model.peer import Client
+from ..wire.codecs import CODECS
+from ..wire.errors import ERR_CANCELLED, ERR_DEADLINE_EXCEEDED, ERR_STREAM_ID_IN_USE
+from ..wire.protocol import CANCEL, PROTOCOL_VERSION_2, PUSH, REPLY, SENT_BY_CLIENT, V2_TAIL, FrameDecoder, FrameError
+from ..wire.protocol import v2_header_packer
+from .connection import HOLD_FATAL, HOLD_QUEUE, Connection
+from .exchange import Exchange, Link
+from .liveness import peer_left
+
+logger = logging.getLogger("asyncapy")
+
+#: How often a v2 connection whose reading is held looks whether its peer left (DESIGN §8: within a second).
+PEER_CHECK_EVERY: Final = 1.0
+#: The detail of the terminal frame of a request that ended without its handler's answer.
+_ENDED: Final = {
+    ERR_CANCELLED: "the client cancelled the request",
+    ERR_DEADLINE_EXCEEDED: "the request's deadline passed",
+}
+#: Python 3.12+ starts a request's task eagerly: a handler that never waits is answered
+#: within the read that brought it, with no loop turn (as v1's eager stepping does).
+_EAGER: Final = sys.version_info >= (3, 12)
+
+
+def upgrade(conn: Connection, data: bytes) -> None:
+    """``conn``'s first frame is v2: a ``Multiplexer`` serves it from ``data`` on (``ServingContext.upgrade``)."""
+    transport = conn.transport
+    if transport is None or conn.exchange is None:
+        return
+    mux = Multiplexer(conn)
+    transport.set_protocol(mux)
+    mux.feed(data)
+
+
+class Stream:
+    """One v2 request: the link its exchange and its client view write through."""
+
+    __slots__ = ("mux", "sid", "encoding", "payload", "deadline", "writes", "done", "reason", "task", "timer", "ex")
+
+    def __init__(self, mux: Multiplexer, sid: int, encoding: int, payload: bytes, deadline: float | None) -> None:
+        self.mux = mux
+        self.sid = sid
+        self.encoding = encoding
+        self.payload = payload
+        #: The event loop's time at which the request expires (``Packet.deadline``), or None.
+        self.deadline = deadline
+        #: Frames written for the request (the first is its REPLY).
+        self.writes = 0
+        #: The request ended: later writes are PUSHes.
+        self.done = False
+        #: Why the server ended it (ERR_CANCELLED, ERR_DEADLINE_EXCEEDED), or None.
+        self.reason: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.ex: Exchange | None = None
+
+    @property
+    def closing(self) -> bool:
+        return self.mux.conn.closing
+
+    @property
+    def exchange(self) -> Exchange | None:
+        """Where this request is answered (``asyncapy.model.answers.answers_of``)."""
+        return self.ex
+
+    def write_payload(self, payload: bytes, encoding: int) -> None:
+        if self.done or self.writes:
+            self.mux.write(payload, encoding, PUSH, 0)
+        else:
+            self.mux.write(payload, encoding, REPLY, self.sid)
+        self.writes += 1
+
+    def close(self) -> None:
+        self.mux.conn.close()
+
+    def drain(self) -> Awaitable[None]:
+        return self.mux.conn.drain()
+
+    def cancelled_by_server(self) -> bool:
+        """The request was cancelled (CANCEL, deadline, shutdown, peer gone), not by its handler."""
+        conn = self.mux.conn
+        return self.reason is not None or conn.closing or conn.cancelled_by_server()
+
+
+class _Replies(Stream):
+    """The connection's own exchange writes through this: REPLY frames on ``sid`` (0 but for a refused frame)."""
+
+    __slots__ = ()
+
+    def write_payload(self, payload: bytes, encoding: int) -> None:
+        self.mux.write(payload, encoding, REPLY, self.sid)
+        self.writes += 1
+
+
+class _Pushes(Stream):
+    """The connection's own client (not a request's view) writes through this: PUSH frames."""
+
+    __slots__ = ()
+
+    @property
+    def exchange(self) -> Exchange | None:
+        return self.mux.conn.exchange
+
+    def write_payload(self, payload: bytes, encoding: int) -> None:
+        self.mux.write(payload, encoding, PUSH, 0)
+        self.writes += 1
+
+
+class Multiplexer(asyncio.Protocol):
+    """A v2 connection's frames and requests; see the module docstring."""
+
+    __slots__ = (
+        "conn", "_loop", "_decoder", "_streams", "_waiting", "_running", "_max", "_pack", "_replies", "_watch",
+        "_handling", "_out",
+    )  # fmt: skip
+
+    def __init__(self, conn: Connection) -> None:
+        ctx = conn._ctx
+        self.conn = conn
+        self._loop = asyncio.get_running_loop()
+        self._decoder: FrameDecoder[Any] = FrameDecoder(
+            ctx.header_size, ctx.byteorder, ctx.max_packet_size, ctx.encodings, kinds=SENT_BY_CLIENT
+        )
+        self._streams: dict[int, Stream] = {}
+        self._waiting: deque[Stream] = deque()
+        self._running = 0
+        self._max = ctx.max_streams
+        self._pack = v2_header_packer(ctx.header_size, ctx.byteorder)
+        self._replies = _Replies(self, 0, 0, b"", None)
+        #: While reading is held: the timer that looks whether the peer is still there.
+        self._watch: asyncio.TimerHandle | None = None
+        #: True while a batch of frames is being handled: frames read later wait for it (in order).
+        self._handling = False
+        #: Frames written while a batch is handled, written at its end in one call.
+        self._out: list[bytes] | None = None
+        ex: Exchange = conn.exchange  # type: ignore[assignment]  # upgrade checked it
+        ex.conn = cast(Link, self._replies)  # errors of the connection: REPLY frames
+        ex.client._link = _Pushes(self, 0, 0, b"", None)
+        conn.serve_requests(self, self._decoder)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write(self, payload: bytes, encoding: int, kind: int, sid: int) -> None:
+        conn = self.conn
+        if conn.closing:
+            return
+        header = self._pack(len(payload) + V2_TAIL, PROTOCOL_VERSION_2, encoding, kind, sid, 0)
+        out = self._out
+        if out is not None:
+            out.append(header)
+            out.append(payload)
+            return
+        transport = conn.transport
+        if transport is not None:
+            conn.bytes_out += len(header) + len(payload)
+            transport.writelines((header, payload))
+
+    def _flush(self) -> None:
+        out, self._out = self._out, None
+        conn = self.conn
+        transport = conn.transport
+        if out and transport is not None and not conn.closing:
+            data = b"".join(out)
+            conn.bytes_out += len(data)
+            transport.write(data)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn.closing:
+            return
+        conn.note_read(len(data), self._decoder.in_frame)
+        self.feed(data)
+
+    def feed(self, data: bytes) -> None:
+        """Frames from ``data`` (already counted by the connection)."""
+        events = self._decoder.receive(data, self._room())
+        if events:
+            self._handle(events)  # holds reading when there is no room left
+        elif self._room() <= 0:
+            self._hold()
+
+    def _room(self) -> int:
+        """Frames still to be read now: ``max_streams`` running plus as many waiting."""
+        return 2 * self._max - len(self._streams)
+
+    def _handle(self, events: list[Any]) -> None:
+        """Handle a batch of frames in order (their answers in one write), then read what was held back."""
+        self._handling = True
+        self._out = []
+        try:
+            self._handle_batch(events)
+        finally:
+            self._handling = False
+            self._flush()
+        self._refill()
+
+    def _refill(self) -> None:
+        """Reading was held and requests finished: take the frames the decoder still holds."""
+        conn = self.conn
+        if conn.holds & HOLD_QUEUE and self._room() > 0 and not conn.closing:
+            conn.release_reading(HOLD_QUEUE)
+            events = self._decoder.pull(self._room()) if self._decoder.in_frame else []
+            if events:
+                self._handle(events)
+        if self._room() <= 0:
+            self._hold()
+
+    def _handle_batch(self, events: list[Any]) -> None:
+        streams = self._streams
+        loop = self._loop
+        for event in events:
+            if type(event) is not tuple:
+                self._refused(event)
+                continue
+            encoding, kind, sid, deadline_ms, payload = event
+            if kind == CANCEL:
+                self._cancel(sid)
+                continue
+            if sid in streams:
+                self._connection_error(ERR_STREAM_ID_IN_USE, f"Stream-Id {sid} is in flight", encoding, 0)
+                continue
+            stream = Stream(self, sid, encoding, payload, loop.time() + deadline_ms / 1000 if deadline_ms else None)
+            if not streams:
+                self.conn.begin_work()
+            streams[sid] = stream
+            if self._running < self._max:
+                self._run(stream)
+            else:
+                self._waiting.append(stream)
+
+    def _refused(self, error: FrameError) -> None:
+        """A frame the decoder refused: ERR_HEADER_INVALID on its Stream-Id (0 when that one is in flight)."""
+        link = self._replies
+        link.sid = 0 if error.stream_id in self._streams else error.stream_id
+        try:
+            self.conn.exchange.frame_error(error)  # type: ignore[union-attr]
+        finally:
+            link.sid = 0
+        if error.fatal:
+            conn = self.conn
+            conn.hold_reading(HOLD_FATAL)
+            self._flush()
+            conn.close_after_error()
+
+    def _connection_error(self, code: str, detail: str, encoding: int | None, sid: int) -> None:
+        link = self._replies
+        link.sid = sid
+        try:
+            self.conn.exchange.write_error(code, detail, encoding)  # type: ignore[union-attr]
+        finally:
+            link.sid = 0
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _run(self, stream: Stream) -> None:
+        """Start ``stream``'s request: its layers now, its handler in a task of its own."""
+        loop = self._loop
+        if stream.deadline is not None:
+            if loop.time() >= stream.deadline:  # it expired while waiting: never run
+                self._end_unstarted(stream, ERR_DEADLINE_EXCEEDED)
+                return
+            stream.timer = loop.call_at(stream.deadline, self._expire, stream)
+        self._running += 1
+        ex = stream.ex = self._exchange_for(stream)
+        payload, stream.payload = stream.payload, b""
+        coro = ex.begin((stream.encoding, payload))
+        if coro is None:
+            self._finished(stream)
+            return
+        if _EAGER:
+            task = asyncio.Task(self._serve(stream, coro, ex), loop=loop, eager_start=True)  # type: ignore[call-arg]
+        else:
+            task = loop.create_task(self._serve(stream, coro, ex))
+        if not stream.done:
+            stream.task = task
+
+    def _exchange_for(self, stream: Stream) -> Exchange:
+        """The request's own exchange, client view and (when observing) record."""
+        base: Exchange = self.conn.exchange  # type: ignore[assignment]  # upgrade checked it
+        if base.encoding_id is None:  # the session's encoding: its first request's
+            base.encoding_id = stream.encoding
+            base.client.encoding = CODECS[stream.encoding].name
+        client = base.client
+        view = Client(client.address, client.port, client.session, stream, client._registry, client.encoding)
+        pipeline = self.conn._ctx.pipeline
+        observer = pipeline.observer
+        ex = Exchange(pipeline, cast(Link, stream), view, None if observer is None else observer.record(view))
+        ex.encoding_id = base.encoding_id
+        return ex
+
+    async def _serve(self, stream: Stream, coro: Coroutine[Any, Any, Any], ex: Exchange) -> None:
+        """In the request's task: await its handler, answer it once whatever happens."""
+        encoding = stream.encoding
+        if stream.deadline is not None:
+            REQUEST_DEADLINE.set(stream.deadline)  # in this task's context only
+        try:
+            result = await coro
+        except BaseException as exc:  # whatever the handler raises, the request is answered
+            reason = stream.reason
+            if reason is not None and isinstance(exc, asyncio.CancelledError):
+                ex.error(reason, _ENDED[reason], encoding)
+            ex.failed(exc, encoding)  # answers it, unless the server cancelled it (shutdown, peer gone)
+            self._drop(stream, True)
+        else:
+            ex.finish(result, encoding)
+            self._finished(stream)
+        finally:
+            coro.close()  # a task cancelled before it first ran never started the coroutine
+
+    def _cancel(self, sid: int) -> None:
+        """A CANCEL: the request's task is cancelled (a waiting one is answered now); unknown ids ignored."""
+        stream = self._streams.get(sid)
+        if stream is None or stream.reason is not None:
+            return
+        if stream.task is None:
+            self._waiting.remove(stream)
+            self._end_unstarted(stream, ERR_CANCELLED)
+            return
+        stream.reason = ERR_CANCELLED
+        stream.task.cancel()
+
+    def _expire(self, stream: Stream) -> None:
+        stream.timer = None
+        task = stream.task
+        if task is not None and not task.done() and stream.reason is None:
+            stream.reason = ERR_DEADLINE_EXCEEDED
+            task.cancel()
+
+    def _end_unstarted(self, stream: Stream, code: str) -> None:
+        """A request that ends before its handler started: its REPLY is the error."""
+        self._connection_error(code, _ENDED[code], stream.encoding, stream.sid)
+        stream.writes += 1
+        self._drop(stream, False)
+
+    def _finished(self, stream: Stream) -> None:
+        """The request was handled: an empty map when its handler answered nothing (exactly one
+        terminal frame), then the next waiting request."""
+        if not stream.writes and not self.conn.closing:
+            stream.write_payload(CODECS[stream.encoding].encode({}), stream.encoding)
+        self._drop(stream, True)
+
+    def _drop(self, stream: Stream, ran: bool) -> None:
+        stream.done = True
+        timer = stream.timer
+        if timer is not None:
+            stream.timer = None
+            timer.cancel()
+        streams = self._streams
+        if streams.get(stream.sid) is stream:
+            del streams[stream.sid]
+        if ran:
+            self._running -= 1
+        conn = self.conn
+        waiting = self._waiting
+        while waiting and self._running < self._max and not conn.closing:
+            self._run(waiting.popleft())
+        if not self._handling:
+            self._refill()
+        if not streams and conn.busy:
+            conn.end_work()
+
+    # -- the connection's life ---------------------------------------------------------------
+
+    def _hold(self) -> None:
+        """No room for more requests: pause reading, and watch the peer while it is paused."""
+        conn = self.conn
+        conn.hold_reading(HOLD_QUEUE)
+        if self._watch is None and not conn.closing:
+            self._watch = self._loop.call_later(PEER_CHECK_EVERY, self._check_peer)
+
+    def _check_peer(self) -> None:
+        """Reading is held, so asyncio would not see the peer go: look (once a second) while it is."""
+        self._watch = None
+        conn = self.conn
+        transport = conn.transport
+        if conn.closing or transport is None or not conn.holds:
+            return
+        if peer_left(transport):
+            logger.info("(%s) The peer left while its requests ran: they are cancelled", conn.session.id if conn.session else "?")
+            transport.abort()  # connection_lost cancels the requests
+            return
+        self._watch = self._loop.call_later(PEER_CHECK_EVERY, self._check_peer)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+        if self._watch is None and not self.conn.closing:
+            self._watch = self._loop.call_later(PEER_CHECK_EVERY, self._check_peer)
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
+    def eof_received(self) -> bool | None:
+        return self.conn.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+        self._end_all()
+
+    def cancel_all(self) -> None:
+        """Shutdown past its deadline: cancel every request in flight."""
+        self._end_all()
+
+    def _end_all(self) -> None:
+        self._waiting.clear()
+        for stream in list(self._streams.values()):
+            if stream.task is not None:
+                stream.task.cancel()
+            else:
+                self._drop(stream, False)
