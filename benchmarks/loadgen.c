@@ -9,6 +9,13 @@
  * per request). Runs for --duration seconds or until --requests replies, and always
  * stops by itself (--timeout).
  *
+ * With --v2, requests are AsyncAProto v2 REQUEST frames (Protocol-Version 23, Kind 0,
+ * Stream-Id, Deadline-Ms: --deadline-ms, 0 by default): a connection uses Stream-Ids
+ * 1..depth, and a REPLY (Kind 1) on Stream-Id s ends the request sent on s (latency from
+ * its write), whatever the order of the replies; the next request goes out on s. A reply
+ * of another version or kind, on a Stream-Id not in flight, or with a non-zero
+ * Deadline-Ms is an error.
+ *
  * Build: cc -O2 -o loadgen loadgen.c    (benchmarks/run.py does it on first use)
  * Output: one line of key=value pairs on stdout, the first six always
  *   requests=N seconds=S rps=R p50_us=.. p99_us=.. errors=E p90_us=.. p999_us=.. max_us=.. ...
@@ -32,6 +39,10 @@
 #include <unistd.h>
 
 #define PROTOCOL_VERSION 22
+#define PROTOCOL_V2 23
+#define V2_HEADER 11 /* after Content-Length: version, encoding, kind, stream id (4), deadline (4) */
+#define KIND_REQUEST 0
+#define KIND_REPLY 1
 #define MAX_FRAME (64u << 20)        /* a reply larger than 64 MiB is an error, not a buffer */
 #define MAX_SAMPLES (64u << 20)      /* latencies kept: 512 MiB at most; more are counted, not kept */
 #define CONNECT_GIVE_UP_NS 3000000000LL /* no connection at all within 3 s: no server */
@@ -45,11 +56,14 @@ typedef struct {
     int64_t *sent_at;        /* ring of write times of the requests in flight */
     int head, inflight;
     int64_t connect_at;
+    unsigned char *out;      /* --v2: this connection's pending request frames (Stream-Ids differ) */
+    unsigned char *busy;     /* --v2: busy[s - 1] when Stream-Id s is in flight */
 } conn_t;
 
 static struct {
     struct sockaddr_in addr;
-    int conns, depth, reconnect, header_size, verbose;
+    int conns, depth, reconnect, header_size, verbose, v2;
+    unsigned long deadline_ms;
     double duration, timeout;
     long long requests;
     const char *expect;
@@ -86,19 +100,33 @@ static void usage(int status) {
     fprintf(status ? stderr : stdout,
             "usage: loadgen --port P (--duration S | --requests N) [--host 127.0.0.1] [--conns 50]\n"
             "               [--depth 1] [--payload JSON | --payload-file F] [--enc 0|1] [--reconnect]\n"
-            "               [--header-size 4] [--expect TEXT] [--timeout S] [-v]\n");
+            "               [--header-size 4] [--expect TEXT] [--timeout S] [--v2 [--deadline-ms 0]] [-v]\n");
     exit(status);
 }
 
+static void put_be32(unsigned char *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * (3 - i)));
+}
+
+static uint32_t get_be32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
 static void build_frame(const unsigned char *payload, size_t n, int enc) {
-    unsigned long long length = n + 2;
+    size_t head = opt.v2 ? V2_HEADER : 2;
+    unsigned long long length = n + head;
     if (opt.header_size < 8 && length >> (8 * opt.header_size)) die("payload too large for --header-size");
-    frame_len = (size_t)opt.header_size + 2 + n;
+    frame_len = (size_t)opt.header_size + head + n;
     frame = xrealloc(NULL, frame_len);
     for (int i = 0; i < opt.header_size; i++) frame[opt.header_size - 1 - i] = (unsigned char)(length >> (8 * i));
-    frame[opt.header_size] = PROTOCOL_VERSION;
+    frame[opt.header_size] = opt.v2 ? PROTOCOL_V2 : PROTOCOL_VERSION;
     frame[opt.header_size + 1] = (unsigned char)enc;
-    memcpy(frame + opt.header_size + 2, payload, n);
+    if (opt.v2) {
+        frame[opt.header_size + 2] = KIND_REQUEST;
+        put_be32(frame + opt.header_size + 3, 0); /* the Stream-Id, set per request */
+        put_be32(frame + opt.header_size + 7, (uint32_t)opt.deadline_ms);
+    }
+    memcpy(frame + opt.header_size + head, payload, n);
     burst = xrealloc(NULL, frame_len * (size_t)(opt.depth + 1));
     for (int i = 0; i <= opt.depth; i++) memcpy(burst + frame_len * (size_t)i, frame, frame_len);
 }
@@ -118,6 +146,7 @@ static void close_conn(conn_t *c, int lost_is_error) {
     if (c->fd >= 0) close(c->fd);
     c->fd = -1;
     if (lost_is_error) errors += c->inflight;
+    if (c->busy) memset(c->busy, 0, (size_t)opt.depth);
     c->inflight = c->head = 0;
     c->in_len = c->out_off = c->out_len = 0;
 }
@@ -130,7 +159,7 @@ static void watch(conn_t *c, int op, uint32_t events) {
 /* Write the pending requests; what the socket does not take waits for EPOLLOUT. */
 static int flush(conn_t *c) {
     while (c->out_off < c->out_len) {
-        ssize_t n = write(c->fd, burst + c->out_off, c->out_len - c->out_off);
+        ssize_t n = write(c->fd, (opt.v2 ? c->out : burst) + c->out_off, c->out_len - c->out_off);
         if (n < 0) {
             if (errno == EAGAIN) {
                 watch(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLOUT);
@@ -158,6 +187,30 @@ static int send_requests(conn_t *c, int count, int64_t t) {
     c->out_off %= frame_len;
     c->out_len = c->out_off + pending + frame_len * (size_t)count;
     return 0;
+}
+
+/* --v2: queue a REQUEST on Stream-Id `sid` (free), sent at `t`; the caller flushes. */
+static void queue_v2(conn_t *c, int sid, int64_t t) {
+    if (c->out_off > 0) { /* keep the pending bytes at the start: depth frames always fit */
+        c->out_len -= c->out_off;
+        memmove(c->out, c->out + c->out_off, c->out_len);
+        c->out_off = 0;
+    }
+    unsigned char *f = c->out + c->out_len;
+    memcpy(f, frame, frame_len);
+    put_be32(f + opt.header_size + 3, (uint32_t)sid);
+    c->out_len += frame_len;
+    c->sent_at[sid - 1] = t;
+    c->busy[sid - 1] = 1;
+    c->inflight++;
+}
+
+/* --v2: send a request on every free Stream-Id (depth in flight again). */
+static int refill_v2(conn_t *c, int64_t t) {
+    int pending = c->out_len > c->out_off;
+    for (int s = 1; s <= opt.depth; s++)
+        if (!c->busy[s - 1]) queue_v2(c, s, t);
+    return pending ? 0 : flush(c); /* a pending write waits for EPOLLOUT, which sends the rest */
 }
 
 static void open_conn(conn_t *c) {
@@ -190,6 +243,10 @@ static void connected(conn_t *c) {
     any_connected = 1;
     watch(c, EPOLL_CTL_MOD, EPOLLIN);
     int64_t t = opt.reconnect ? c->connect_at : now_ns();
+    if (opt.v2) {
+        if (refill_v2(c, t) < 0) close_conn(c, 1);
+        return;
+    }
     if (send_requests(c, opt.reconnect ? 1 : opt.depth, t) < 0) close_conn(c, 1);
 }
 
@@ -207,6 +264,60 @@ static int next_frame(const unsigned char *p, size_t avail, size_t *size) {
     return 1;
 }
 
+/* --v2: as next_frame, and `*sid` the Stream-Id of a REPLY in flight; -1 for anything else. */
+static int next_frame_v2(const conn_t *c, const unsigned char *p, size_t avail, size_t *size, int *sid) {
+    size_t h = (size_t)opt.header_size;
+    if (avail < h) return 0;
+    unsigned long long length = 0;
+    for (size_t i = 0; i < h; i++) length = (length << 8) | p[i];
+    if (length < V2_HEADER || length > MAX_FRAME) return -1;
+    if (avail >= h + 3 && (p[h] != PROTOCOL_V2 || p[h + 1] > 1 || p[h + 2] != KIND_REPLY)) return -1;
+    if (avail < h + length) return 0;
+    uint32_t s = get_be32(p + h + 3);
+    if (s < 1 || s > (uint32_t)opt.depth || !c->busy[s - 1] || get_be32(p + h + 7) != 0) return -1;
+    *size = h + (size_t)length;
+    *sid = (int)s;
+    if (opt.expect && !memmem(p + h + V2_HEADER, (size_t)length - V2_HEADER, opt.expect, strlen(opt.expect))) return -1;
+    return 1;
+}
+
+/* --v2: the replies in c->in, in any order; then one write of the next requests. */
+static void replies_v2(conn_t *c, int eof) {
+    size_t pos = 0, size;
+    int done = 0, sid = 0;
+    int64_t t = now_ns();
+    for (;;) {
+        int rc = next_frame_v2(c, c->in + pos, c->in_len - pos, &size, &sid);
+        if (rc == 0) break;
+        if (rc < 0) {
+            if (opt.verbose) fprintf(stderr, "loadgen: bad v2 reply (version, kind, Stream-Id not in flight, deadline, or --expect)\n");
+            if (c->inflight == 0) errors++; /* else the requests lost with the connection count */
+            close_conn(c, 1);
+            return;
+        }
+        c->busy[sid - 1] = 0;
+        c->inflight--;
+        pos += size;
+        done++;
+        if (in_window(t)) {
+            replies++;
+            record(t - c->sent_at[sid - 1]);
+        }
+    }
+    c->in_len -= pos;
+    memmove(c->in, c->in + pos, c->in_len);
+    if (opt.reconnect && done) {
+        close_conn(c, 0);
+        return;
+    }
+    if (eof) {
+        peer_closes++;
+        close_conn(c, 1);
+        return;
+    }
+    if (done && refill_v2(c, t) < 0) close_conn(c, 1);
+}
+
 static void readable(conn_t *c) {
     int eof = 0;
     for (;;) {
@@ -221,6 +332,10 @@ static void readable(conn_t *c) {
         }
         eof = n == 0 || errno != EAGAIN;
         break;
+    }
+    if (opt.v2) {
+        replies_v2(c, eof);
+        return;
     }
     size_t pos = 0, size;
     int done = 0;
@@ -282,7 +397,8 @@ static void parse_args(int argc, char **argv) {
         {"depth", 1, 0, 'd'},    {"duration", 1, 0, 'D'}, {"requests", 1, 0, 'n'},
         {"payload", 1, 0, 'P'},  {"payload-file", 1, 0, 'f'}, {"enc", 1, 0, 'e'},
         {"reconnect", 0, 0, 'r'}, {"header-size", 1, 0, 's'}, {"expect", 1, 0, 'x'},
-        {"timeout", 1, 0, 't'},  {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
+        {"timeout", 1, 0, 't'},  {"help", 0, 0, 'h'},     {"v2", 0, 0, '2'},
+        {"deadline-ms", 1, 0, 'L'}, {0, 0, 0, 0}};
     const char *host = "127.0.0.1", *payload = "{\"test\": 1}", *file = NULL;
     int port = 0, enc = 0, ch;
     while ((ch = getopt_long(argc, argv, "v", longs, NULL)) != -1) {
@@ -301,12 +417,14 @@ static void parse_args(int argc, char **argv) {
         case 'x': opt.expect = optarg; break;
         case 't': opt.timeout = atof(optarg); break;
         case 'v': opt.verbose = 1; break;
+        case '2': opt.v2 = 1; break;
+        case 'L': opt.deadline_ms = strtoul(optarg, NULL, 10); break;
         case 'h': usage(0); break;
         default: usage(2);
         }
     }
     if (port <= 0 || port > 65535 || opt.conns < 1 || opt.depth < 1 || opt.header_size < 1 || opt.header_size > 8 ||
-        (enc != 0 && enc != 1) || (opt.duration <= 0) == (opt.requests <= 0))
+        (enc != 0 && enc != 1) || (opt.duration <= 0) == (opt.requests <= 0) || opt.deadline_ms > 0xffffffffUL)
         usage(2);
     if (opt.reconnect) opt.depth = 1;
     opt.addr.sin_family = AF_INET;
@@ -347,6 +465,10 @@ int main(int argc, char **argv) {
     for (int i = 0; i < opt.conns; i++) {
         conns[i].fd = -1;
         conns[i].sent_at = calloc((size_t)opt.depth, sizeof(int64_t));
+        if (opt.v2) {
+            conns[i].out = xrealloc(NULL, frame_len * (size_t)opt.depth);
+            conns[i].busy = calloc((size_t)opt.depth, 1);
+        }
         open_conn(&conns[i]);
     }
     struct epoll_event events[256];
@@ -389,10 +511,11 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < nsamples; i++) sum += (double)samples[i];
     printf("requests=%lld seconds=%.3f rps=%.1f p50_us=%.0f p99_us=%.0f errors=%lld p90_us=%.0f p999_us=%.0f "
            "max_us=%.0f mean_us=%.1f conns=%d depth=%d reconnect=%d connects=%lld conn_errors=%lld peer_closes=%lld "
-           "inflight_at_end=%lld recorded=%lld timed_out=%d no_server=%d\n",
+           "inflight_at_end=%lld recorded=%lld timed_out=%d no_server=%d%s\n",
            replies, seconds, seconds > 0 ? (double)replies / seconds : 0.0, percentile_us(0.50), percentile_us(0.99),
            errors, percentile_us(0.90), percentile_us(0.999), percentile_us(1.0),
            nsamples ? sum / (double)nsamples / 1000.0 : 0.0, opt.conns, opt.depth, opt.reconnect, connects,
-           conn_errors, peer_closes, inflight, (long long)nsamples, timed_out, !any_connected);
+           conn_errors, peer_closes, inflight, (long long)nsamples, timed_out, !any_connected,
+           opt.v2 ? " v2=1" : "");
     return replies > 0 ? 0 : 1;
 }
