@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from asyncapy.wire.protocol import encode_frame
+from asyncapy.wire.protocol import encode_frame, encode_reply, encode_v2
 
-from .procs import ROOT, free_port
+from .procs import ROOT, free_port, server_process
 
 Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -138,3 +138,90 @@ def test_duration_mode_stops_by_itself(loadgen: Path, serve: Callable[[Reply], i
 def test_no_server_gives_up(loadgen: Path) -> None:
     stats = run(loadgen, free_port(), "--duration", "30", "--conns", "2")
     assert stats["exit"] == "1" and stats["no_server"] == "1", stats
+
+
+# -- v2 (--v2): REQUEST frames on Stream-Ids 1..depth, REPLYs matched by Stream-Id -----------
+
+
+async def read_v2_request(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
+    """(Stream-Id, Deadline-Ms, payload) of one REQUEST; anything else fails the toy server."""
+    body = await read_request(reader)
+    assert body[0] == 23 and body[2] == 0, body[:11]  # Protocol-Version 23, Kind REQUEST
+    return int.from_bytes(body[3:7], "big"), int.from_bytes(body[7:11], "big"), body[11:]
+
+
+def echo_v2(cut: Callable[[bytes], list[bytes]], batch: int = 1, frame: Callable[[int, bytes], bytes] | None = None) -> Reply:
+    """Answer each ``batch`` of REQUESTs in reverse order (``frame(sid, payload)`` makes each reply)."""
+    make = frame or (lambda sid, payload: encode_reply(sid, payload, 0))
+    seen: list[int] = []  # Deadline-Ms of every request, for the test to check
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                got = [await read_v2_request(reader) for _ in range(batch)]
+                seen.extend(deadline for _, deadline, _ in got)
+                frames = [make(sid, payload) for sid, _, payload in reversed(got)]
+                for piece in cut(b"".join(frames)):
+                    writer.write(piece)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    reply.seen = seen  # type: ignore[attr-defined]
+    return reply
+
+
+@pytest.mark.parametrize("cut", [whole, bytewise], ids=["whole", "one byte per write"])
+def test_v2_replies_out_of_order_however_they_are_cut(loadgen: Path, serve: Callable[[Reply], int], cut: Callable[[bytes], list[bytes]]) -> None:
+    """Eight requests in flight per connection, answered last first: each matched by its Stream-Id."""
+    port = serve(echo_v2(cut, batch=8))
+    stats = run(loadgen, port, "--v2", "--conns", "3", "--depth", "8", "--requests", "400", "--expect", '"test"')
+    assert stats["exit"] == "0" and stats["errors"] == "0" and int(stats["requests"]) >= 400, stats
+    assert stats["v2"] == "1" and stats["depth"] == "8" and stats["peer_closes"] == "0", stats
+    assert float(stats["p50_us"]) > 0 and float(stats["p99_us"]) >= float(stats["p50_us"])
+
+
+def test_v2_requests_carry_the_deadline(loadgen: Path, serve: Callable[[Reply], int]) -> None:
+    reply = echo_v2(whole)
+    port = serve(reply)
+    stats = run(loadgen, port, "--v2", "--deadline-ms", "1500", "--conns", "2", "--requests", "20")
+    assert stats["errors"] == "0" and int(stats["requests"]) >= 20, stats
+    seen: list[int] = reply.seen  # type: ignore[attr-defined]
+    assert len(seen) >= 20 and set(seen) == {1500}, seen
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        lambda sid, payload: encode_v2(2, sid, payload, 0),  # an ITEM, not a REPLY
+        lambda sid, payload: encode_reply(sid + 100, payload, 0),  # a Stream-Id never sent
+        lambda sid, payload: encode_reply(0, payload, 0),  # an error of the connection
+        lambda sid, payload: encode_frame(payload, 0),  # a v1 frame
+        lambda sid, payload: encode_v2(1, sid, payload, 0, deadline_ms=5),  # Deadline-Ms on a REPLY
+    ],
+    ids=["item", "unknown stream", "stream 0", "v1 frame", "deadline on reply"],
+)
+def test_v2_a_reply_it_cannot_match_is_an_error(loadgen: Path, serve: Callable[[Reply], int], frame: Callable[[int, bytes], bytes]) -> None:
+    port = serve(echo_v2(whole, frame=frame))
+    stats = run(loadgen, port, "--v2", "--conns", "2", "--depth", "2", "--requests", "10")
+    assert stats["exit"] == "1" and stats["requests"] == "0" and int(stats["errors"]) >= 10, stats
+
+
+def test_v2_a_stream_id_answered_twice_is_an_error(loadgen: Path, serve: Callable[[Reply], int]) -> None:
+    """The second REPLY on a Stream-Id no longer in flight (depth 1: nothing else was sent)."""
+    port = serve(echo_v2(whole, frame=lambda sid, payload: encode_reply(sid, payload, 0) * 2))
+    stats = run(loadgen, port, "--v2", "--conns", "2", "--requests", "10")
+    assert int(stats["errors"]) >= 2, stats
+
+
+def test_v2_against_an_asyncapy_server(loadgen: Path) -> None:
+    """The benchmark's typed server answers 50 x 8 in flight on v2, and v1 pipelined on the same process."""
+    port = free_port()
+    with server_process([str(ROOT / "benchmarks" / "servers.py"), "typed-test", str(port)], port):
+        v2 = run(loadgen, port, "--v2", "--conns", "10", "--depth", "8", "--requests", "2000", "--expect", '"test"')
+        v1 = run(loadgen, port, "--conns", "10", "--depth", "8", "--requests", "2000", "--expect", '"test"')
+        with_deadline = run(loadgen, port, "--v2", "--deadline-ms", "60000", "--conns", "2", "--requests", "50", "--expect", '"test"')
+    for stats in (v2, v1, with_deadline):
+        assert stats["exit"] == "0" and stats["errors"] == "0" and int(stats["requests"]) >= 50, stats
+    assert int(v2["requests"]) >= 2000 and v2["v2"] == "1" and "v2" not in v1, (v2, v1)
