@@ -107,6 +107,11 @@ def scenarios(zip_file: Path) -> list[Scenario]:
         Scenario("asyncapy ziproto", echo, ("--payload-file", str(zip_file), "--enc", "1"), "raw ziproto"),
         Scenario("raw depth 8", raw, ("--depth", "8")),
         Scenario("asyncapy depth 8", echo, ("--depth", "8"), "raw depth 8"),
+        # AsyncAProto v2 (issue 22): the same server, 8 requests in flight per connection
+        # on Stream-Ids instead of 8 pipelined v1 requests; the ratio is v2 over v1
+        Scenario("asyncapy typed depth 8", Spec("typed-test"), ("--depth", "8", *test), "raw depth 8"),
+        Scenario("asyncapy typed depth 8, v2", Spec("typed-test"), ("--depth", "8", "--v2", *test), "asyncapy typed depth 8"),
+        Scenario("asyncapy echo depth 8, v2", echo, ("--depth", "8", "--v2"), "asyncapy depth 8"),
         Scenario("raw reconnect", raw, ("--reconnect",)),
         Scenario("asyncapy reconnect", echo, ("--reconnect",), "raw reconnect"),
         Scenario("asyncapy workers=2", Spec("echo", workers=2), (), BASELINE),
@@ -421,7 +426,7 @@ def main() -> None:
         stop_servers(servers.values())
         zip_file.unlink(missing_ok=True)
     command = shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]])
-    print(f"`{command}`: {args.runs} run(s) of {args.duration:g} s, {args.conns} connections with one request in flight each,"
+    print(f"`{command}`: {args.runs} run(s) of {args.duration:g} s, {args.conns} connections with one request in flight each (a row named depth 8: eight),"
           f" server pinned to one core and load generator to another: {args.pin}; medians.")
     print(f"Machine: {machine()}.")
     print()
