@@ -88,3 +88,32 @@ def test_protocol_benchmark_prints_every_row_next_to_its_reference() -> None:
         assert float(ns) > 0 and float(ref_ns) > 0 and float(ratio) > 0, (row, out.stdout)
     loop = subprocess.run([*cmd[:2], "--loop", "split", "--calls", "100"], capture_output=True, text=True, timeout=60, check=False)
     assert loop.returncode == 0 and loop.stdout == "", loop.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the load generator is POSIX C")
+def test_v2_rows_run_beside_their_v1_rows() -> None:
+    """``--only v2``: the v2 rows, each a ratio of the same server's pipelined v1 row (no speed asserted)."""
+    need("cc")
+    out = run("--only", "v2", "--duration", "0.3", "--runs", "1")
+    assert out.returncode == 0, out.stderr
+    rows = table(out.stdout)
+    names = ["raw depth 8", "asyncapy depth 8", "asyncapy typed depth 8", "asyncapy typed depth 8, v2", "asyncapy echo depth 8, v2"]
+    assert list(rows)[1:] == names, out.stdout
+    for name in names[1:]:
+        req_s, rps_ratio, cpu_ratio, errors = float(rows[name][0].replace(",", "")), float(rows[name][1]), float(rows[name][5]), rows[name][7]
+        assert req_s > 0 and rps_ratio > 0 and cpu_ratio > 0 and errors == "0", (name, out.stdout)
+
+
+def test_head_of_line_prints_each_case() -> None:
+    """``head_of_line.py`` with few requests: the four cases, each with its latencies (no speed asserted)."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "head_of_line.py"), "--requests", "40", "--v1-requests", "3", "--timeout", "30"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    rows = table(out.stdout)
+    expected = {"v2, fast alone": 40, "v2, beside a slow request": 40, "v1, fast alone": 40, "v1, beside a slow request": 3}
+    for name, count in expected.items():
+        requests, p50, p99, top, slow = rows[name]
+        assert int(requests) == count and 0 < float(p50.replace(",", "")) <= float(p99.replace(",", "")), (name, out.stdout)
+        assert float(top.replace(",", "")) >= float(p99.replace(",", "")), (name, out.stdout)
+        assert (slow == "-") == ("alone" in name), (name, out.stdout)
+    assert int(rows["v1, beside a slow request"][4]) >= 1 and int(rows["v2, beside a slow request"][4]) >= 0
