@@ -20,8 +20,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -29,9 +29,6 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .state import TopicBus
-
-if TYPE_CHECKING:
-    from .redis import RedisState
 
 logger = logging.getLogger("asyncapy")
 
@@ -47,10 +44,24 @@ POLL: Final = 1.0
 ORIGIN_SIZE: Final = 16
 
 
+class _State(Protocol):
+    """What the bus uses of ``RedisState`` (``asyncapy.shared.redis``, which imports this module)."""
+
+    url: str
+    namespace: str
+    timeout: float
+    _given: aioredis.Redis | None
+
+    @property
+    def redis(self) -> aioredis.Redis: ...
+
+    async def _call(self, what: str, awaitable: Awaitable[Any]) -> Any: ...
+
+
 class RedisTopicBus(TopicBus):
     """One per ``RedisState``; see the module docstring."""
 
-    def __init__(self, state: RedisState) -> None:
+    def __init__(self, state: _State) -> None:
         self.state = state
         self._handlers: dict[bytes, Callable[[bytes], None]] = {}
         self._receiver: _Receiver | None = None
