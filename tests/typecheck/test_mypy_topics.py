@@ -17,4 +17,4 @@ def test_the_model_is_what_publish_takes_and_subscribe_yields() -> None:
     notes = [line for line in output.splitlines() if "Revealed type is" in line]
     assert len(errors) == 1 and 'incompatible type "Other"' in errors[0], output
     assert "(event: tests.typecheck.fail.topics_misuse.Tick | typing.Mapping[" in notes[0], output  # publish's argument
-    assert notes[1].endswith('Revealed type is "topics_misuse.Tick"'), output  # subscribe's items
+    assert notes[1].endswith('Revealed type is "tests.typecheck.fail.topics_misuse.Tick"'), output  # subscribe's items
