@@ -331,7 +331,8 @@ class Server:
         """An AsyncAPI 3.0.0 document of this server (``asyncapy.asyncapi``)."""
         from .docs.asyncapi import asyncapi_document
 
-        return asyncapi_document(self, self.compile().routes, title=title, version=version, description=description)
+        routes = self.compile().routes
+        return asyncapi_document(self, routes, title=title, version=version, description=description, topics=self.topics)
 
     async def explain(self, payload: Mapping[str, Any], address: str = "127.0.0.1") -> Explanation:
         """What the routes would do with ``payload`` from ``address``, calling no handler.
