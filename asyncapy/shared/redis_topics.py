@@ -134,6 +134,9 @@ class _Receiver:
                 if self._down_since is None:
                     self._down_since = time.monotonic()
                     logger.warning("Topics: lost the Redis subscription at %s (%r); reconnecting", self.bus.state.url, exc)
+            except Exception:  # a bug must not end receiving for good
+                self.synced.clear()
+                logger.exception("Topics: the Redis receiver failed; reconnecting")
             finally:
                 await _quietly_close(pubsub, None if client is self.bus.state._given else client, self.bus.state.timeout)
             await asyncio.sleep(backoff)
