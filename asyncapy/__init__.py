@@ -11,6 +11,7 @@ from .wire.errors import (
     ClientTimeout,
     ConnectionClosed,
     ErrorReply,
+    EventInvalid,
     LifespanError,
     ProtocolError,
     ReplyValidationError,
@@ -23,6 +24,7 @@ from .model.peer import Client, Session
 from .app.routing import Router
 from .app.security import ApiKeyAuth, SecurityScheme, Unauthorized
 from .server import Server
+from .shared.topics import Subscription, Topic
 from .wire.version import __version__
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "ConnectionClosed",
     "Depends",
     "ErrorReply",
+    "EventInvalid",
     "LifespanError",
     "Packet",
     "ProtocolError",
@@ -47,6 +50,8 @@ __all__ = [
     "Server",
     "Session",
     "StopPropagation",
+    "Subscription",
+    "Topic",
     "Unauthorized",
     "UsageError",
     "__version__",

@@ -13,6 +13,8 @@ import ssl as _ssl
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from pydantic import BaseModel
+
 from .wire.codecs import get_codec
 from .app.config import load_config
 from .serve.listener import Listener, listen
@@ -22,6 +24,7 @@ from .serve.health import Health, health_layer
 from .serve.pipeline import Settings, build_pipeline
 from .shared.ratelimit import RateLimit
 from .shared.state import SharedSessions, SharedState
+from .shared.topics import DEFAULT_MAX_BUFFERED, Topic
 from .wire.proxy import Network, check_trusted_proxies
 from .ops.logs import AccessLog, configure_logging
 from .ops.observe import Observer, make_observer
@@ -44,6 +47,7 @@ HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[Any]])
 R = TypeVar("R")
 E = TypeVar("E", bound=BaseException)
 MiddlewareT = TypeVar("MiddlewareT", bound=Middleware)
+M = TypeVar("M", bound=BaseModel)
 
 #: While stopping, a connection is closed once it has been quiet this long: longer than a
 #: LAN round trip, so packets the peer sent before the stop are read and answered,
@@ -293,6 +297,28 @@ class Server:
         """Serve every route of ``router`` after the routes registered so far."""
         self._check_not_serving()
         self.router.include_router(router)
+        self._bind_topics()
+
+    def topic(self, name: str, model: type[M], max_buffered: int = DEFAULT_MAX_BUFFERED) -> Topic[M]:
+        """A typed topic: ``await topic.publish(event)``, ``async with topic.subscribe() as events``.
+
+        With ``shared_state`` its events reach the subscribers of every server sharing it;
+        ``max_buffered``: the events one subscription may hold before it ends with
+        ERR_SLOW_CONSUMER (``asyncapy.shared.topics``).
+        """
+        self._check_not_serving()
+        made = self.router.topic(name, model, max_buffered)
+        made.bind(self.shared_state)
+        return made
+
+    @property
+    def topics(self) -> dict[str, Topic[Any]]:
+        """Every topic of the server and its routers, by name."""
+        return self.router.topics()
+
+    def _bind_topics(self) -> None:
+        for topic in self.router.topics().values():
+            topic.bind(self.shared_state)
 
     def compile(self) -> Plan:
         """Compile the routes into the plan that dispatch runs (done once, before serving).
@@ -300,6 +326,7 @@ class Server:
         Logs a warning (logger "asyncapy") for each handler that can never run.
         """
         if self._plan is None:
+            self._bind_topics()  # those of routers that got topics after they were included
             self._plan = compile_routes(self.router.routes())
         return self._plan
 
@@ -313,7 +340,8 @@ class Server:
         """An AsyncAPI 3.0.0 document of this server (``asyncapy.asyncapi``)."""
         from .docs.asyncapi import asyncapi_document
 
-        return asyncapi_document(self, self.compile().routes, title=title, version=version, description=description)
+        routes = self.compile().routes
+        return asyncapi_document(self, routes, title=title, version=version, description=description, topics=self.topics)
 
     async def explain(self, payload: Mapping[str, Any], address: str = "127.0.0.1") -> Explanation:
         """What the routes would do with ``payload`` from ``address``, calling no handler.
@@ -528,6 +556,7 @@ class Server:
         await self._flush_or_abort(ctx)
         if ctx.pipeline.admission is not None:
             await ctx.pipeline.admission.aclose()  # the closed sessions are forgotten in the shared state
+        await self._close_topic_bus()
         ctx.close_hosts()
         if ctx.sweeper is not None:
             ctx.sweeper.cancel()
@@ -535,6 +564,14 @@ class Server:
         await self._end_lifespan()
         self._stop_observing()
         logger.info("Server stopped")
+
+    async def _close_topic_bus(self) -> None:
+        """Stop receiving other servers' topic events in this process (its subscription to Redis)."""
+        if self.shared_state is None or not self.router.topics():
+            return
+        bus = self.shared_state.topic_bus()
+        if bus is not None:
+            await bus.aclose()
 
     async def _drain(self) -> None:
         """Health probes answer NOT_SERVING from now on; keep serving ``drain`` seconds for balancers to notice."""

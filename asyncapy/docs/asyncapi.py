@@ -2,7 +2,8 @@
 
 One server, one channel (an AsyncAProto connection carries every message both ways),
 one ``receive`` operation per route, with a ``reply`` when the handler declares a
-reply type and a ``security`` list when an ``asyncapy.security`` scheme guards it (the
+reply type; each topic (``server.topic``) is a channel of its own with a ``send``
+operation carrying its event model (``x-asyncapy-topic``); and a ``security`` list when an ``asyncapy.security`` scheme guards it (the
 schemes are in ``components/securitySchemes``). Groups, styles and filters go in ``x-asyncapy-*`` fields. Schemas come
 from ``asyncapy.docs.schema`` with their refs pointed at ``components/schemas``.
 """
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from pydantic import TypeAdapter
+
+from ..shared.topics import Topic
 from ..wire.codecs import CODECS
-from ..wire.errors import ERROR_CODES
+from ..wire.errors import ERR_SLOW_CONSUMER, ERROR_CODES
 from ..wire.protocol import PROTOCOL_VERSION
 from .schema import RouteSchema, describe_routes
 
@@ -56,12 +60,18 @@ class Endpoint(Protocol):
 
 
 def asyncapi_document(
-    server: Endpoint, routes: Sequence[Any], *, title: str, version: str, description: str | None = None
+    server: Endpoint,
+    routes: Sequence[Any],
+    *,
+    title: str,
+    version: str,
+    description: str | None = None,
+    topics: Mapping[str, Topic[Any]] | None = None,
 ) -> dict[str, Any]:
-    """The AsyncAPI 3.0.0 document of ``server`` whose compiled routes are ``routes``."""
+    """The AsyncAPI 3.0.0 document of ``server`` whose compiled routes are ``routes`` (and its ``topics``)."""
     described, defs = describe_routes(routes, COMPONENT_REF)
     ids = operation_ids([route.handler for route in described])
-    declared = sorted({code for route in described for code in route.errors})
+    declared = sorted({code for route in described for code in route.errors} | ({ERR_SLOW_CONSUMER} if topics else set()))
     messages: dict[str, Any] = {ERROR_MESSAGE: _error_message(declared)}
     operations: dict[str, Any] = {}
     schemes: dict[str, Any] = {}
@@ -74,12 +84,15 @@ def asyncapi_document(
     info: dict[str, Any] = {"title": title, "version": version}
     if description:
         info["description"] = description
+    channels = {CHANNEL: _channel(messages)}
+    if topics:
+        _add_topics(list(topics.values()), set(operations), channels, operations, messages, defs)
     return {
         "asyncapi": ASYNCAPI_VERSION,
         "info": info,
         "defaultContentType": "application/json",
         "servers": {SERVER: _server(server)},
-        "channels": {CHANNEL: _channel(messages)},
+        "channels": channels,
         "operations": operations,
         "components": {
             "schemas": {name: asyncapi_schema(schema) for name, schema in defs.items()},
@@ -87,6 +100,57 @@ def asyncapi_document(
             **({"securitySchemes": schemes} if schemes else {}),
         },
     }
+
+
+def _add_topics(
+    topics: Sequence[Topic[Any]],
+    taken: set[str],
+    channels: dict[str, Any],
+    operations: dict[str, Any],
+    messages: dict[str, Any],
+    defs: dict[str, Any],
+) -> None:
+    """A channel, a ``send`` operation and an event message per topic; their models join ``defs``."""
+    inputs = [(topic.name, "serialization", TypeAdapter(topic.model)) for topic in topics]
+    by_key, top = TypeAdapter.json_schemas(inputs, ref_template=COMPONENT_REF)  # type: ignore[arg-type]
+    for name, schema in top.get("$defs", {}).items():
+        defs.setdefault(name, schema)
+    for topic in topics:
+        key = _topic_key(topic.name, taken)
+        message = f"{key}.event"
+        messages[message] = {
+            "name": message,
+            "title": f"An event of topic {topic.name}",
+            "payload": asyncapi_schema(by_key[(topic.name, "serialization")]),
+        }
+        channels[key] = {
+            "address": topic.name,
+            "title": f"Topic {topic.name}",
+            "description": (
+                "Events the server publishes; a handler that subscribes forwards them on its connection. "
+                f"A subscriber more than {topic.max_buffered} events behind ends with {ERR_SLOW_CONSUMER}."
+            ),
+            "messages": {message: {"$ref": f"#/components/messages/{message}"}},
+        }
+        operations[key] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{key}"},
+            "title": f"topic {topic.name}",
+            "messages": [{"$ref": f"#/channels/{key}/messages/{message}"}],
+            "x-asyncapy-topic": topic.name,
+            "x-asyncapy-max-buffered": topic.max_buffered,
+        }
+
+
+def _topic_key(name: str, taken: set[str]) -> str:
+    """A channel and operation key for topic ``name`` (``[A-Za-z0-9_-]``), unlike any in ``taken``."""
+    base = "topic_" + re.sub(r"[^A-Za-z0-9_\-]+", "_", name)
+    key, n = base, 1
+    while key in taken or key == CHANNEL:
+        n += 1
+        key = f"{base}_{n}"
+    taken.add(key)
+    return key
 
 
 def _scheme_key(entry: dict[str, Any], schemes: dict[str, Any]) -> str:

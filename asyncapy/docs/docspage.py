@@ -27,6 +27,7 @@ ERROR_MEANINGS: Final = {
     "ERR_INTERNAL": ("a handler raised, or its reply could not be sent; the traceback is in the server's log", "stays open"),
     "ERR_RATE_LIMITED": ("over a rate limit; detail says when to retry", "stays open"),
     "ERR_UNAUTHORIZED": ("a security scheme refused the packet: its credential is missing or wrong", "stays open"),
+    "ERR_SLOW_CONSUMER": ("a topic subscription fell more than max_buffered events behind; it ends", "stays open"),
 }
 _REF = "#/components/schemas/"
 _MAX_DEPTH = 6  # example values of recursive models stop here
@@ -40,13 +41,15 @@ def render(doc: Mapping[str, Any]) -> str:
     info = doc.get("info", {})
     title = str(info.get("title", "API"))
     framing = _framing(doc)
-    operations = doc.get("operations", {})
+    everything = doc.get("operations", {})
+    operations = {op_id: op for op_id, op in everything.items() if "x-asyncapy-topic" not in op}
+    topics = {op_id: op for op_id, op in everything.items() if "x-asyncapy-topic" in op}
     body = [
         f'<header><h1>{_e(title)}</h1><p class="version">version {_e(info.get("version", ""))}'
         f' · AsyncAPI {_e(doc.get("asyncapi", ""))}</p>',
         f"<p>{_e(info['description'])}</p>" if info.get("description") else "",
         "</header>",
-        _nav(operations, schemas, security),
+        _nav(operations, schemas, security, topics),
         "<main>",
         _server_section(doc, framing),
         '<section id="operations"><h2>Operations</h2>',
@@ -54,6 +57,7 @@ def render(doc: Mapping[str, Any]) -> str:
         "whose model validates the packet runs. A packet no handler accepts gets ERR_NO_HANDLER.</p>",
         *(_operation(op_id, op, messages, schemas, framing, security) for op_id, op in operations.items()),
         "</section>",
+        _topics_section(topics, messages, schemas, framing),
         _security_section(security),
         _models_section(schemas),
         _errors_section(messages),
@@ -69,11 +73,15 @@ def render(doc: Mapping[str, Any]) -> str:
 # -- sections -----------------------------------------------------------------------------
 
 
-def _nav(operations: Mapping[str, Any], schemas: Mapping[str, Any], security: Mapping[str, Any]) -> str:
+def _nav(
+    operations: Mapping[str, Any], schemas: Mapping[str, Any], security: Mapping[str, Any], topics: Mapping[str, Any] | None = None
+) -> str:
     items = "".join(f'<li><a href="#op-{_id(op_id)}">{_e(op_id)}</a></li>' for op_id in operations)
     models = "".join(f'<li><a href="#model-{_id(name)}">{_e(name)}</a></li>' for name in schemas)
+    named = "".join(f'<li><a href="#op-{_id(op_id)}">{_e(op.get("x-asyncapy-topic"))}</a></li>' for op_id, op in (topics or {}).items())
     return (
         '<nav><a href="#server">Server</a><h3>Operations</h3><ul>' + items + "</ul>"
+        + ("<h3>Topics</h3><ul>" + named + "</ul>" if named else "")
         + ('<a href="#security">Security</a>' if security else "")
         + ("<h3>Models</h3><ul>" + models + "</ul>" if models else "")
         + '<a href="#errors">Error codes</a></nav>'
@@ -138,6 +146,28 @@ def _operation(
         "</div></div></article>",
     ]
     return "\n".join(parts)
+
+
+def _topics_section(
+    topics: Mapping[str, Any], messages: Mapping[str, Any], schemas: Mapping[str, Any], framing: Mapping[str, Any]
+) -> str:
+    """Each topic: its name, its bound and the event its subscribers receive."""
+    if not topics:
+        return ""
+    articles = []
+    for op_id, op in topics.items():
+        event = _message(op.get("messages", []), messages)
+        articles.append(
+            f'<article class="operation" id="op-{_id(op_id)}"><h3>{_e(op.get("x-asyncapy-topic"))}</h3>'
+            f'<p class="facts"><span class="tag">topic</span> <span class="tag">max_buffered '
+            f'{_e(op.get("x-asyncapy-max-buffered"))}</span></p>'
+            + _payload_block("Event", event, schemas, framing) + "</article>"
+        )  # fmt: skip
+    return (
+        '<section id="topics"><h2>Topics</h2><p class="note">Events the server publishes; a handler that '
+        "subscribes sends them on its connection. A subscriber that falls more than max_buffered events "
+        "behind gets those it holds, then ERR_SLOW_CONSUMER.</p>" + "\n".join(articles) + "</section>"
+    )
 
 
 def _operation_security(refs: list[Mapping[str, Any]], security: Mapping[str, Any]) -> str:

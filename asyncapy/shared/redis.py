@@ -7,7 +7,8 @@ Keys, under ``namespace`` (so several APIs can share one Redis):
   ``ttl / 3`` seconds, so those of an instance that died are gone within ``ttl``;
 - ``<ns>:apikeys``: a hash of SHA-256 digests of the accepted API keys (never the keys);
 - ``<ns>:rate:<limit>:<who>``: one GCRA timestamp per rate-limit bucket (µs), expiring
-  when the bucket is full again.
+  when the bucket is full again;
+- the pub/sub channel ``<ns>:topic:<name>`` per topic (``asyncapy.shared.redis_topics``).
 
 Every check is one round trip: a Lua script (sessions, rate limits, atomic on the
 Redis server and timed by its clock, so instances need no synchronised clocks) or
@@ -36,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
     raise ImportError(f"asyncapy.redis needs the redis package: {install_hint('redis')}") from exc
 
-from .state import DEFAULT_TTL, SharedState, SharedStateUnavailable
+from .state import DEFAULT_TTL, SharedState, SharedStateUnavailable, TopicBus
 
 logger = logging.getLogger("asyncapy")
 
@@ -150,6 +151,7 @@ class RedisState(SharedState):
         self._scripts: dict[str, Any] = {}
         self._down_since: float | None = None
         self._logged_at = 0.0
+        self._bus: TopicBus | None = None
 
     # -- the connection -----------------------------------------------------------
 
@@ -239,8 +241,18 @@ class RedisState(SharedState):
         wait = await self._call("rate limit", script(keys=[self._key("rate", bucket)], args=[interval_us, interval_us * (burst - 1)]))
         return int(wait) / 1_000_000
 
+    def topic_bus(self) -> TopicBus:
+        """Topic events through Redis pub/sub (``asyncapy.shared.redis_topics``)."""
+        if self._bus is None:
+            from .redis_topics import RedisTopicBus
+
+            self._bus = RedisTopicBus(self)
+        return self._bus
+
     async def aclose(self) -> None:
         """Close this process's connections to Redis (they reopen on the next call)."""
+        if self._bus is not None:
+            await self._bus.aclose()
         if self._client is not None and self._given is None:
             await self._client.aclose(close_connection_pool=True)
         self._client = None

@@ -8,7 +8,9 @@ calls, each one round trip:
   kept alive by ``refresh_sessions``: the sessions of an instance that stops
   refreshing are forgotten within ``ttl`` seconds);
 - API key digests (``add_key`` / ``remove_key`` / ``has_key``);
-- rate-limit buckets (``hit``: an atomic check-and-count).
+- rate-limit buckets (``hit``: an atomic check-and-count);
+- the events of typed topics (``topic_bus()``: a ``TopicBus``, or None to keep them in
+  each process).
 
 A backend that cannot answer (down, or slower than its timeout) raises
 ``SharedStateUnavailable``; what needed it gets ERR_INTERNAL with
@@ -25,7 +27,7 @@ import asyncio
 import itertools
 import logging
 import uuid
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final
 
 from ..wire.errors import ERR_INTERNAL, ApiError
@@ -99,6 +101,35 @@ class SharedState(abc.ABC):
         Returns 0.0 when it was counted, else the seconds until one would fit (nothing
         is counted then).
         """
+
+    def topic_bus(self) -> TopicBus | None:
+        """The bus that carries topic events between servers; None: each process keeps its own."""
+        return None
+
+
+class TopicBus(abc.ABC):
+    """Carries the events of topics between the servers sharing a backend (``asyncapy.shared.topics``).
+
+    Made once per backend; it keeps one subscription to the backend per process (and
+    event loop), whatever the number of topics and local subscribers.
+    """
+
+    @abc.abstractmethod
+    def attach(self, topic: str, deliver: Callable[[bytes], None]) -> None:
+        """Pass the events other processes publish on ``topic`` to ``deliver`` (their encoded bytes)."""
+
+    @abc.abstractmethod
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Send one encoded event to the other processes; ``SharedStateUnavailable`` when the backend cannot take it."""
+
+    @abc.abstractmethod
+    async def ready(self) -> None:
+        """Return once this process receives every attached topic's events, or after the
+        backend's timeout if it is unavailable (receiving starts when it is back)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Stop receiving in this process (``ready()`` starts again)."""
 
 
 class SharedSessions:

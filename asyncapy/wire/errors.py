@@ -7,10 +7,12 @@
     │   └── PayloadTooLarge    ERR_PAYLOAD_TOO_LARGE
     ├── UsageError             the programmer's fault; raised at registration time,
     │                          names the handler and says how to fix it (also a TypeError)
+    ├── EventInvalid           ``topic.publish(obj)``: obj is not the topic's model (also a ValueError)
     ├── StopPropagation        control flow: ends the dispatch of one packet
     ├── ApiError               an application error reply: ``{"error": code, "detail": ...}``
     │   ├── RateLimited        ERR_RATE_LIMITED, over a ``RateLimit`` (``asyncapy.shared.ratelimit``)
     │   ├── Unauthorized       ERR_UNAUTHORIZED, refused by a ``SecurityScheme`` (``asyncapy.app.security``)
+    │   ├── SlowConsumer       ERR_SLOW_CONSUMER, a topic subscription fell behind (``asyncapy.shared.topics``)
     │   └── SharedStateUnavailable  ERR_INTERNAL, Redis did not answer (``asyncapy.shared.state``)
     ├── LifespanError          the server's lifespan raised before serving (nothing is served)
     └── ClientError            raised by ``asyncapy.client``
@@ -45,6 +47,8 @@ ERR_UNAUTHORIZED = "ERR_UNAUTHORIZED"
 ERR_CANCELLED = "ERR_CANCELLED"
 ERR_DEADLINE_EXCEEDED = "ERR_DEADLINE_EXCEEDED"
 ERR_STREAM_ID_IN_USE = "ERR_STREAM_ID_IN_USE"
+#: A topic subscription fell more than ``max_buffered`` events behind (DESIGN §9).
+ERR_SLOW_CONSUMER = "ERR_SLOW_CONSUMER"
 
 ERROR_CODES = frozenset(
     {
@@ -128,6 +132,20 @@ class ApiError(AsyncAPYError):
     def payload(self) -> dict[str, Any]:
         """The error reply's map."""
         return error_payload(self.code, self.detail)
+
+
+class EventInvalid(AsyncAPYError, ValueError):
+    """``topic.publish(obj)`` got what is not the topic's model (nothing was published).
+
+    Attributes:
+        topic: the topic's name.
+        validation_error: pydantic's ``ValidationError`` when ``obj`` was a dict (also the ``__cause__``), else None.
+    """
+
+    def __init__(self, topic: str, message: str, validation_error: ValidationError | None = None) -> None:
+        super().__init__(f"topic {topic!r}: {message}")
+        self.topic = topic
+        self.validation_error = validation_error
 
 
 class LifespanError(AsyncAPYError):

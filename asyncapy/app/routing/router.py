@@ -10,12 +10,16 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
 from ..depends import Dependency, as_dependency, build_steps
 from ...wire.errors import UsageError
 from ..filters import Filter, as_filter, is_filter
+from ...shared.topics import DEFAULT_MAX_BUFFERED, Topic, check_unique
 from .introspect import HandlerSpec, handler_name, inspect_handler
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[Any]])
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,7 @@ class Router:
 
     def __init__(self, *, dependencies: Sequence[Any] | None = None, errors: Sequence[str] | None = None) -> None:
         self._entries: list[Route | Router] = []
+        self._topics: dict[str, Topic[Any]] = {}
         self.dependencies = check_dependencies(dependencies, "Router(dependencies=...)")
         self.errors = check_errors(errors, "Router(errors=...)")
 
@@ -127,10 +132,32 @@ class Router:
 
         return decorate
 
+    def topic(self, name: str, model: type[M], max_buffered: int = DEFAULT_MAX_BUFFERED) -> Topic[M]:
+        """A typed topic of ``model`` events (``asyncapy.shared.topics``); its name is unique in the server.
+
+        ``max_buffered``: the events one subscription may hold before it ends with ERR_SLOW_CONSUMER.
+        """
+        made = Topic(name, model, max_buffered)
+        check_unique(self.topics(), made, "this router")
+        self._topics[name] = made
+        return made
+
+    def topics(self) -> dict[str, Topic[Any]]:
+        """Every topic of this router and of the routers it includes, by name (a ``UsageError`` if two share one)."""
+        found = dict(self._topics)
+        for entry in self._entries:
+            if isinstance(entry, Router):
+                for topic in entry.topics().values():
+                    check_unique(found, topic, "another router")
+                    found[topic.name] = topic
+        return found
+
     def include_router(self, router: Router) -> None:
         """Add every route of ``router`` (now and later), after the routes registered so far."""
         if router is self or self in router._descendants():
             raise UsageError("a router cannot include itself, directly or through another router")
+        for topic in router.topics().values():
+            check_unique(self.topics(), topic, "the including router")
         self._entries.append(router)
 
     def routes(self) -> list[Route]:
