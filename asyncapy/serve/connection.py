@@ -427,6 +427,20 @@ class Connection(asyncio.Protocol):
         self._requests = requests
         self._decoder = decoder
 
+    def buffer(self, header: bytes, payload: bytes) -> bool:
+        """Queue a frame for the next ``flush`` (or ``close``); True when the queue was empty."""
+        out = self._out
+        if out is None:
+            self._out = [header, payload]
+            return True
+        out.append(header)
+        out.append(payload)
+        return False
+
+    def flush(self) -> None:
+        """Write what ``buffer`` queued, in one call."""
+        self._flush()
+
     def note_read(self, size: int, in_frame: bool) -> None:
         """``size`` bytes were read; ``in_frame``: a frame had begun before them (timeouts, traffic)."""
         self.bytes_in += size

@@ -6,19 +6,24 @@ frame is v2, ``upgrade`` hands the transport to a ``Multiplexer`` with
 idle timeout, flow control, shutdown); the multiplexer reads the frames and runs the
 requests. Nothing subclasses the connection, and a v1 connection pays nothing for v2.
 
-Each REQUEST is a ``Stream``: its own task, its own ``Exchange`` (the pipeline's layers
+Each REQUEST is a ``Stream``: its own ``Exchange`` (the pipeline's layers
 and answering policies, exactly as on v1, one answer per request) and its own ``Client``
 view, whose link is the stream: the first frame written for the request is its REPLY on
 its Stream-Id, anything later (a second send) a PUSH on Stream-Id 0, as is every send
 of the connection's own client (a background task's). Up to ``max_streams`` requests
 run at once, as many more wait, and past that reading pauses (backpressure).
+
+A request's handler is stepped eagerly, as v1's are (``asyncapy.serve._eager``): in
+the serving run's spare host task, right in ``data_received``; one that waits keeps
+that host task for itself until it ends, so requests that wait run concurrently, each
+in a task of its own. Answers written while frames are handled, or within one turn of
+the event loop, go out in one write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections import deque
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Final, cast
@@ -29,6 +34,7 @@ from ..wire.codecs import CODECS
 from ..wire.errors import ERR_CANCELLED, ERR_DEADLINE_EXCEEDED, ERR_STREAM_ID_IN_USE
 from ..wire.protocol import CANCEL, PROTOCOL_VERSION_2, PUSH, REPLY, SENT_BY_CLIENT, V2_TAIL, FrameDecoder, FrameError
 from ..wire.protocol import v2_header_packer
+from ._eager import DONE, Host, enter_task, leave_task, new_stepper, resume_stepper, running_task
 from .connection import HOLD_FATAL, HOLD_QUEUE, Connection
 from .exchange import Exchange, Link
 from .liveness import peer_left
@@ -42,9 +48,6 @@ _ENDED: Final = {
     ERR_CANCELLED: "the client cancelled the request",
     ERR_DEADLINE_EXCEEDED: "the request's deadline passed",
 }
-#: Python 3.12+ starts a request's task eagerly: a handler that never waits is answered
-#: within the read that brought it, with no loop turn (as v1's eager stepping does).
-_EAGER: Final = sys.version_info >= (3, 12)
 
 
 def upgrade(conn: Connection, data: bytes) -> None:
@@ -60,7 +63,7 @@ def upgrade(conn: Connection, data: bytes) -> None:
 class Stream:
     """One v2 request: the link its exchange and its client view write through."""
 
-    __slots__ = ("mux", "sid", "encoding", "payload", "deadline", "writes", "done", "reason", "task", "timer", "ex")
+    __slots__ = ("mux", "sid", "encoding", "payload", "deadline", "writes", "done", "reason", "host", "timer", "ex")
 
     def __init__(self, mux: Multiplexer, sid: int, encoding: int, payload: bytes, deadline: float | None) -> None:
         self.mux = mux
@@ -75,7 +78,9 @@ class Stream:
         self.done = False
         #: Why the server ended it (ERR_CANCELLED, ERR_DEADLINE_EXCEEDED), or None.
         self.reason: str | None = None
-        self.task: asyncio.Task[None] | None = None
+        #: The host task the request's handler waits in (None: not started, or it never waited).
+        self.host: Host | None = None
+        #: Started: its handler runs (or ran); a CANCEL no longer finds it waiting.
         self.timer: asyncio.TimerHandle | None = None
         self.ex: Exchange | None = None
 
@@ -113,8 +118,11 @@ class _Replies(Stream):
     __slots__ = ()
 
     def write_payload(self, payload: bytes, encoding: int) -> None:
-        self.mux.write(payload, encoding, REPLY, self.sid)
+        mux = self.mux
+        mux.write(payload, encoding, REPLY, self.sid)
         self.writes += 1
+        if not mux._handling:  # out now: the connection may close next (a timeout, a refusal)
+            mux.conn.flush()
 
 
 class _Pushes(Stream):
@@ -136,7 +144,7 @@ class Multiplexer(asyncio.Protocol):
 
     __slots__ = (
         "conn", "_loop", "_decoder", "_streams", "_waiting", "_running", "_max", "_pack", "_replies", "_watch",
-        "_handling", "_out",
+        "_handling",
     )  # fmt: skip
 
     def __init__(self, conn: Connection) -> None:
@@ -156,8 +164,6 @@ class Multiplexer(asyncio.Protocol):
         self._watch: asyncio.TimerHandle | None = None
         #: True while a batch of frames is being handled: frames read later wait for it (in order).
         self._handling = False
-        #: Frames written while a batch is handled, written at its end in one call.
-        self._out: list[bytes] | None = None
         ex: Exchange = conn.exchange  # type: ignore[assignment]  # upgrade checked it
         ex.conn = cast(Link, self._replies)  # errors of the connection: REPLY frames
         ex.client._link = _Pushes(self, 0, 0, b"", None)
@@ -170,24 +176,8 @@ class Multiplexer(asyncio.Protocol):
         if conn.closing:
             return
         header = self._pack(len(payload) + V2_TAIL, PROTOCOL_VERSION_2, encoding, kind, sid, 0)
-        out = self._out
-        if out is not None:
-            out.append(header)
-            out.append(payload)
-            return
-        transport = conn.transport
-        if transport is not None:
-            conn.bytes_out += len(header) + len(payload)
-            transport.writelines((header, payload))
-
-    def _flush(self) -> None:
-        out, self._out = self._out, None
-        conn = self.conn
-        transport = conn.transport
-        if out and transport is not None and not conn.closing:
-            data = b"".join(out)
-            conn.bytes_out += len(data)
-            transport.write(data)
+        if conn.buffer(header, payload) and not self._handling:
+            self._loop.call_soon(conn.flush)  # answered after a wait: what this loop turn answers, in one write
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -213,12 +203,11 @@ class Multiplexer(asyncio.Protocol):
     def _handle(self, events: list[Any]) -> None:
         """Handle a batch of frames in order (their answers in one write), then read what was held back."""
         self._handling = True
-        self._out = []
         try:
             self._handle_batch(events)
         finally:
             self._handling = False
-            self._flush()
+            self.conn.flush()
         self._refill()
 
     def _refill(self) -> None:
@@ -266,7 +255,6 @@ class Multiplexer(asyncio.Protocol):
         if error.fatal:
             conn = self.conn
             conn.hold_reading(HOLD_FATAL)
-            self._flush()
             conn.close_after_error()
 
     def _connection_error(self, code: str, detail: str, encoding: int | None, sid: int) -> None:
@@ -280,13 +268,15 @@ class Multiplexer(asyncio.Protocol):
     # -- requests ------------------------------------------------------------------------------
 
     def _run(self, stream: Stream) -> None:
-        """Start ``stream``'s request: its layers now, its handler in a task of its own."""
+        """Start ``stream``'s request: its layers and its handler now, eagerly; a handler that
+        waits goes on in the host task it was stepped in."""
         loop = self._loop
-        if stream.deadline is not None:
-            if loop.time() >= stream.deadline:  # it expired while waiting: never run
+        deadline = stream.deadline
+        if deadline is not None:
+            if loop.time() >= deadline:  # it expired while waiting: never run
                 self._end_unstarted(stream, ERR_DEADLINE_EXCEEDED)
                 return
-            stream.timer = loop.call_at(stream.deadline, self._expire, stream)
+            stream.timer = loop.call_at(deadline, self._expire, stream)
         self._running += 1
         ex = stream.ex = self._exchange_for(stream)
         payload, stream.payload = stream.payload, b""
@@ -294,12 +284,59 @@ class Multiplexer(asyncio.Protocol):
         if coro is None:
             self._finished(stream)
             return
-        if _EAGER:
-            task = asyncio.Task(self._serve(stream, coro, ex), loop=loop, eager_start=True)  # type: ignore[call-arg]
+        if deadline is not None:
+            coro = _with_deadline(coro, deadline)
+        ctx = self.conn._ctx
+        host = ctx.spare or ctx.hosts.take(loop)
+        ctx.spare = host
+        if running_task(loop) is not None:  # a task runs (a test feeds bytes from one): no eager step
+            self._hand_over(stream, host, self._serve(stream, coro, ex))
+            return
+        stepper = ctx.stepper
+        task = host.task
+        failure: BaseException | None = None
+        enter_task(loop, task)
+        try:
+            out = host.context.run(stepper.send, coro)
+        except BaseException as exc:  # whatever handler code raises, the request is answered
+            failure, out = exc, None
+        finally:
+            leave_task(loop, task)
+        if host.context != host.initial:  # a handler left a context variable set: not for others
+            ctx.spare = None
+        if failure is not None or (type(out) is tuple and out[0] is DONE):
+            if failure is not None:
+                ctx.stepper = new_stepper()  # the old one is spent
+                self._failed(stream, failure, ex)
+            else:
+                ex.finish(out[1], stream.encoding)
+                self._finished(stream)
+            if ctx.spare is None:
+                host.close()
+            return
+        ctx.stepper = new_stepper()  # the host task finishes this one
+        self._hand_over(stream, host, self._after_wait(stream, stepper, out, ex))
+
+    def _hand_over(self, stream: Stream, host: Host, worker: Coroutine[Any, Any, None]) -> None:
+        """``stream``'s handler waits: it keeps ``host``, whose task runs ``worker``."""
+        ctx = self.conn._ctx
+        if ctx.spare is host:
+            ctx.spare = None
+        stream.host = host
+        host.rebind(_nothing, _nothing)
+        host.submit(worker)
+
+    async def _after_wait(self, stream: Stream, stepper: Any, waiting_on: Any, ex: Exchange) -> None:
+        """In the host task: finish a handler that waited, answer it once whatever happens."""
+        try:
+            result = await resume_stepper(stepper, waiting_on)
+        except BaseException as exc:
+            self._failed(stream, exc, ex)
         else:
-            task = loop.create_task(self._serve(stream, coro, ex))
-        if not stream.done:
-            stream.task = task
+            ex.finish(result, stream.encoding)
+            self._finished(stream)
+        finally:
+            self._release(stream)
 
     def _exchange_for(self, stream: Stream) -> Exchange:
         """The request's own exchange, client view and (when observing) record."""
@@ -316,42 +353,50 @@ class Multiplexer(asyncio.Protocol):
         return ex
 
     async def _serve(self, stream: Stream, coro: Coroutine[Any, Any, Any], ex: Exchange) -> None:
-        """In the request's task: await its handler, answer it once whatever happens."""
-        encoding = stream.encoding
-        if stream.deadline is not None:
-            REQUEST_DEADLINE.set(stream.deadline)  # in this task's context only
+        """In the host task, from the start: await the handler, answer it once whatever happens."""
         try:
             result = await coro
         except BaseException as exc:  # whatever the handler raises, the request is answered
-            reason = stream.reason
-            if reason is not None and isinstance(exc, asyncio.CancelledError):
-                ex.error(reason, _ENDED[reason], encoding)
-            ex.failed(exc, encoding)  # answers it, unless the server cancelled it (shutdown, peer gone)
-            self._drop(stream, True)
+            self._failed(stream, exc, ex)
         else:
-            ex.finish(result, encoding)
+            ex.finish(result, stream.encoding)
             self._finished(stream)
         finally:
             coro.close()  # a task cancelled before it first ran never started the coroutine
+            self._release(stream)
+
+    def _failed(self, stream: Stream, exc: BaseException, ex: Exchange) -> None:
+        reason = stream.reason
+        if reason is not None and isinstance(exc, asyncio.CancelledError):
+            ex.error(reason, _ENDED[reason], stream.encoding)
+        ex.failed(exc, stream.encoding)  # answers it, unless the server cancelled it (shutdown, peer gone)
+        self._drop(stream, True)
+
+    def _release(self, stream: Stream) -> None:
+        """The request that waited in its host task ended: the host goes back to the pool."""
+        host, stream.host = stream.host, None
+        if host is not None:
+            self._loop.call_soon(_give_back, self.conn._ctx, host, self._loop)  # once the worker returned
 
     def _cancel(self, sid: int) -> None:
         """A CANCEL: the request's task is cancelled (a waiting one is answered now); unknown ids ignored."""
         stream = self._streams.get(sid)
         if stream is None or stream.reason is not None:
             return
-        if stream.task is None:
+        if stream.ex is None:
             self._waiting.remove(stream)
             self._end_unstarted(stream, ERR_CANCELLED)
             return
         stream.reason = ERR_CANCELLED
-        stream.task.cancel()
+        if stream.host is not None:
+            stream.host.cancel_worker()
 
     def _expire(self, stream: Stream) -> None:
         stream.timer = None
-        task = stream.task
-        if task is not None and not task.done() and stream.reason is None:
+        host = stream.host
+        if host is not None and not stream.done and stream.reason is None:
             stream.reason = ERR_DEADLINE_EXCEEDED
-            task.cancel()
+            host.cancel_worker()
 
     def _end_unstarted(self, stream: Stream, code: str) -> None:
         """A request that ends before its handler started: its REPLY is the error."""
@@ -433,7 +478,24 @@ class Multiplexer(asyncio.Protocol):
     def _end_all(self) -> None:
         self._waiting.clear()
         for stream in list(self._streams.values()):
-            if stream.task is not None:
-                stream.task.cancel()
-            else:
+            if stream.host is not None:
+                stream.host.cancel_worker()
+            elif stream.ex is None:
                 self._drop(stream, False)
+
+
+async def _with_deadline(coro: Coroutine[Any, Any, Any], deadline: float) -> Any:
+    """Run ``coro`` with ``REQUEST_DEADLINE`` set (deadline propagation), then unset it."""
+    token = REQUEST_DEADLINE.set(deadline)
+    try:
+        return await coro
+    finally:
+        REQUEST_DEADLINE.reset(token)
+
+
+def _give_back(ctx: Any, host: Host, loop: asyncio.AbstractEventLoop) -> None:
+    ctx.hosts.give_back(host, loop)
+
+
+def _nothing() -> None:
+    pass
