@@ -144,7 +144,7 @@ class Multiplexer(asyncio.Protocol):
 
     __slots__ = (
         "conn", "_loop", "_decoder", "_streams", "_waiting", "_running", "_max", "_pack", "_replies", "_watch",
-        "_handling",
+        "_handling", "_stepping", "_ctx",
     )  # fmt: skip
 
     def __init__(self, conn: Connection) -> None:
@@ -164,6 +164,9 @@ class Multiplexer(asyncio.Protocol):
         self._watch: asyncio.TimerHandle | None = None
         #: True while a batch of frames is being handled: frames read later wait for it (in order).
         self._handling = False
+        #: The host task a batch of frames is handled in, eagerly (``_handle``), or None.
+        self._stepping: Host | None = None
+        self._ctx = ctx
         ex: Exchange = conn.exchange  # type: ignore[assignment]  # upgrade checked it
         ex.conn = cast(Link, self._replies)  # errors of the connection: REPLY frames
         ex.client._link = _Pushes(self, 0, 0, b"", None)
@@ -204,11 +207,30 @@ class Multiplexer(asyncio.Protocol):
         """Handle a batch of frames in order (their answers in one write), then read what was held back."""
         self._handling = True
         try:
-            self._handle_batch(events)
+            if running_task(self._loop) is not None:  # a task feeds us (a test's): no eager steps
+                self._handle_from(events, 0, None)
+            else:
+                done, count = 0, len(events)
+                while done < count:  # in a host task, until a handler waits in it
+                    done = self._handle_eagerly(events, done)
         finally:
             self._handling = False
             self.conn.flush()
         self._refill()
+
+    def _handle_eagerly(self, events: list[Any], start: int) -> int:
+        """Handle ``events[start:]`` in the spare host task's name; where it stopped (a handler waits in it)."""
+        ctx = self._ctx
+        loop = self._loop
+        host = ctx.spare or ctx.hosts.take(loop)
+        ctx.spare = self._stepping = host
+        task = host.task
+        enter_task(loop, task)
+        try:
+            return host.context.run(self._handle_from, events, start, host)
+        finally:
+            leave_task(loop, task)
+            self._stepping = None
 
     def _refill(self) -> None:
         """Reading was held and requests finished: take the frames the decoder still holds."""
@@ -221,28 +243,45 @@ class Multiplexer(asyncio.Protocol):
         if self._room() <= 0:
             self._hold()
 
-    def _handle_batch(self, events: list[Any]) -> None:
+    def _handle_from(self, events: list[Any], start: int, host: Host | None) -> int:
+        """Handle ``events[start:]`` in order; with ``host``, stop after a request that took it
+        (its handler waits) or left a context variable set in it. Returns where it stopped."""
+        ctx = self._ctx
+        count = len(events)
+        index = start
+        while index < count:
+            self._handle_event(events[index])
+            index += 1
+            if host is not None:
+                if host.context != host.initial:  # not for other requests: it ends once it ran its own
+                    if ctx.spare is host:
+                        ctx.spare = None
+                    host.close()
+                    return index
+                if ctx.spare is not host:
+                    return index
+        return count
+
+    def _handle_event(self, event: Any) -> None:
+        if type(event) is not tuple:
+            self._refused(event)
+            return
+        encoding, kind, sid, deadline_ms, payload = event
+        if kind == CANCEL:
+            self._cancel(sid)
+            return
         streams = self._streams
-        loop = self._loop
-        for event in events:
-            if type(event) is not tuple:
-                self._refused(event)
-                continue
-            encoding, kind, sid, deadline_ms, payload = event
-            if kind == CANCEL:
-                self._cancel(sid)
-                continue
-            if sid in streams:
-                self._connection_error(ERR_STREAM_ID_IN_USE, f"Stream-Id {sid} is in flight", encoding, 0)
-                continue
-            stream = Stream(self, sid, encoding, payload, loop.time() + deadline_ms / 1000 if deadline_ms else None)
-            if not streams:
-                self.conn.begin_work()
-            streams[sid] = stream
-            if self._running < self._max:
-                self._run(stream)
-            else:
-                self._waiting.append(stream)
+        if sid in streams:
+            self._connection_error(ERR_STREAM_ID_IN_USE, f"Stream-Id {sid} is in flight", encoding, 0)
+            return
+        stream = Stream(self, sid, encoding, payload, self._loop.time() + deadline_ms / 1000 if deadline_ms else None)
+        if not streams:
+            self.conn.begin_work()
+        streams[sid] = stream
+        if self._running < self._max:
+            self._run(stream)
+        else:
+            self._waiting.append(stream)
 
     def _refused(self, error: FrameError) -> None:
         """A frame the decoder refused: ERR_HEADER_INVALID on its Stream-Id (0 when that one is in flight)."""
@@ -286,40 +325,28 @@ class Multiplexer(asyncio.Protocol):
             return
         if deadline is not None:
             coro = _with_deadline(coro, deadline)
-        ctx = self.conn._ctx
-        host = ctx.spare or ctx.hosts.take(loop)
-        ctx.spare = host
-        if running_task(loop) is not None:  # a task runs (a test feeds bytes from one): no eager step
-            self._hand_over(stream, host, self._serve(stream, coro, ex))
+        ctx = self._ctx
+        host = self._stepping
+        if host is None or ctx.spare is not host:  # not in an eager batch, or its host is taken
+            self._hand_over(stream, ctx.hosts.take(loop), self._serve(stream, coro, ex))
             return
         stepper = ctx.stepper
-        task = host.task
-        failure: BaseException | None = None
-        enter_task(loop, task)
         try:
-            out = host.context.run(stepper.send, coro)
+            out = stepper.send(coro)
         except BaseException as exc:  # whatever handler code raises, the request is answered
-            failure, out = exc, None
-        finally:
-            leave_task(loop, task)
-        if host.context != host.initial:  # a handler left a context variable set: not for others
-            ctx.spare = None
-        if failure is not None or (type(out) is tuple and out[0] is DONE):
-            if failure is not None:
-                ctx.stepper = new_stepper()  # the old one is spent
-                self._failed(stream, failure, ex)
-            else:
-                ex.finish(out[1], stream.encoding)
-                self._finished(stream)
-            if ctx.spare is None:
-                host.close()
+            ctx.stepper = new_stepper()  # the old one is spent
+            self._failed(stream, exc, ex)
+            return
+        if type(out) is tuple and out[0] is DONE:
+            ex.finish(out[1], stream.encoding)
+            self._finished(stream)
             return
         ctx.stepper = new_stepper()  # the host task finishes this one
         self._hand_over(stream, host, self._after_wait(stream, stepper, out, ex))
 
     def _hand_over(self, stream: Stream, host: Host, worker: Coroutine[Any, Any, None]) -> None:
         """``stream``'s handler waits: it keeps ``host``, whose task runs ``worker``."""
-        ctx = self.conn._ctx
+        ctx = self._ctx
         if ctx.spare is host:
             ctx.spare = None
         stream.host = host
