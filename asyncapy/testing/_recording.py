@@ -67,10 +67,30 @@ def _recorder(handler: Handler, log: CallLog) -> Handler:
     plain = inspect.isfunction(handler) or inspect.ismethod(handler)
     target = handler if plain else getattr(handler, "__call__", handler)
 
+    if inspect.isasyncgenfunction(target):
+        return _stream_recorder(handler, target, log)
+
     @functools.wraps(target)
     async def recorded(*args: Any, **kwargs: Any) -> Any:
         log.record(handler, args[1] if len(args) > 1 else kwargs)
         return await handler(*args, **kwargs)
+
+    recorded.__qualname__ = handler_name(handler)
+    return recorded
+
+
+def _stream_recorder(handler: Any, target: Any, log: CallLog) -> Any:
+    """A streaming handler's recorder: an async generator too, closing the handler's when closed."""
+
+    @functools.wraps(target)
+    async def recorded(*args: Any, **kwargs: Any) -> Any:
+        log.record(handler, args[1] if len(args) > 1 else kwargs)
+        gen = handler(*args, **kwargs)
+        try:
+            async for item in gen:
+                yield item
+        finally:
+            await gen.aclose()
 
     recorded.__qualname__ = handler_name(handler)
     return recorded

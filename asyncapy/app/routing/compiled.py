@@ -27,6 +27,7 @@ class CompiledRoute:
     ``call`` is ``handler`` itself unless dependencies or a reply check need more.
     ``errors`` are the ``ApiError`` codes the route declares; ``security`` the
     ``asyncapy.security`` schemes among its dependencies (for the schema and docs).
+    ``stream``: an async generator handler whose ``reply_type`` is its item type.
     """
 
     name: str
@@ -48,6 +49,8 @@ class CompiledRoute:
     run: Callable[..., Awaitable[Any]] | None
     errors: tuple[str, ...] = ()
     security: tuple[Any, ...] = ()
+    #: A streaming handler: ``reply_type`` is the type of each item it yields.
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from .discriminator import find_discriminator
 from .dispatch import Plan
 from .invoke import invocation
 from .router import Route
+from .streaming import stream_invocation
 
 logger = logging.getLogger("asyncapy")
 
@@ -61,8 +62,12 @@ def _compile_route(
     if spec.accepts is not None:
         adapter = _adapter(spec.accepts, adapters)
     steps = build_steps(route.name, dict(spec.dependencies), route.dependencies, spec.models)
-    check = reply_checker(route.name, spec.returns)
-    how = invocation(route.name, route.handler, spec.style == "model", steps, check, exact_model(spec.returns))
+    check = reply_checker(route.name, spec.returns, "yielded" if spec.stream else "returned")
+    if spec.stream:
+        assert check is not None  # introspection refused an item type that cannot be checked
+        how = stream_invocation(route.name, route.handler, spec.style == "model", steps, check, exact_model(spec.returns))
+    else:
+        how = invocation(route.name, route.handler, spec.style == "model", steps, check, exact_model(spec.returns))
     security = _security(steps)
     errors = route.errors + ((ERR_UNAUTHORIZED,) if security and ERR_UNAUTHORIZED not in route.errors else ())
     return CompiledRoute(
@@ -85,6 +90,7 @@ def _compile_route(
         run=how.run,
         errors=errors,
         security=security,
+        stream=spec.stream,
     )
 
 
