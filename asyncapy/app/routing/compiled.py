@@ -32,7 +32,7 @@ class CompiledRoute:
 
     name: str
     group: int
-    handler: Callable[..., Awaitable[Any]]
+    handler: Callable[..., Any]  # an async function, or an async generator function (``stream``)
     filters: tuple[Filter, ...]
     models: tuple[type[BaseModel], ...]
     accepts: Any
