@@ -140,7 +140,7 @@ def test_the_docs_page_marks_a_streaming_operation() -> None:
 
     page = render(DOCUMENTS["streaming"])
     articles = page.split('<article class="operation"')[1:]
-    [watch] = [a for a in articles if "locals>.watch" in a]
-    [quote] = [a for a in articles if "locals>.quote" in a]
+    [watch] = [a for a in articles if "locals&gt;.watch" in a]
+    [quote] = [a for a in articles if "locals&gt;.quote" in a]
     assert '<span class="tag stream">' in watch and "Items (a stream)" in watch
     assert "tag stream" not in quote and "Items (a stream)" not in quote
