@@ -88,3 +88,11 @@ def test_protocol_benchmark_prints_every_row_next_to_its_reference() -> None:
         assert float(ns) > 0 and float(ref_ns) > 0 and float(ratio) > 0, (row, out.stdout)
     loop = subprocess.run([*cmd[:2], "--loop", "split", "--calls", "100"], capture_output=True, text=True, timeout=60, check=False)
     assert loop.returncode == 0 and loop.stdout == "", loop.stderr
+
+
+def test_stream_benchmark_prints_both_rows() -> None:
+    """``bench_stream.py`` reads every item of both handlers back (no speed asserted)."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_stream.py"), "--items", "200", "--repeat", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "stream (async generator)" in out.stdout and "send loop (await client.send)" in out.stdout
