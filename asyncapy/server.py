@@ -10,8 +10,8 @@ import os
 import signal
 import socket
 import ssl as _ssl
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar, Union
 
 from pydantic import BaseModel
 
@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("asyncapy")
 
-HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[Any]])
+#: A handler: an async function, or an async generator function (a streaming handler).
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Union[Awaitable[Any], AsyncIterator[Any]]])
 R = TypeVar("R")
 E = TypeVar("E", bound=BaseException)
 MiddlewareT = TypeVar("MiddlewareT", bound=Middleware)
@@ -242,7 +243,7 @@ class Server:
 
     def register_handler(
         self,
-        handler: Callable[..., Awaitable[Any]],
+        handler: Callable[..., Union[Awaitable[Any], AsyncIterator[Any]]],
         *filters: Any,
         group: int = 0,
         dependencies: Sequence[Any] | None = None,

@@ -31,7 +31,6 @@ def table(stdout: str) -> dict[str, list[str]]:
     return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="the load generator is POSIX C")
 def test_quick_mode_prints_a_markdown_table_with_ratios() -> None:
     need("cc")
     out = run("--quick", "--duration", "0.3", "--only", "asyncapy echo")
@@ -44,7 +43,6 @@ def test_quick_mode_prints_a_markdown_table_with_ratios() -> None:
     assert "Machine: " in out.stdout and "`python benchmarks/run.py --quick" in out.stdout
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="the load generator is POSIX C")
 def test_peers_rows_run_side_by_side() -> None:
     """gRPC aio under h2load and FastAPI under wrk, next to asyncapy and the raw baseline."""
     need("cc", "h2load", "wrk")
@@ -90,7 +88,6 @@ def test_protocol_benchmark_prints_every_row_next_to_its_reference() -> None:
     assert loop.returncode == 0 and loop.stdout == "", loop.stderr
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="the load generator is POSIX C")
 def test_v2_rows_run_beside_their_v1_rows() -> None:
     """``--only v2``: the v2 rows, each a ratio of the same server's pipelined v1 row (no speed asserted)."""
     need("cc")
@@ -117,3 +114,11 @@ def test_head_of_line_prints_each_case() -> None:
         assert float(top.replace(",", "")) >= float(p99.replace(",", "")), (name, out.stdout)
         assert (slow == "-") == ("alone" in name), (name, out.stdout)
     assert int(rows["v1, beside a slow request"][4]) >= 1 and int(rows["v2, beside a slow request"][4]) >= 0
+
+
+def test_stream_benchmark_prints_both_rows() -> None:
+    """``bench_stream.py`` reads every item of both handlers back (no speed asserted)."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_stream.py"), "--items", "200", "--repeat", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "stream (async generator)" in out.stdout and "send loop (await client.send)" in out.stdout

@@ -16,6 +16,10 @@ The chain is built once, by the pipeline (``asyncapy.pipeline``); per packet, ea
 own coroutine and a ``functools.partial`` for its ``call_next``. A server with neither
 middleware nor exception handlers has no ``App``: the pipeline has no such layer.
 
+A streaming handler (an async generator) is one ``call_next()`` from its first item to
+its end: ``call_next()`` returns None once the whole stream was sent, and raises what
+ended it (the middleware sees it before it ends the stream).
+
 Order of events for one packet: the outermost middleware (registered first) runs, its
 ``call_next`` runs the next one, the innermost one's routes the packet (an
 ERR_NO_HANDLER miss is sent inside it). An exception a handler raised comes out of
@@ -77,7 +81,10 @@ class App:
         middleware: tuple[Middleware, ...],
         handlers: Mapping[type[BaseException], ExceptionHandler[Any]],
     ) -> App:
-        return cls(_chain(plan, middleware), dict(handlers))
+        chain = _chain(plan, middleware)
+        if any(route.stream for route in plan.routes):
+            chain = _settling(chain)
+        return cls(chain, dict(handlers))
 
     async def _mapped(self, client: Client, packet: Packet[Any]) -> None:
         """Route ``packet`` through the middleware; map what escapes them to a reply."""
@@ -112,6 +119,21 @@ def _chain(plan: Plan, middleware: tuple[Middleware, ...]) -> Route:
     for mw in reversed(middleware):
         call = _level(mw, call)
     return call
+
+
+def _settling(chain: Route) -> Route:
+    """With streaming routes: a stream whose error a middleware swallowed still ends (well).
+
+    A stream left open by an exception is ended by the exchange with that error; one
+    whose exception never reached it (caught in a middleware, mapped to no reply) ends
+    here, once the chain returned. Only plans with streaming handlers pay for it.
+    """
+
+    async def settled(client: Client, packet: Packet[Any]) -> None:
+        await chain(client, packet)
+        answers_of(client).end()  # nothing when no stream is open
+
+    return settled
 
 
 def _level(mw: Middleware, inner: Route) -> Route:

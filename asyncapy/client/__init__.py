@@ -18,8 +18,9 @@ for a reply that is not a valid ``Model``.
 from __future__ import annotations
 
 from ._async_client import AsyncClient
+from ._async_mux import ItemStream
 from ._sync_client import Client
 from .clientcore import ClientCore, Sendable, check_reply, read_reply
 from ..wire.errors import ReplyValidationError
 
-__all__ = ["AsyncClient", "Client", "ClientCore", "ReplyValidationError", "Sendable", "check_reply", "read_reply"]
+__all__ = ["AsyncClient", "Client", "ClientCore", "ItemStream", "ReplyValidationError", "Sendable", "check_reply", "read_reply"]

@@ -17,7 +17,7 @@ from .clientcore import ClientCore, Sendable, maybe_unread, read_reply
 # async only {
 from collections.abc import AsyncIterator
 
-from ._async_mux import AsyncMux
+from ._async_mux import AsyncMux, ItemStream
 from .clientmux import MuxCore
 # async only }
 from ..wire.errors import ClientTimeout, ConnectionClosed
@@ -221,6 +221,36 @@ class AsyncClient:
     def _mux_core(self, protocol: int) -> MuxCore:
         core = self._core
         return MuxCore(core.encoding, core.header_size, core.byteorder, protocol, core.max_packet_size)
+
+    @overload
+    def stream(
+        self, obj: Sendable, encoding: str | None = None, *, item: type[T], timeout: float | None = None
+    ) -> ItemStream[T]: ...
+
+    @overload
+    def stream(
+        self, obj: Sendable, encoding: str | None = None, *, item: None = None, timeout: float | None = None
+    ) -> ItemStream[dict[str, Any]]: ...
+
+    def stream(
+        self, obj: Sendable, encoding: str | None = None, *, item: Any = None, timeout: float | None = None
+    ) -> ItemStream[Any]:
+        """With ``protocol=2``: send ``obj`` to a streaming handler and iterate over its items
+        (the maps, or with ``item=Model`` each a ``Model``); the request goes out on the
+        first iteration. ``timeout``: the whole stream's deadline (None: none).
+
+        Leaving the loop early (``break``) sends a CANCEL and keeps the connection; so do
+        ``aclose()`` and leaving ``async with client.stream(...) as ticks``. An error that
+        ends the stream raises ``ErrorReply``. v1 marks no end of a stream: against a
+        server that speaks only v1, iterating raises ``ClientError``.
+
+        Example:
+            async for tick in client.stream(Watch(symbol="ACME"), item=Tick):
+                print(tick.price)
+        """
+        if self._mux is None:
+            raise ValueError("stream() reads v2 ITEM and END frames: make the client with protocol=2")
+        return ItemStream(self._mux.stream(obj, encoding, timeout), self._core.decode, item)
 
     async def pushed(self) -> AsyncIterator[dict[str, Any]]:
         """With ``protocol=2``: the packets the server sent that answer no request, as they come.

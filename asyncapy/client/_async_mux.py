@@ -7,6 +7,11 @@ task hands each answer to the future that waits for it. A task cancelled while w
 open. Against a server that speaks v1 only, the core falls back to v1 and later
 connections of this client start in v1. Requests that never reached the server, or that
 TCP proved unread, go out again on the next connection.
+
+``stream`` makes a ``MuxStream``: a request answered by ITEMs then an END, whose frames
+the core holds (bounded: past ``clientmux.MAX_STREAM_ITEMS`` unread items the reader
+stops reading the connection, so a slow application slows the server's generator).
+Leaving it early (``aclose``, or dropping it) sends a CANCEL; the connection stays.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from pydantic import ValidationError
 
 from ._streams import AsyncByteStream
-from .clientcore import Sendable, decode_reply
+from .clientcore import Sendable, check_reply, decode_reply, validator
 from .clientmux import ConnectionFailure, End, FellBack, Item, MuxCore, MuxEvent, Pending, Pushed, Reply
-from ..wire.errors import ClientError, ClientTimeout, ConnectionClosed, ProtocolError
+from ..wire.errors import ClientError, ClientTimeout, ConnectionClosed, ProtocolError, ReplyValidationError
 from ..wire.protocol import Frame
 
 
@@ -43,6 +50,12 @@ class _Conn:
     lost: bool = False
     #: Why this side dropped it (the error of the requests that were in flight on it).
     why: str = ""
+    #: Streamed requests on it: Stream-Id -> the event that wakes its reader.
+    streams: dict[int, asyncio.Event] = field(default_factory=dict)
+    #: Set while the reader may read; cleared while a stream holds too many unread items.
+    resume: asyncio.Event = field(default_factory=asyncio.Event)
+    #: A REPLY on Stream-Id 0 (an error of the connection): it ends the streams too.
+    failure: Frame | None = None
 
 
 class AsyncMux:
@@ -168,6 +181,9 @@ class AsyncMux:
         failure: BaseException | None = None
         try:
             while not conn.lost:
+                while conn.core.reading_paused and not conn.lost:  # a stream's reader is behind
+                    conn.resume.clear()
+                    await conn.resume.wait()
                 data = await conn.stream.read(None)
                 if data is None:
                     continue
@@ -184,6 +200,11 @@ class AsyncMux:
             await self._settle(conn, failure)
 
     def _dispatch(self, conn: _Conn, event: MuxEvent) -> None:
+        if isinstance(event, FellBack):
+            self.protocol = 1
+        if not isinstance(event, (Pushed, ConnectionFailure)) and event.stream_id in conn.streams:
+            conn.streams[event.stream_id].set()  # a stream's item, end or refusal: its reader takes it
+            return
         if isinstance(event, Reply):
             _resolve(conn.tickets.pop(event.stream_id, None), event.frame)
         elif isinstance(event, End):
@@ -195,17 +216,21 @@ class AsyncMux:
         elif isinstance(event, Pushed):
             self._pushed_wake.set()
         elif isinstance(event, ConnectionFailure):
+            conn.failure = event.frame
+            _wake_streams(conn)
             for ticket in list(conn.tickets.values()):  # an error of the connection answers what waits
                 _resolve(ticket, event.frame)
             conn.tickets.clear()
         elif isinstance(event, FellBack):
-            self.protocol = 1
+            pass  # the protocol is noted above
         else:
             assert isinstance(event, Item)  # request() takes no items
 
     def _lose(self, conn: _Conn, why: str) -> None:
         if not conn.lost:
             conn.lost, conn.why = True, why
+            _wake_streams(conn)
+            conn.resume.set()
             conn.stream.abort()
             if conn.reader is not None and conn.reader is not asyncio.current_task():
                 conn.reader.cancel()
@@ -213,6 +238,7 @@ class AsyncMux:
     async def _settle(self, conn: _Conn, failure: BaseException | None) -> None:
         """The connection ended: requests never read go to a new connection, the rest fail."""
         conn.lost = True
+        _wake_streams(conn)
         if self._conn is conn:
             self._conn = None
         core = conn.core
@@ -253,6 +279,166 @@ class AsyncMux:
             self._lose(conn, "the client was closed")
             tasks = [t for t in (conn.reader, conn.writer) if t is not None]
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+    # -- streamed answers -------------------------------------------------------------------
+
+    def stream(self, obj: Sendable, encoding: str | None, timeout: float | None) -> MuxStream:
+        """A request answered by a stream: its frames, as they come (see ``MuxStream``)."""
+        return MuxStream(self, obj, encoding, timeout)
+
+    async def _open(self, obj: Sendable, encoding: str | None, timeout: float | None) -> tuple[_Conn, int]:
+        conn = await self._connection()
+        stream_id = conn.core.open_stream(obj, encoding, timeout)
+        conn.streams[stream_id] = asyncio.Event()
+        self._kick(conn)
+        return conn, stream_id
+
+    def _close_stream(self, conn: _Conn, stream_id: int) -> None:
+        """The application stopped reading a stream: CANCEL it if it runs; reading may resume."""
+        conn.streams.pop(stream_id, None)
+        if conn.lost:
+            return
+        conn.core.close_stream(stream_id)
+        conn.resume.set()
+        try:
+            self._kick(conn)
+        except RuntimeError:  # dropped outside the event loop (at exit): nothing to write with
+            pass
+
+
+class MuxStream:
+    """The frames of one streamed request: each ITEM's, then the error that ended it, if any.
+
+    ``async for frame in stream`` ends at the END; a REPLY (an error of the request, or
+    a handler that does not stream) is its last frame. ``aclose()``, leaving an
+    ``async with``, or dropping it before its end sends a CANCEL.
+
+    Raises (from ``__anext__``):
+        ConnectionClosed: the connection was lost before the end.
+        ClientError: the server speaks AsyncAProto v1 only (no stream can be marked).
+    """
+
+    def __init__(self, mux: AsyncMux, obj: Sendable, encoding: str | None, timeout: float | None) -> None:
+        self._mux = mux
+        self._request = (obj, encoding, timeout)
+        self._conn: _Conn | None = None
+        self._stream_id = 0
+        self._done = False
+
+    def __aiter__(self) -> MuxStream:
+        return self
+
+    async def __anext__(self) -> Frame:
+        if self._done:
+            raise StopAsyncIteration
+        if self._conn is None:
+            self._conn, self._stream_id = await self._mux._open(*self._request)
+        conn, sid = self._conn, self._stream_id
+        wake = conn.streams[sid]
+        while True:
+            core = conn.core
+            if core.stream_refused(sid):
+                self._finish()
+                raise ClientError("the server speaks AsyncAProto v1 only, which cannot mark the end of a stream")
+            event = core.next_in_stream(sid)
+            if event is not None:
+                if not core.reading_paused:
+                    conn.resume.set()
+                if isinstance(event, Item):
+                    return event.frame
+                self._finish()
+                if event.frame is None:  # an END without error
+                    raise StopAsyncIteration
+                return event.frame
+            if conn.failure is not None:
+                self._finish()
+                return conn.failure
+            if conn.lost:
+                self._finish()
+                raise ConnectionClosed(f"the connection was lost during a stream: {conn.why or 'closed by the server'}")
+            wake.clear()
+            await wake.wait()
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._conn is not None:
+            self._conn.streams.pop(self._stream_id, None)
+
+    async def aclose(self) -> None:
+        """Stop reading: a stream still running is cancelled (CANCEL), the connection stays."""
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if not self._done:
+            self._done = True
+            if self._conn is not None:
+                self._mux._close_stream(self._conn, self._stream_id)
+
+    async def __aenter__(self) -> MuxStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._cancel()
+
+    def __del__(self) -> None:
+        self._cancel()  # left early (``break``): CANCEL it
+
+
+T = TypeVar("T")
+
+
+class ItemStream(Generic[T]):
+    """What ``AsyncClient.stream`` returns: the items of a streamed answer, each a ``T``.
+
+    ``async for tick in client.stream(Watch(symbol="ACME"), item=Tick)``; leaving the
+    loop early (``break``, an exception), ``aclose()`` or ``async with`` sends a CANCEL
+    and keeps the connection.
+
+    Raises (while iterating):
+        ErrorReply: the stream ended with an error (its code), or the request was refused.
+        ReplyValidationError: an item is not a valid ``T``.
+        ConnectionClosed: the connection was lost before the end.
+    """
+
+    def __init__(self, frames: MuxStream, decode: Any, item: Any) -> None:
+        self._frames = frames
+        self._decode = decode
+        self._validate = None if item is None else validator(item)
+        self._item = item
+
+    def __aiter__(self) -> ItemStream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        frame = await self._frames.__anext__()
+        payload = self._decode(frame)
+        try:
+            check_reply(payload)
+            if self._validate is None:
+                return payload  # type: ignore[no-any-return]  # item=None: the maps
+            return self._validate(payload)  # type: ignore[no-any-return]
+        except ValidationError as exc:
+            await self._frames.aclose()
+            raise ReplyValidationError(payload, self._item, exc) from exc
+        except BaseException:
+            await self._frames.aclose()  # nothing when it was the stream's last frame
+            raise
+
+    async def aclose(self) -> None:
+        """Stop reading; a stream still running is cancelled (CANCEL)."""
+        await self._frames.aclose()
+
+    async def __aenter__(self) -> ItemStream[T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._frames.aclose()
+
+
+def _wake_streams(conn: _Conn) -> None:
+    for wake in conn.streams.values():
+        wake.set()
 
 
 def _resolve(ticket: _Ticket | None, frame: Frame) -> None:

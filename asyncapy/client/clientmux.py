@@ -48,6 +48,12 @@ from ..wire.protocol import (
     encode_request,
 )
 
+#: Items of one stream held for an application that reads them slower than they come.
+#: Past this the core says ``reading_paused``: the shell stops reading the connection,
+#: TCP pushes back, and the server stops resuming the stream's generator (DESIGN §9).
+#: One socket read past it is still decoded, so a stream holds at most this plus one read.
+MAX_STREAM_ITEMS = 256
+
 #: Pushed packets kept for a client that does not read them; past this the oldest are
 #: dropped (and counted in ``MuxCore.pushed_dropped``): a server that pushes faster than
 #: the application reads must not grow the client's memory without bound.
@@ -106,6 +112,17 @@ class Pending(NamedTuple):
 
 
 @dataclass(slots=True)
+class StreamState:
+    """What arrived for a streamed request and the application has not taken yet (``next_in_stream``)."""
+
+    items: deque[Frame]
+    #: The terminal event once it arrived: ``End`` or ``Reply``; None while the stream runs.
+    end: End | Reply | None = None
+    #: The server speaks v1 only, which cannot mark the end of a stream: it never went out.
+    refused: bool = False
+
+
+@dataclass(slots=True)
 class _Call:
     stream_id: int
     encoding: int
@@ -117,6 +134,8 @@ class _Call:
     sent: bool = False
     #: The caller gave up; its terminal frame is still awaited before the Stream-Id is reused.
     cancelled: bool = False
+    #: A streamed request (``open_stream``): its items wait here.
+    stream: StreamState | None = None
 
 
 def deadline_ms(timeout: float | None) -> int:
@@ -205,6 +224,8 @@ class MuxCore:
         #: Frames for a Stream-Id with no request in flight (a server bug); ignored.
         self.unmatched = 0
         self.eof = False
+        #: Streamed requests, by Stream-Id, until the application took their end.
+        self._streams: dict[int, StreamState] = {}
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -223,6 +244,56 @@ class MuxCore:
         if len(payload) + (V2_TAIL if self.protocol == 2 else FRAME_TAIL) >= 256**self.header_size:
             raise OverflowError(f"a {len(payload)}-byte payload does not fit in a {self.header_size}-byte Content-Length")
         return self.resend(Pending(0, codec.id, payload, deadline_ms(timeout)))
+
+    def open_stream(self, obj: Sendable, encoding: str | None = None, timeout: float | None = None) -> int:
+        """Queue ``obj`` as a request answered by a stream (ITEMs then an END); its Stream-Id.
+
+        Its items are held by the core (``next_in_stream``); a REPLY also ends it (an
+        error, or a handler that does not stream). v2 only: on a connection known to
+        speak v1 it raises ``ProtocolError``; a probe answered in v1 is refused (its
+        state says ``refused``) rather than sent again.
+        """
+        if self.version == PROTOCOL_VERSION:
+            raise ProtocolError("the server speaks AsyncAProto v1 only, which cannot mark the end of a stream")
+        stream_id = self.send_request(obj, encoding, timeout)
+        state = self._streams[stream_id] = StreamState(deque())
+        self._calls[stream_id].stream = state
+        return stream_id
+
+    def next_in_stream(self, stream_id: int) -> Item | End | Reply | None:
+        """The next event of the stream on ``stream_id``: an ``Item``, then its ``End`` (or the
+        ``Reply`` that ended it); None when nothing is there yet (read more). Once its end was
+        taken the stream is forgotten."""
+        state = self._streams.get(stream_id)
+        if state is None:
+            raise KeyError(f"no stream on Stream-Id {stream_id}")
+        if state.items:
+            return Item(stream_id, state.items.popleft())
+        end = state.end
+        if end is not None:
+            del self._streams[stream_id]
+        return end
+
+    def stream_refused(self, stream_id: int) -> bool:
+        """The stream on ``stream_id`` was refused: the server speaks v1 only."""
+        state = self._streams.get(stream_id)
+        return state is not None and state.refused
+
+    def close_stream(self, stream_id: int) -> bool:
+        """The application stops reading the stream on ``stream_id``: drop what it holds and
+        CANCEL it when it is still running (``cancel``)."""
+        state = self._streams.pop(stream_id, None)
+        if state is not None:
+            state.items.clear()
+            if state.end is not None or state.refused:
+                return True
+        return self.cancel(stream_id)
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while a stream holds ``MAX_STREAM_ITEMS`` items the application has not taken:
+        the shell should stop reading the connection until it takes some."""
+        return any(len(state.items) >= MAX_STREAM_ITEMS for state in self._streams.values())
 
     def resend(self, pending: Pending) -> int:
         """Queue a request taken from another connection (``detach_unsent``); its new Stream-Id."""
@@ -320,11 +391,16 @@ class MuxCore:
                 self.unmatched += 1
             elif kind == ITEM:
                 if not call.cancelled:
+                    if call.stream is not None:
+                        call.stream.items.append(frame)
                     events.append(Item(stream_id, frame))
             else:  # REPLY or END: the request's terminal frame frees its Stream-Id
                 del self._calls[stream_id]
                 if not call.cancelled:
-                    events.append(Reply(stream_id, frame) if kind == REPLY else End(stream_id, frame if payload else None))
+                    end = Reply(stream_id, frame) if kind == REPLY else End(stream_id, frame if payload else None)
+                    if call.stream is not None:
+                        call.stream.end = end
+                    events.append(end)
         if first:
             self._start_v2()
 
@@ -351,19 +427,33 @@ class MuxCore:
         call = self._calls.pop(current)
         self._v1_current = None
         if not call.cancelled:
+            if call.stream is not None:  # a v1 answer to a stream probe (ERR_SERVER_BUSY...) ends it
+                call.stream.end = Reply(current, frame)
             events.append(Reply(current, frame))
         self._next_v1()
 
     def _fall_back(self, probe: int, events: list[MuxEvent]) -> None:
-        """The server did not handle the v2 probe: send it again in v1, first."""
+        """The server did not handle the v2 probe: send it again in v1, first (a stream is
+        refused instead, as are the streams that waited: v1 cannot mark their end)."""
+        for waiting in [sid for sid in self._queue if self._calls[sid].stream is not None]:
+            self._queue.remove(waiting)
+            self._refuse(self._calls.pop(waiting), events)
         call = self._calls[probe]
         if call.cancelled:
             del self._calls[probe]
+        elif call.stream is not None:
+            del self._calls[probe]
+            self._refuse(call, events)
         else:
             call.sent = call.framed = False
             self._queue.appendleft(probe)
             events.append(FellBack(probe))
         self._next_v1()
+
+    def _refuse(self, call: _Call, events: list[MuxEvent]) -> None:
+        assert call.stream is not None
+        call.stream.refused = True
+        events.append(FellBack(call.stream_id))
 
     def _push(self, frame: Frame, events: list[MuxEvent]) -> None:
         if len(self.pushed) >= MAX_PUSHED:

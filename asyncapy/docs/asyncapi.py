@@ -245,7 +245,7 @@ def _messages(route: RouteSchema, op_id: str) -> dict[str, Any]:
     if route.reply is not None:
         found[f"{op_id}.reply"] = {
             "name": f"{op_id}.reply",
-            "title": f"The reply of {route.handler}",
+            "title": f"An item of the stream of {route.handler}" if route.stream else f"The reply of {route.handler}",
             "payload": asyncapi_schema(route.reply),
         }
     return found
@@ -266,6 +266,8 @@ def _operation(route: RouteSchema, op_id: str, summary: str | None) -> dict[str,
     }
     if summary:
         operation["summary"] = summary
+    if route.stream:  # the reply is each item of a stream (ITEMs then END on v2; packets on v1)
+        operation["x-asyncapy-stream"] = True
     if route.reply is not None:
         operation["reply"] = {
             "channel": channel,

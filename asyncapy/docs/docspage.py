@@ -128,6 +128,9 @@ def _operation(
         f'<span class="tag">{_e(op.get("x-asyncapy-style", ""))}</span>',
         f'<span class="tag">handler <code>{_e(op.get("x-asyncapy-handler", op_id))}</code></span>',
     ]
+    streams = op.get("x-asyncapy-stream") is True
+    if streams:
+        facts.append('<span class="tag stream">stream: answers with items, then an end</span>')
     parts = [
         f'<article class="operation" id="op-{_id(op_id)}"><h3>{_e(op.get("title", op_id))}</h3>',
         '<p class="facts">' + " ".join(facts) + "</p>",
@@ -141,7 +144,7 @@ def _operation(
         '<div class="io"><div class="request">',
         _payload_block("Request", request, schemas, framing),
         '</div><div class="reply">',
-        _payload_block("Reply", reply, schemas, framing) if reply is not None else '<h4>Reply</h4><p class="none">'
+        _payload_block("Items (a stream)" if streams else "Reply", reply, schemas, framing) if reply is not None else '<h4>Reply</h4><p class="none">'
         "no declared reply (the handler sends what it sends)</p>",
         "</div></div></article>",
     ]

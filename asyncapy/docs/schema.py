@@ -34,8 +34,11 @@ class RouteSchema:
     errors: list[str] = field(default_factory=list)
     #: The ``asyncapy.security`` schemes guarding it: ``{"name", "scheme"}`` (an AsyncAPI Security Scheme Object).
     security: list[dict[str, Any]] = field(default_factory=list)
+    #: A streaming handler: ``reply`` is the schema of each item it yields (DESIGN §9).
+    stream: bool = False
 
     def as_dict(self) -> dict[str, Any]:
+        streamed = {"stream": True} if self.stream else {}
         return {
             "handler": self.handler,
             "group": self.group,
@@ -45,6 +48,7 @@ class RouteSchema:
             "reply": self.reply,
             "errors": self.errors,
             "security": self.security,
+            **streamed,
         }
 
 
@@ -73,6 +77,7 @@ def describe_routes(routes: Sequence[Any], ref_template: str) -> tuple[list[Rout
                 reply=schemas.get((index, "reply")),
                 errors=list(getattr(route, "errors", ())),
                 security=[{"name": scheme.name, "scheme": scheme.security_scheme()} for scheme in schemes],
+                stream=bool(getattr(route, "stream", False)),
             )
         )
     return described, defs

@@ -7,9 +7,14 @@ see the one way out as this protocol, reached from the ``Client`` the packet cam
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any, Protocol, cast
 
 from .peer import Client
+
+
+class StreamClosed(Exception):
+    """The connection under a stream is closing: the stream ends, with nothing to answer."""
 
 
 class Answers(Protocol):
@@ -33,6 +38,17 @@ class Answers(Protocol):
 
     def mapped(self, reply: Any, encoding: int) -> None:
         """An exception handler's reply: the packet's answer unless it was answered already."""
+
+    def open_stream(self) -> None:
+        """A streaming handler starts answering the packet being handled (DESIGN §9)."""
+
+    def item(self, obj: Any) -> Awaitable[None]:
+        """Write one item of the open stream; awaiting it waits while the write buffer is full.
+
+        Raises ``StreamClosed`` when the connection is closing."""
+
+    def end(self, error: Any = None) -> None:
+        """End the open stream (``error``: the map that ends it, else None); then nothing more is answered."""
 
 
 def answers_of(client: Client) -> Answers:

@@ -32,8 +32,11 @@ class ReplyError(Exception):
 Checker = Callable[[Any], Any]
 
 
-def reply_checker(name: str, annotation: Any) -> Checker | None:
-    """``check(reply) -> reply to send`` for a handler's return annotation; None: nothing to check."""
+def reply_checker(name: str, annotation: Any, verb: str = "returned") -> Checker | None:
+    """``check(reply) -> reply to send`` for a handler's return annotation; None: nothing to check.
+
+    ``verb``: how the errors say the handler gave the value ("yielded" for a stream's items).
+    """
     bare = _strip(annotation)
     members = get_args(bare) if get_origin(bare) in (Union, types.UnionType) else (bare,)
     allow_none = type(None) in members or None in members
@@ -54,7 +57,7 @@ def reply_checker(name: str, annotation: Any) -> Checker | None:
         if reply is None:
             if allow_none:
                 return None
-            raise ReplyError(f"handler {name!r} returned None, but its reply type is {shown}")
+            raise ReplyError(f"handler {name!r} {verb} None, but its reply type is {shown}")
         if isinstance(reply, dict):
             if wants_dict:
                 return reply
@@ -62,8 +65,8 @@ def reply_checker(name: str, annotation: Any) -> Checker | None:
             try:
                 return adapter.validate_python(reply)
             except ValidationError as exc:
-                raise ReplyError(f"handler {name!r} returned a dict that is not a valid {shown}: {exc}") from None
-        raise ReplyError(f"handler {name!r} returned a {type(reply).__name__}, but its reply type is {shown}")
+                raise ReplyError(f"handler {name!r} {verb} a dict that is not a valid {shown}: {exc}") from None
+        raise ReplyError(f"handler {name!r} {verb} a {type(reply).__name__}, but its reply type is {shown}")
 
     return check
 

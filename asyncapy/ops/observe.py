@@ -230,8 +230,8 @@ def _returns_reply(route: CompiledRoute) -> bool:
 
     Its reply check (``asyncapy.replies``) makes a None an error.
     """
-    if not (isinstance(route.reply_type, type) or get_origin(route.reply_type) is dict):
-        return False
+    if route.stream or not (isinstance(route.reply_type, type) or get_origin(route.reply_type) is dict):
+        return False  # a stream's coroutine returns None: it answered through the exchange
     try:
         returns = get_type_hints(route.handler).get("return")
     except Exception:  # an annotation that does not resolve: not counted on

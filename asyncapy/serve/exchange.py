@@ -16,6 +16,12 @@ included, the packet gets its answer and the server goes on.
 
 The ``Client`` writes straight to the connection, which counts the frames it writes;
 the exchange reads that count to know whether the packet being handled was answered.
+
+A streaming handler (DESIGN §9) answers with items (``item``) then an end (``end``):
+while its stream is open, an error is not a second answer but the one that ends the
+stream (an END with the error map on v2, an ordinary error packet on v1); once it
+ended, anything failing is logged. A link that writes v2 frames has ``write_item`` and
+``write_end``; on v1 each item is an ordinary packet and nothing marks a clean end.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import logging
 import struct
 from time import perf_counter
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..ops.logs import clean
 from ..wire.codecs import CODEC_IDS, CODECS, DecodeError, EncodeError
@@ -38,6 +44,8 @@ from ..wire.errors import (
     StopPropagation,
     error_payload,
 )
+from ..model.answers import StreamClosed
+from .liveness import peer_left
 from ..model.packet import received_packet
 from ..model.peer import CLOSED_LINK, REPLY_ENCODERS, Client, reply_encoder
 from ..wire.protocol import FrameError, RawFrame
@@ -92,6 +100,28 @@ class Link(Protocol):
     def cancelled_by_server(self) -> bool: ...
 
 
+class StreamLink(Link, Protocol):
+    """A link that marks streamed answers (v2): ITEM frames, then one END.
+
+    A link without these methods (v1's ``Connection``) gets each item as an ordinary
+    packet (``write_payload``) and an error that ends a stream as an error packet.
+    """
+
+    def write_item(self, payload: bytes, encoding: int) -> None:
+        """One ITEM frame of the request's stream (counts in ``writes``)."""
+
+    def write_end(self, payload: bytes | None, encoding: int) -> None:
+        """The stream's END frame: ``payload`` None for an END without error, else the
+        encoded error map that ended it (counts in ``writes``). The request's terminal frame."""
+
+
+#: ``Exchange.stream`` values: no stream open, or a streaming handler's stream is open.
+NO_STREAM: Final = 0
+STREAM_OPEN: Final = 1
+#: v1: how often an open stream looks whether its peer left (DESIGN §9: closed within 1 s).
+PEER_CHECK_EVERY: Final = 0.5
+
+
 class _Gone(Link):
     """What an exchange writes through once its connection is gone: nothing."""
 
@@ -123,7 +153,8 @@ class Exchange:
     """
 
     __slots__ = (
-        "client", "code", "conn", "encoding_id", "member", "record", "_entry", "_pipeline", "_session_open",
+        "client", "code", "conn", "encoding_id", "member", "record", "stream", "_entry", "_pipeline",
+        "_session_open", "_stream_task", "_stream_watch",
     )  # fmt: skip
 
     def __init__(self, pipeline: Rules, conn: Link, client: Client, record: Record | None) -> None:
@@ -139,6 +170,12 @@ class Exchange:
         self._session_open = False
         #: The session's name in the shared admission (``SharedSessions``), if it was counted there.
         self.member: str | None = None
+        #: ``STREAM_OPEN`` while a streaming handler's stream is open (``open_stream`` to its end).
+        self.stream = NO_STREAM
+        #: The task the open stream runs in: a lost connection cancels it (v1).
+        self._stream_task: asyncio.Task[Any] | None = None
+        #: v1: the timer that looks whether the peer of an open stream left (``_watch_peer``).
+        self._stream_watch: asyncio.TimerHandle | None = None
 
     @property
     def writes(self) -> int:
@@ -256,7 +293,14 @@ class Exchange:
         self.error(ERR_INTERNAL, INTERNAL_DETAIL, encoding)
 
     def error(self, code: str, detail: Any = None, encoding: int | None = None, errors: Any = None) -> None:
-        """The error reply of the packet being handled, unless it was answered already."""
+        """The error reply of the packet being handled, unless it was answered already.
+
+        While a stream is open, the error ends it (whatever items were sent).
+        """
+        if self.stream:
+            self.code = code
+            self._end_stream_with(code, detail, encoding, errors)
+            return
         if self.writes:
             logger.error(
                 "(%s) %s after the packet was answered: logged, not sent (one answer per request)", self._sid(), code
@@ -266,7 +310,14 @@ class Exchange:
         self.write_error(code, detail, encoding, errors)
 
     def mapped(self, reply: Any, encoding: int) -> None:
-        """An exception handler's reply: the packet's answer unless it was answered already."""
+        """An exception handler's reply: the packet's answer unless it was answered already
+        (while a stream is open, the reply ends it)."""
+        if self.stream:
+            if isinstance(reply, dict) and reply.get("status") == "failure":
+                error = reply.get("error")
+                self.code = error if type(error) is str else ERR_INTERNAL
+            self._end_stream(reply)
+            return
         if self.writes:
             logger.error("(%s) An exception handler's reply after the packet was answered: logged, not sent",
                          self._sid())  # fmt: skip
@@ -319,6 +370,107 @@ class Exchange:
     def _sid(self) -> Any:
         return self.client.session.id
 
+    # -- streamed answers (DESIGN §9) -------------------------------------------------------
+
+    def open_stream(self) -> None:
+        """A streaming handler starts answering the packet being handled."""
+        self.stream = STREAM_OPEN
+        self._stream_task = asyncio.current_task()
+        if not hasattr(self.conn, "write_item"):  # v1: nothing else tells a gone peer from a quiet one
+            self._stream_watch = asyncio.get_running_loop().call_later(PEER_CHECK_EVERY, self._watch_peer)
+
+    def _watch_peer(self) -> None:
+        """v1, while a stream is open: a peer that left (EOF, reset) closes the connection, whose
+        loss cancels the stream (``lost``), even while its generator waits for its next item."""
+        self._stream_watch = None
+        conn = self.conn
+        transport = getattr(conn, "transport", None)
+        if not self.stream or transport is None:
+            return
+        if peer_left(transport):
+            logger.info("(%s) The peer left during a stream: closing it", self._sid())
+            getattr(conn, "abort", conn.close)()
+            return
+        self._stream_watch = asyncio.get_running_loop().call_later(PEER_CHECK_EVERY, self._watch_peer)
+
+    def item(self, obj: Any) -> Awaitable[None]:
+        """Write one item of the open stream (encoded as a reply is); await the result to
+        wait while the connection's write buffer is over its high-water mark.
+
+        Raises:
+            StreamClosed: the connection is closing: the stream has no one to go to.
+            EncodeError: the item cannot be encoded (NaN in JSON, an integer too big).
+        """
+        conn = self.conn
+        if conn.closing:
+            raise StreamClosed("the connection is closing")
+        name = self.client.encoding
+        try:
+            encode = REPLY_ENCODERS[name][type(obj)]
+        except KeyError:
+            encode = reply_encoder(type(obj), name)
+        if encode is None:
+            raise TypeError(f"a stream item must be a dict or a pydantic model, not {type(obj).__name__}")
+        payload = encode(obj)
+        write_item = getattr(conn, "write_item", None)
+        if write_item is None:
+            conn.write_payload(payload, CODEC_IDS[name])  # v1: an ordinary packet
+        else:
+            write_item(payload, CODEC_IDS[name])
+        return conn.drain()
+
+    def end(self, error: Any = None) -> None:
+        """End the open stream: ``error`` None when it ended well, else the map (a dict or
+        a model) that ends it. Nothing happens when no stream is open (it ended already)."""
+        if self.stream:
+            self._end_stream(error)
+
+    def _end_stream(self, error: Any) -> None:
+        self.stream = NO_STREAM
+        self._stream_task = None
+        watch, self._stream_watch = self._stream_watch, None
+        if watch is not None:
+            watch.cancel()
+        conn = self.conn
+        encoding = CODEC_IDS[self.client.encoding]
+        payload = None
+        if error is not None:
+            encode = reply_encoder(type(error), self.client.encoding)
+            if encode is None:
+                logger.error("(%s) A stream ended with a %s, not a map: ended without it",
+                             self._sid(), type(error).__name__)  # fmt: skip
+            else:
+                try:
+                    payload = encode(error)
+                except Exception as exc:
+                    logger.error("(%s) The error that ended a stream could not be encoded: %s", self._sid(), clean(exc))
+                    payload = CODECS[encoding].encode(error_payload(ERR_INTERNAL, INTERNAL_DETAIL))
+        if conn.closing:
+            return
+        write_end = getattr(conn, "write_end", None)
+        try:
+            if write_end is not None:
+                write_end(payload, encoding)
+            elif payload is not None:
+                conn.write_payload(payload, encoding)  # v1: the error is an ordinary packet
+            else:
+                conn.writes += 1  # v1: nothing marks the end, but the packet was answered
+        except (OverflowError, struct.error):  # the detail is too long for header_size: the bare error fits
+            bare = CODECS[encoding].encode(error_payload(self.code or ERR_INTERNAL))
+            if write_end is not None:
+                write_end(bare, encoding)
+            else:
+                conn.write_payload(bare, encoding)
+
+    def _end_stream_with(self, code: str, detail: Any, encoding: int | None, errors: Any) -> None:
+        """End the open stream with an error map, under the ``error_details`` policy."""
+        pipeline = self._pipeline
+        if pipeline.debug:
+            logger.debug("(%s) Ending a stream with %s: %s", self._sid(), code, clean(detail))
+        if not pipeline.error_details:
+            detail = errors = None
+        self._end_stream(error_payload(code, detail, errors))
+
     # -- the connection's life ---------------------------------------------------------------
 
     def opened(self) -> None:
@@ -332,6 +484,9 @@ class Exchange:
             self._pipeline.close_session(self)
         self.client._detach()  # freed by reference counting, not left to the cycle collector
         self.conn = GONE
+        task, self._stream_task = self._stream_task, None
+        if self.stream and task is not None and not task.done():
+            task.cancel()  # the generator's finally and its teardowns run now, not at its next item
 
 
 def _kind(value: object) -> str:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from ..client import AsyncClient, Sendable
+from pydantic import ValidationError
+
+from ..client import AsyncClient, Sendable, check_reply
+from ..client.clientcore import validator
+from ..wire.errors import ClientTimeout, ReplyValidationError
 from ..serve.connection import Connection, ServingContext
 from ..server import Server
 from ._recording import CallLog, Handler, recording_plan
@@ -39,7 +43,7 @@ class _MemoryClient(AsyncClient):
         return MemoryStream(ctx.protocol_factory()(), extra)  # the served pipeline, gate included
 
     @property
-    def stream(self) -> MemoryStream | None:
+    def memory_stream(self) -> MemoryStream | None:
         stream = self._channels[0].stream
         assert stream is None or isinstance(stream, MemoryStream)
         return stream
@@ -144,6 +148,58 @@ class AsyncTestClient:
         (see ``AsyncClient.request``); concurrent requests take turns."""
         return await self._client.request(obj, encoding, reply=reply, raise_errors=raise_errors)
 
+    @overload
+    def stream(self, obj: Sendable, encoding: str | None = None, *, item: type[T]) -> AsyncIterator[T]: ...
+
+    @overload
+    def stream(self, obj: Sendable, encoding: str | None = None, *, item: None = None) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def stream(self, obj: Sendable, encoding: str | None = None, *, item: Any = None) -> AsyncIterator[Any]:
+        """Send ``obj`` to a streaming handler and iterate over its items (the maps, or each
+        an ``item``), as ``AsyncClient.stream`` does.
+
+        The test client speaks v1, where nothing marks the end of a stream: it ends when
+        the server's connection has handled the request and every packet it sent was
+        read. An error packet ends it with ``ErrorReply``.
+        """
+        client = self._client
+        await client.send(obj, encoding)
+        validate = None if item is None else validator(item)
+        while True:
+            payload = await self._next_streamed()
+            if payload is None:
+                return
+            check_reply(payload)
+            if validate is None:
+                yield payload
+                continue
+            try:
+                yield validate(payload)
+            except ValidationError as exc:
+                raise ReplyValidationError(payload, item, exc) from exc
+
+    async def _next_streamed(self) -> dict[str, Any] | None:
+        """The next packet of a v1 stream, or None once the server handled it and nothing is left."""
+        client = self._client
+        channel = client._channels[0]
+        for _ in range(1_000_000):  # each turn either reads or waits (bounded by the timeout)
+            frame = channel.core.next_frame()
+            if frame is not None:
+                return client._core.decode(frame)
+            memory = client.memory_stream
+            conn = self.connection
+            if memory is None or conn is None:
+                return None
+            data = await memory.poll()  # a loop turn: what the server was handed runs first
+            if data:
+                channel.core.receive_data(data)
+                continue
+            if not conn.busy:
+                return None
+            if not await memory.wait_for_data_or(conn.wait_idle(), self.timeout):
+                raise ClientTimeout(f"no item within {self.timeout} seconds")
+        raise ClientTimeout("the stream did not end")
+
     async def close(self) -> None:
         """Close this connection as a client would; the next ``send`` opens a new one."""
         await self._client.close()
@@ -165,7 +221,7 @@ class AsyncTestClient:
     @property
     def connection(self) -> Connection | None:
         """The server-side ``Connection`` of the open connection, if any."""
-        stream = self._client.stream
+        stream = self._client.memory_stream
         if stream is None:
             return None
         protocol = stream.protocol

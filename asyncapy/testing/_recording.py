@@ -11,13 +11,14 @@ import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Union, cast
 
 from ..app.routing import Plan, Router, compile_routes
 from ..app.routing.introspect import handler_name
 
-Handler = Callable[..., Awaitable[Any]]
+#: A handler: an async function or an async generator function (a streaming handler).
+Handler = Callable[..., Union[Awaitable[Any], AsyncIterator[Any]]]
 
 
 class CallLog:
@@ -67,10 +68,30 @@ def _recorder(handler: Handler, log: CallLog) -> Handler:
     plain = inspect.isfunction(handler) or inspect.ismethod(handler)
     target = handler if plain else getattr(handler, "__call__", handler)
 
+    if inspect.isasyncgenfunction(target):
+        return _stream_recorder(handler, target, log)
+
     @functools.wraps(target)
     async def recorded(*args: Any, **kwargs: Any) -> Any:
         log.record(handler, args[1] if len(args) > 1 else kwargs)
-        return await handler(*args, **kwargs)
+        return await cast(Awaitable[Any], handler(*args, **kwargs))
+
+    recorded.__qualname__ = handler_name(handler)
+    return recorded
+
+
+def _stream_recorder(handler: Handler, target: Any, log: CallLog) -> Handler:
+    """A streaming handler's recorder: an async generator too, closing the handler's when closed."""
+
+    @functools.wraps(target)
+    async def recorded(*args: Any, **kwargs: Any) -> Any:
+        log.record(handler, args[1] if len(args) > 1 else kwargs)
+        gen = cast(AsyncGenerator[Any, None], handler(*args, **kwargs))
+        try:
+            async for item in gen:
+                yield item
+        finally:
+            await gen.aclose()
 
     recorded.__qualname__ = handler_name(handler)
     return recorded

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -121,6 +121,32 @@ class TestClient:
         (see ``asyncapy.client.Client.request``); safe to call from several threads."""
         return self._call(self._client.request(obj, encoding, reply=reply, raise_errors=raise_errors))
 
+    @overload
+    def stream(self, obj: Sendable, encoding: str | None = None, *, item: type[T]) -> Iterator[T]: ...
+
+    @overload
+    def stream(self, obj: Sendable, encoding: str | None = None, *, item: None = None) -> Iterator[dict[str, Any]]: ...
+
+    def stream(self, obj: Sendable, encoding: str | None = None, *, item: Any = None) -> Iterator[Any]:
+        """Send ``obj`` to a streaming handler and iterate over its items (see ``AsyncTestClient.stream``)."""
+        items = self._client.stream(obj, encoding, item=item)
+
+        async def next_item() -> tuple[bool, Any]:
+            try:
+                return True, await items.__anext__()
+            except StopAsyncIteration:
+                return False, None
+
+        try:
+            while True:
+                more, value = self._call(next_item())
+                if not more:
+                    return
+                yield value
+        finally:
+            if self._portal is not None:
+                self._call(_close(items))
+
     def close(self) -> None:
         """Close this connection as a client would; the next ``send`` opens a new one."""
         self._call(self._client.close())
@@ -142,3 +168,9 @@ class TestClient:
             coro.close()
             raise RuntimeError("use the test client as `with TestClient(server) as client:`")
         return self._portal.call(coro)
+
+
+async def _close(items: AsyncIterator[Any]) -> None:
+    aclose = getattr(items, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -7,7 +7,7 @@ socket's do: so the connection steps handlers eagerly here as it does when servi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 
@@ -147,6 +147,20 @@ class MemoryStream:
         if self._chunks or self._eof:
             return await self.read(0)
         return None
+
+    async def wait_for_data_or(self, other: Awaitable[Any], timeout: float | None) -> bool:
+        """Wait until bytes arrive or ``other`` finished (the test client's streams); False
+        when ``timeout`` passed first."""
+        if self._chunks or self._eof:
+            return True
+        self._arrived.clear()
+        waiters = {asyncio.ensure_future(self._arrived.wait()), asyncio.ensure_future(other)}
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            return bool(done)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def refused(self) -> bool:
         return False  # the server's close is seen before a request is sent into it

@@ -26,7 +26,7 @@ from asyncapy.client.clientmux import (
     propagated_timeout,
 )
 from asyncapy.wire.codecs import get_codec
-from asyncapy.wire.errors import ClientTimeout, HeaderInvalid, PayloadTooLarge
+from asyncapy.wire.errors import ClientTimeout, HeaderInvalid, PayloadTooLarge, ProtocolError
 from asyncapy.wire.protocol import (
     CANCEL,
     MAX_DEADLINE_MS,
@@ -424,3 +424,97 @@ def test_a_request_cancelled_after_the_fallback_before_it_went_out_again_frees_t
     second = core.send_request({"n": 1})
     assert server.read(core.data_to_send(), version=22) == [Frame(0, b'{"n":1}')]
     assert core.receive_data(encode_frame(b"{}", 0)) == [Reply(second, Frame(0, b"{}"))]
+
+
+# -- streamed answers (ITEMs then END, DESIGN §9) ----------------------------------------------
+
+
+def test_a_streams_items_wait_in_order_then_its_end() -> None:
+    core, server = started_v2()
+    sid = core.open_stream({"watch": "ACME"})
+    assert [f.stream_id for f in requests(server, core)] == [sid]
+    assert core.next_in_stream(sid) is None  # nothing yet: read more
+    core.receive_data(encode_item(sid, b'{"p":1}', 0) + encode_item(sid, b'{"p":2}', 0))
+    assert core.next_in_stream(sid) == Item(sid, Frame(0, b'{"p":1}'))
+    core.receive_data(encode_end(sid))
+    assert core.next_in_stream(sid) == Item(sid, Frame(0, b'{"p":2}'))
+    assert core.next_in_stream(sid) == End(sid, None)
+    with pytest.raises(KeyError):  # its end was taken: forgotten
+        core.next_in_stream(sid)
+    assert core.in_flight() == []
+
+
+def test_an_end_with_an_error_or_a_reply_ends_a_stream() -> None:
+    core, _ = started_v2()
+    failed = b'{"status":"failure","error":"ERR_MARKET_CLOSED"}'
+    first, second = core.open_stream({"n": 1}), core.open_stream({"n": 2})
+    core.data_to_send()
+    core.receive_data(encode_item(first, b'{"p":1}', 0) + encode_end(first, failed, 0) + reply(second, {"one": 1}))
+    assert core.next_in_stream(first) == Item(first, Frame(0, b'{"p":1}'))
+    assert core.next_in_stream(first) == End(first, Frame(0, failed))
+    assert core.next_in_stream(second) == Reply(second, Frame(0, b'{"one":1}'))
+
+
+def test_streams_interleave_by_stream_id() -> None:
+    core, _ = started_v2()
+    a, b = core.open_stream({"n": "a"}), core.open_stream({"n": "b"})
+    core.data_to_send()
+    core.receive_data(
+        encode_item(b, b'{"b":1}', 0) + encode_item(a, b'{"a":1}', 0) + encode_end(b) + encode_item(a, b'{"a":2}', 0)
+    )
+    assert [core.next_in_stream(a), core.next_in_stream(a), core.next_in_stream(a)] == [
+        Item(a, Frame(0, b'{"a":1}')), Item(a, Frame(0, b'{"a":2}')), None,
+    ]  # fmt: skip
+    assert [core.next_in_stream(b), core.next_in_stream(b)] == [Item(b, Frame(0, b'{"b":1}')), End(b, None)]
+
+
+def test_a_stream_that_holds_too_many_items_pauses_reading_until_some_are_taken() -> None:
+    from asyncapy.client.clientmux import MAX_STREAM_ITEMS
+
+    core, _ = started_v2()
+    sid = core.open_stream({"n": 1})
+    core.data_to_send()
+    core.receive_data(b"".join(encode_item(sid, b"{}", 0) for _ in range(MAX_STREAM_ITEMS - 1)))
+    assert not core.reading_paused
+    core.receive_data(encode_item(sid, b"{}", 0))
+    assert core.reading_paused
+    assert isinstance(core.next_in_stream(sid), Item)
+    assert not core.reading_paused
+
+
+def test_closing_a_running_stream_cancels_it_and_drops_its_items() -> None:
+    core, server = started_v2()
+    sid = core.open_stream({"n": 1})
+    requests(server, core)
+    core.receive_data(encode_item(sid, b'{"p":1}', 0))
+    assert core.close_stream(sid) is True
+    [cancel] = server.read(core.data_to_send())
+    assert (cancel.kind, cancel.stream_id) == (CANCEL, sid)
+    # Items still in flight are dropped; the terminal frame frees the Stream-Id.
+    assert core.receive_data(encode_item(sid, b'{"p":2}', 0) + encode_end(sid, b'{"status":"failure","error":"ERR_CANCELLED"}', 0)) == []
+    assert core.in_flight() == [] and not core.reading_paused
+
+
+def test_closing_a_stream_that_ended_sends_nothing() -> None:
+    core, _ = started_v2()
+    sid = core.open_stream({"n": 1})
+    core.data_to_send()
+    core.receive_data(encode_item(sid, b"{}", 0) + encode_end(sid))
+    assert core.close_stream(sid) is True
+    assert core.data_to_send() == b""
+
+
+def test_a_stream_probe_answered_in_v1_is_refused_not_sent_again() -> None:
+    core, server = MuxCore(), ServerSide()
+    probe = core.open_stream({"watch": 1})
+    waiting_stream = core.open_stream({"watch": 2})
+    plain = core.send_request({"n": 1})
+    requests(server, core)
+    events = core.receive_data(encode_frame(b'{"status":"failure","error":"ERR_HEADER_INVALID"}', 0))
+    assert FellBack(probe) in events and FellBack(waiting_stream) in events
+    assert core.stream_refused(probe) and core.stream_refused(waiting_stream)
+    # The plain request goes out in v1; the streams never do.
+    assert server.read(core.data_to_send(), version=22) == [Frame(0, b'{"n":1}')]
+    assert core.in_flight() == [plain]
+    with pytest.raises(ProtocolError):  # v1 is known now: no stream can start
+        core.open_stream({"watch": 3})

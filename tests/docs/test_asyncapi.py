@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, Field
+
+from asyncapy import Client, Packet, Server
 
 from asyncapy.docs.asyncapi import asyncapi_document, asyncapi_schema, operation_ids
 from examples.typed_api import server as typed_server
@@ -16,8 +20,34 @@ from ..routing_cases import build_server
 from ..schema_routes import ROUTES
 
 
+class Watch(BaseModel):
+    symbol: str
+
+
+class Tick(BaseModel):
+    symbol: str
+    last_price: float = Field(alias="lastPrice")
+
+
+def streaming_server() -> Server:
+    """A server with a streaming handler (DESIGN §9) beside a plain one."""
+    server = make_server()
+
+    @server.add_handler()
+    async def watch(client: Client, packet: Packet[Watch]) -> AsyncIterator[Tick]:
+        """Every tick of one symbol, as it comes."""
+        yield Tick(symbol=packet.data.symbol, lastPrice=1.0)
+
+    @server.add_handler()
+    async def quote(client: Client, packet: Packet[Tick]) -> Tick:
+        return packet.data
+
+    return server
+
+
 def _documents() -> dict[str, dict[str, Any]]:
     return {
+        "streaming": streaming_server().asyncapi(title="Ticks", version="1.0.0"),
         "examples.typed_api": typed_server.asyncapi(title="Typed API", version="1.0.0"),
         "routing_cases": build_server().asyncapi(title="Routing", version="0.1.0", description="cases"),
         "contract_routes": asyncapi_document(make_server(), ROUTES, title="Pets", version="2.0.0"),
@@ -88,3 +118,29 @@ def test_discriminator_rewrite_leaves_fields_named_discriminator_alone() -> None
 
 def test_operation_ids_are_unique_and_safe() -> None:
     assert operation_ids(["a", "make.<locals>.h", "a", "Cls.meth"]) == ["a", "make_locals_h", "a_2", "Cls_meth"]
+
+
+def test_a_streaming_handler_exports_its_item_model_as_the_reply_marked_as_a_stream() -> None:
+    doc = DOCUMENTS["streaming"]
+    ops = {op["x-asyncapy-handler"].rsplit(".", 1)[-1]: op for op in doc["operations"].values()}
+    assert ops["watch"]["x-asyncapy-stream"] is True and "x-asyncapy-stream" not in ops["quote"]
+    [ref] = ops["watch"]["reply"]["messages"]
+    message = doc["components"]["messages"][ref["$ref"].rsplit("/", 1)[-1]]
+    assert "stream" in message["title"]
+    payload = message["payload"]
+    if "$ref" in payload:
+        payload = doc["components"]["schemas"][payload["$ref"].rsplit("/", 1)[-1]]
+    assert set(payload["properties"]) == {"symbol", "lastPrice"}  # the wire names
+    routes = streaming_server().schema()["routes"]
+    assert [r.get("stream", False) for r in routes] == [True, False]
+
+
+def test_the_docs_page_marks_a_streaming_operation() -> None:
+    from asyncapy.docs.docspage import render
+
+    page = render(DOCUMENTS["streaming"])
+    articles = page.split('<article class="operation"')[1:]
+    [watch] = [a for a in articles if "locals&gt;.watch" in a]
+    [quote] = [a for a in articles if "locals&gt;.quote" in a]
+    assert '<span class="tag stream">' in watch and "Items (a stream)" in watch
+    assert "tag stream" not in quote and "Items (a stream)" not in quote

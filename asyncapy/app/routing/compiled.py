@@ -27,11 +27,12 @@ class CompiledRoute:
     ``call`` is ``handler`` itself unless dependencies or a reply check need more.
     ``errors`` are the ``ApiError`` codes the route declares; ``security`` the
     ``asyncapy.security`` schemes among its dependencies (for the schema and docs).
+    ``stream``: an async generator handler whose ``reply_type`` is its item type.
     """
 
     name: str
     group: int
-    handler: Callable[..., Awaitable[Any]]
+    handler: Callable[..., Any]  # an async function, or an async generator function (``stream``)
     filters: tuple[Filter, ...]
     models: tuple[type[BaseModel], ...]
     accepts: Any
@@ -48,6 +49,8 @@ class CompiledRoute:
     run: Callable[..., Awaitable[Any]] | None
     errors: tuple[str, ...] = ()
     security: tuple[Any, ...] = ()
+    #: A streaming handler: ``reply_type`` is the type of each item it yields.
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from types import MappingProxyType, UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Union, cast, get_args, get_origin
 
 from pydantic import TypeAdapter
 
@@ -20,8 +20,9 @@ from ...model.replies import exact_model, reply_checker
 from .compiled import CompiledGroup, CompiledRoute, Tag
 from .discriminator import find_discriminator
 from .dispatch import Plan
-from .invoke import invocation
+from .invoke import Call, invocation
 from .router import Route
+from .streaming import stream_invocation
 
 logger = logging.getLogger("asyncapy")
 
@@ -61,8 +62,12 @@ def _compile_route(
     if spec.accepts is not None:
         adapter = _adapter(spec.accepts, adapters)
     steps = build_steps(route.name, dict(spec.dependencies), route.dependencies, spec.models)
-    check = reply_checker(route.name, spec.returns)
-    how = invocation(route.name, route.handler, spec.style == "model", steps, check, exact_model(spec.returns))
+    check = reply_checker(route.name, spec.returns, "yielded" if spec.stream else "returned")
+    if spec.stream:
+        assert check is not None  # introspection refused an item type that cannot be checked
+        how = stream_invocation(route.name, route.handler, spec.style == "model", steps, check, exact_model(spec.returns))
+    else:
+        how = invocation(route.name, cast(Call, route.handler), spec.style == "model", steps, check, exact_model(spec.returns))
     security = _security(steps)
     errors = route.errors + ((ERR_UNAUTHORIZED,) if security and ERR_UNAUTHORIZED not in route.errors else ())
     return CompiledRoute(
@@ -85,6 +90,7 @@ def _compile_route(
         run=how.run,
         errors=errors,
         security=security,
+        stream=spec.stream,
     )
 
 

@@ -5,10 +5,16 @@ The packet parameter's annotation says what the handler accepts:
     Packet[Model] / Packet[A | B]   style "packet": ``packet.data`` is the instance
     Model / A | B / Union[A, B]     style "model": the handler receives the instance
     Packet / none / dict / Any      style "untyped": any map
+
+An ``async def`` with ``yield`` (an async generator function) is a *streaming* handler
+(DESIGN §9): its return annotation ``AsyncIterator[Item]`` (or ``AsyncGenerator[Item,
+None]``, ``AsyncIterable[Item]``) names the type each yielded item is checked against,
+a model, a union of models or a dict.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import types
 import typing
@@ -38,6 +44,8 @@ class HandlerSpec:
     returns: Any = None
     #: The parameters after ``(client, packet)``: name -> ``Depends``, in order.
     dependencies: tuple[tuple[str, Dependency], ...] = ()
+    #: An async generator handler: ``reply_type``/``returns`` are its item type.
+    stream: bool = False
 
 
 def handler_name(handler: object) -> str:
@@ -47,7 +55,8 @@ def handler_name(handler: object) -> str:
 def inspect_handler(handler: Callable[..., Any]) -> HandlerSpec:
     """Read ``handler``'s packet annotation; a ``UsageError`` naming it when it is wrong."""
     name = handler_name(handler)
-    if not _is_async(handler):
+    stream = _is_async_gen(handler)
+    if not stream and not _is_async(handler):
         raise UsageError(f"handler {name!r} must be an async function: write `async def {name}(client, packet)`")
     hints = _hints(handler, name)
     deps = dependency_params(handler, hints, 2)
@@ -56,7 +65,50 @@ def inspect_handler(handler: Callable[..., Any]) -> HandlerSpec:
     style, accepts = _classify(annotation, name)
     models = () if accepts is None else _models_of(accepts)
     returns = hints.get("return")
-    return HandlerSpec(style, models, accepts, _reply_type(returns), returns, tuple(deps.items()))
+    if stream:
+        returns = _item_type(returns, name)
+    elif _iterator_item(returns) is not None:
+        raise UsageError(
+            f"handler {name!r} is annotated to return {_show(returns)} but does not `yield`: "
+            f"a streaming handler is an async generator (`yield item` in `async def {name}`)"
+        )
+    return HandlerSpec(style, models, accepts, _reply_type(returns), returns, tuple(deps.items()), stream)
+
+
+_ASYNC_ITERATORS = (
+    collections.abc.AsyncIterator, collections.abc.AsyncGenerator, collections.abc.AsyncIterable,
+)  # fmt: skip
+
+
+def _is_async_gen(handler: Callable[..., Any]) -> bool:
+    if inspect.isasyncgenfunction(handler):
+        return True
+    call = getattr(handler, "__call__", None)  # noqa: B004 - an object with an async generator __call__
+    return not inspect.isfunction(handler) and inspect.isasyncgenfunction(call)
+
+
+def _iterator_item(annotation: Any) -> Any:
+    """``X`` of ``AsyncIterator[X]`` / ``AsyncGenerator[X, None]`` / ``AsyncIterable[X]``; None otherwise."""
+    bare = _strip(annotation)
+    if get_origin(bare) in _ASYNC_ITERATORS:
+        args = get_args(bare)
+        return args[0] if args else Any
+    return None
+
+
+def _item_type(annotation: Any, name: str) -> Any:
+    """A streaming handler's item type, from its return annotation; a ``UsageError`` when it has none."""
+    fix = (
+        f"annotate it `async def {name}(client, packet) -> AsyncIterator[Item]` "
+        "(from collections.abc), where Item is a pydantic model, a union of models or dict"
+    )
+    item = _iterator_item(annotation)
+    if item is None:
+        shown = "no return annotation" if annotation is None else f"the return annotation {_show(annotation)}"
+        raise UsageError(f"streaming handler {name!r} has {shown}: {fix}")
+    if _reply_type(item) is None or _is_union(_strip(item)) and type(None) in get_args(_strip(item)):
+        raise UsageError(f"streaming handler {name!r} yields {_show(item)}, which is not a model or a dict: {fix}")
+    return item
 
 
 def _is_async(handler: Callable[..., Any]) -> bool:

@@ -6,9 +6,9 @@ Every check happens here, so a wrong handler or filter fails at its decorator li
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 from pydantic import BaseModel
 
@@ -18,7 +18,8 @@ from ..filters import Filter, as_filter, is_filter
 from ...shared.topics import DEFAULT_MAX_BUFFERED, Topic, check_unique
 from .introspect import HandlerSpec, handler_name, inspect_handler
 
-HandlerT = TypeVar("HandlerT", bound=Callable[..., Awaitable[Any]])
+#: A handler: an async function, or an async generator function (a streaming handler).
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Union[Awaitable[Any], AsyncIterator[Any]]])
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -26,7 +27,7 @@ M = TypeVar("M", bound=BaseModel)
 class Route:
     """One registered handler: its filters, its group and what its signature accepts."""
 
-    handler: Callable[..., Awaitable[Any]]
+    handler: Callable[..., Union[Awaitable[Any], AsyncIterator[Any]]]
     filters: tuple[Filter, ...]
     group: int
     spec: HandlerSpec
@@ -44,7 +45,7 @@ _CODE = re.compile(r"[A-Z][A-Z0-9_]*")
 
 
 def make_route(
-    handler: Callable[..., Awaitable[Any]],
+    handler: Callable[..., Union[Awaitable[Any], AsyncIterator[Any]]],
     filters: tuple[Any, ...],
     group: int,
     dependencies: Iterable[Any] | None = None,
@@ -104,7 +105,7 @@ class Router:
 
     def register_handler(
         self,
-        handler: Callable[..., Awaitable[Any]],
+        handler: Callable[..., Union[Awaitable[Any], AsyncIterator[Any]]],
         *filters: Any,
         group: int = 0,
         dependencies: Sequence[Any] | None = None,

@@ -1,0 +1,24 @@
+"""Streaming handlers and ``stream(..., item=Model)`` as mypy sees them (DESIGN §9)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import HERE, run_mypy
+
+
+def test_streaming_code_passes_strict_mypy() -> None:
+    output, status = run_mypy(HERE / "streams.py")
+    assert status == 0, output
+
+
+def test_the_items_of_a_stream_are_revealed_as_the_item_model(tmp_path: Path) -> None:
+    code = (HERE / "streams.py").read_text(encoding="utf-8") + (
+        "\n\nasync def revealed(client: AsyncClient) -> None:\n"
+        "    async for tick in client.stream(Watch(symbol='A'), item=Tick):\n"
+        "        reveal_type(tick)\n"
+    )
+    path = tmp_path / "revealed_streams.py"
+    path.write_text(code, encoding="utf-8")
+    output, _ = run_mypy(path)
+    assert 'Revealed type is "revealed_streams.Tick"' in output, output
