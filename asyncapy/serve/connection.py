@@ -432,9 +432,13 @@ class Connection(asyncio.Protocol):
         out = self._out
         if out is None:
             self._out = [header, payload]
+            self._out_size = len(payload)
             return True
         out.append(header)
         out.append(payload)
+        self._out_size += len(payload)
+        if self._out_size > _FLUSH_AT:  # past 64 KiB: to the transport, whose high-water mark makes drain wait
+            self._flush()
         return False
 
     def flush(self) -> None:

@@ -32,7 +32,7 @@ from ..model.packet import REQUEST_DEADLINE
 from ..model.peer import Client
 from ..wire.codecs import CODECS
 from ..wire.errors import ERR_CANCELLED, ERR_DEADLINE_EXCEEDED, ERR_STREAM_ID_IN_USE
-from ..wire.protocol import CANCEL, PROTOCOL_VERSION_2, PUSH, REPLY, SENT_BY_CLIENT, V2_TAIL, FrameDecoder, FrameError
+from ..wire.protocol import CANCEL, END, ITEM, PROTOCOL_VERSION_2, PUSH, REPLY, SENT_BY_CLIENT, V2_TAIL, FrameDecoder, FrameError
 from ..wire.protocol import v2_header_packer
 from ._eager import DONE, Host, enter_task, leave_task, new_stepper, resume_stepper, running_task
 from .connection import HOLD_FATAL, HOLD_QUEUE, Connection
@@ -99,6 +99,21 @@ class Stream:
         else:
             self.mux.write(payload, encoding, REPLY, self.sid)
         self.writes += 1
+
+    def write_item(self, payload: bytes, encoding: int) -> None:
+        """One ITEM of the request's streamed answer (DESIGN §9)."""
+        if self.done:
+            return
+        self.mux.write(payload, encoding, ITEM, self.sid)
+        self.writes += 1
+
+    def write_end(self, payload: bytes | None, encoding: int) -> None:
+        """The END of the request's streamed answer (its terminal frame): empty, or the error map."""
+        if self.done:
+            return
+        self.mux.write(b"" if payload is None else payload, encoding, END, self.sid)
+        self.writes += 1
+        self.done = True
 
     def close(self) -> None:
         self.mux.conn.close()
