@@ -74,6 +74,11 @@ class AsyncMux:
         self._pushed_wake = asyncio.Event()
         self._closed = False
 
+    @classmethod
+    def of(cls, client: Any) -> AsyncMux:
+        """The mux of an ``AsyncClient`` (its ``_open_stream``: the TestClients open memory)."""
+        return cls(client._open_stream, client._mux_core, client.timeout, client.reconnect)
+
     # -- requests ---------------------------------------------------------------------------
 
     async def request(self, obj: Sendable, encoding: str | None, timeout: float | None) -> Frame:
@@ -83,6 +88,7 @@ class AsyncMux:
             ClientTimeout: no answer within ``timeout`` (a CANCEL was sent).
             ConnectionClosed, ProtocolError, OSError: the connection failed.
         """
+        self._closed = False  # as on v1: a request after ``close`` opens a new connection
         conn = await self._connection()
         loop = asyncio.get_running_loop()
         ticket = _Ticket(loop.create_future())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from ..client import AsyncClient, Sendable
+from ..client.clientcore import UNSET, Unset
 from ..serve.connection import Connection, ServingContext
 from ..server import Server
 from ._recording import CallLog, Handler, recording_plan
@@ -22,11 +23,11 @@ _fake_ports = itertools.count(50000)
 class _MemoryClient(AsyncClient):
     """An ``AsyncClient`` whose connections are the server's own ``Connection``, in memory."""
 
-    def __init__(self, owner: AsyncTestClient, encoding: str, timeout: float) -> None:
+    def __init__(self, owner: AsyncTestClient, encoding: str, timeout: float, protocol: int) -> None:
         server = owner.server
         super().__init__(
             owner.address, server.port, encoding=encoding, header_size=server.header_size,
-            byteorder=server.byteorder, timeout=timeout,
+            byteorder=server.byteorder, timeout=timeout, protocol=protocol,
         )
         self._owner = owner
 
@@ -58,18 +59,29 @@ class AsyncTestClient:
         server: the server under test (its routes are compiled on entry).
         address: the peer address handlers see as ``client.address``.
         encoding: the default encoding of sent packets, "json" or "ziproto".
-        timeout: seconds ``receive()`` waits before raising ``ClientTimeout``.
+        timeout: seconds ``receive()`` and ``request()`` wait before raising ``ClientTimeout``.
+        protocol: 2 (the default) speaks AsyncAProto v2, as ``AsyncClient`` does: requests
+            run concurrently on one connection, ``pushed()`` reads pushed packets;
+            ``send``/``receive`` use a v1 connection of their own. 1: v1 for everything,
+            all on one connection (a session shared by ``send`` and ``request``).
     """
 
     __test__ = False  # not a pytest test class, despite its name
 
-    def __init__(self, server: Server, *, address: str = "127.0.0.1", encoding: str = "json", timeout: float = 5.0) -> None:
+    def __init__(
+        self, server: Server, *, address: str = "127.0.0.1", encoding: str = "json", timeout: float = 5.0, protocol: int = 2
+    ) -> None:
         self.server = server
         self.address = address
         self.encoding = encoding
         self._log = CallLog()
         self._ctx: ServingContext | None = None
-        self._client = _MemoryClient(self, encoding, timeout)
+        self._client = _MemoryClient(self, encoding, timeout, protocol)
+
+    @property
+    def protocol(self) -> int:
+        """1 or 2: the version ``request()`` speaks."""
+        return self._client.protocol
 
     @property
     def timeout(self) -> float:
@@ -129,20 +141,43 @@ class AsyncTestClient:
 
     @overload
     async def request(
-        self, obj: Sendable, encoding: str | None = None, *, reply: type[T], raise_errors: bool = False
+        self,
+        obj: Sendable,
+        encoding: str | None = None,
+        *,
+        reply: type[T],
+        raise_errors: bool = False,
+        timeout: float | None | Unset = UNSET,
     ) -> T: ...
 
     @overload
     async def request(
-        self, obj: Sendable, encoding: str | None = None, *, reply: None = None, raise_errors: bool = False
+        self,
+        obj: Sendable,
+        encoding: str | None = None,
+        *,
+        reply: None = None,
+        raise_errors: bool = False,
+        timeout: float | None | Unset = UNSET,
     ) -> dict[str, Any]: ...
 
     async def request(
-        self, obj: Sendable, encoding: str | None = None, *, reply: Any = None, raise_errors: bool = False
+        self,
+        obj: Sendable,
+        encoding: str | None = None,
+        *,
+        reply: Any = None,
+        raise_errors: bool = False,
+        timeout: float | None | Unset = UNSET,
     ) -> Any:
         """Send ``obj`` and return its reply: the map, or with ``reply=Model`` a ``Model``
-        (see ``AsyncClient.request``); concurrent requests take turns."""
-        return await self._client.request(obj, encoding, reply=reply, raise_errors=raise_errors)
+        (see ``AsyncClient.request``); concurrent requests run at once on v2, take turns on v1."""
+        return await self._client.request(obj, encoding, reply=reply, raise_errors=raise_errors, timeout=timeout)
+
+    async def pushed(self) -> AsyncIterator[dict[str, Any]]:
+        """On v2, the packets the server pushed, as they come (see ``AsyncClient.pushed``)."""
+        async for payload in self._client.pushed():
+            yield payload
 
     async def close(self) -> None:
         """Close this connection as a client would; the next ``send`` opens a new one."""
