@@ -6,7 +6,11 @@ The server is ``benchmarks/servers.py typed`` (a 5-field ``Person`` in, a ``Repl
 model out) in its own process. In this process, for each row, 10,000 requests with
 50 in flight (50 tasks sharing one client):
 
-- ``AsyncClient pool=1`` / ``pool=8``: ``await client.request(person, reply=Reply)``;
+- ``AsyncClient v2``: ``await client.request(person, reply=Reply)`` on the default
+  client, AsyncAProto v2: all 50 in flight on one connection;
+- ``AsyncClient v1 pool=1`` / ``pool=8``: the same on v1 (``protocol=1``), taking turns
+  on 1 or 8 connections;
+- ``Client (blocking) v2`` / ``v1 pool=8``: 50 threads sharing one blocking ``Client``;
 - ``raw asyncio, N conn(s), taking turns``: the baseline, a minimal ``asyncio.Protocol``
   client doing what the ``AsyncClient`` does on the wire (one request in flight per
   connection, the 50 tasks taking turns with an ``asyncio.Lock``; orjson in and out, no
@@ -33,6 +37,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -45,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from asyncapy.client import AsyncClient  # noqa: E402
+from asyncapy.client import AsyncClient, Client  # noqa: E402
 from loadgen_build import LOADGEN, build_loadgen  # noqa: E402  (beside this script)
 
 IN_FLIGHT = 50
@@ -74,9 +79,43 @@ Row = Callable[[int, int], Awaitable[int]]
 # -- the rows ----------------------------------------------------------------------------------
 
 
-def asyncapy_row(pool_size: int) -> Row:
+def blocking_row(pool_size: int, protocol: int) -> Row:
+    """50 threads sharing one blocking ``Client``."""
+
+    def talk(port: int, requests: int) -> int:
+        with Client("127.0.0.1", port, pool_size=pool_size, protocol=protocol, timeout=30) as client:
+            left = [requests]
+            counts: list[int] = []
+            lock = threading.Lock()
+
+            def worker() -> None:
+                done = 0
+                while True:
+                    with lock:
+                        if left[0] <= 0:
+                            break
+                        left[0] -= 1
+                    reply = client.request(PERSON, reply=Reply)
+                    assert reply.age == 36
+                    done += 1
+                counts.append(done)
+
+            threads = [threading.Thread(target=worker) for _ in range(IN_FLIGHT)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return sum(counts)
+
     async def run(port: int, requests: int) -> int:
-        async with AsyncClient("127.0.0.1", port, pool_size=pool_size, timeout=30) as client:
+        return await asyncio.to_thread(talk, port, requests)
+
+    return run
+
+
+def asyncapy_row(pool_size: int, protocol: int) -> Row:
+    async def run(port: int, requests: int) -> int:
+        async with AsyncClient("127.0.0.1", port, pool_size=pool_size, protocol=protocol, timeout=30) as client:
             left = [requests]
 
             async def worker() -> int:
@@ -233,9 +272,12 @@ def main() -> None:
     loadgen = find_loadgen()
 
     python_rows: dict[str, Row] = {
-        "AsyncClient pool=1, 50 in flight": asyncapy_row(1),
+        "AsyncClient v2, 50 in flight": asyncapy_row(1, 2),
+        "AsyncClient v1 pool=1, 50 in flight": asyncapy_row(1, 1),
         "raw asyncio, 1 conn, taking turns": raw_row(1, False),
-        "AsyncClient pool=8, 50 in flight": asyncapy_row(8),
+        "AsyncClient v1 pool=8, 50 in flight": asyncapy_row(8, 1),
+        "Client (blocking) v2, 50 threads": blocking_row(1, 2),
+        "Client (blocking) v1 pool=8, 50 threads": blocking_row(8, 1),
         "raw asyncio, 8 conns, taking turns": raw_row(8, False),
         "raw asyncio, 1 conn, depth 50": raw_row(1, True),
     }
@@ -247,7 +289,7 @@ def main() -> None:
     results: dict[str, list[tuple[float, float]]] = {}
     proc, port = start_server(pin)
     try:
-        measure_python(asyncapy_row(1), port, 1000)  # warm-up: the server's first packets, imports
+        measure_python(asyncapy_row(1, 2), port, 1000)  # warm-up: the server's first packets, imports
         for run in range(args.runs):
             for name, row in python_rows.items():
                 results.setdefault(name, []).append(measure_python(row, port, args.requests))

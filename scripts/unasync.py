@@ -5,8 +5,8 @@
 Run ``python scripts/unasync.py`` after editing ``_async_client.py``; ``--check`` exits 1
 when the committed ``_sync_client.py`` is not what the script writes (a test runs it).
 Lines from ``# async only {`` to ``# async only }`` (those comment lines included) are
-left out of the blocking client: what the asyncio client does alone for now (v2
-multiplexing, ``protocol=2``).
+left out of the blocking client (what the asyncio client does alone). The v2
+multiplexer is ``_async_mux.AsyncMux`` in one and ``_sync_mux.SyncMux`` in the other.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ WORDS = {
     "AsyncSemaphore": "Semaphore",
     "AsyncChannel": "Channel",
     "AsyncClient": "Client",
+    "AsyncMux": "SyncMux",
+    "_async_mux": "_sync_mux",
+    "AsyncIterator": "Iterator",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
 }
@@ -41,6 +44,7 @@ WORDS = {
 PHRASES = [
     (re.compile(r"\basync def\b"), "def"),
     (re.compile(r"\basync with\b"), "with"),
+    (re.compile(r"\basync for\b"), "for"),
     (re.compile(r"\bawait "), ""),
     (re.compile(r"\b(" + "|".join(WORDS) + r")\b"), None),
 ]

@@ -12,13 +12,15 @@ from collections import deque
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from ._streams import AsyncByteStream, AsyncLock, AsyncSemaphore, AsyncStream
-from .clientcore import ClientCore, Sendable, maybe_unread, read_reply
-# async only {
 from collections.abc import AsyncIterator
 
-from ._async_mux import AsyncMux, ItemStream
-from .clientmux import MuxCore
+from ._async_mux import AsyncMux
+from ._streams import AsyncByteStream, AsyncLock, AsyncSemaphore, AsyncStream
+from .clientcore import UNSET, ClientCore, Sendable, Unset, maybe_unread, read_reply
+from .clientmux import MuxCore, propagated_timeout
+from ..model.packet import REQUEST_DEADLINE
+# async only {
+from ._async_mux import ItemStream
 # async only }
 from ..wire.errors import ClientTimeout, ConnectionClosed
 from ..wire.protocol import Frame
@@ -40,17 +42,27 @@ class AsyncChannel:
 class AsyncClient:
     """An AsyncAProto client; its ``request``s are safe to run concurrently.
 
-    Concurrent ``request()`` calls take turns on a connection (one request, then its
-    reply); with ``pool_size=N`` they spread over up to N connections, opened as they
-    are needed. A request that fails or is cancelled after it started closes its
-    connection, so a late reply never answers the next request. When the server
-    closed a connection, the next request opens a new one (unless ``reconnect=False``:
-    then a lost connection, closed by the server or dropped after a failed request,
-    makes requests raise ``ConnectionClosed`` until ``connect()`` is called).
+    By default it speaks AsyncAProto v2 (docs/protocol.md): concurrent ``request()``
+    calls are all in flight at once on one connection, each waits ``timeout`` (sent as
+    its Deadline-Ms), and one that times out or whose task is cancelled sends a CANCEL
+    and keeps the connection. A server that speaks v1 only (AsyncAPY, an older
+    asyncapy) gets the request again in v1, and the client speaks v1 to it from then on.
+    Packets the server pushes are read with ``pushed()``.
 
-    ``send``, ``receive`` and ``receive_all`` are the packet-level calls; they use the
-    first connection. Do not leave replies of ``send()`` unread before a ``request()``
-    on it: bytes that no request asked for make a request drop the connection.
+    With ``protocol=1`` (or ``pool_size`` > 1) it speaks v1: concurrent ``request()``
+    calls take turns on a connection (one request, then its reply); with
+    ``pool_size=N`` they spread over up to N connections, opened as they are needed. A
+    v1 request that fails or is cancelled after it started closes its connection, so a
+    late reply never answers the next request. When the server closed a connection, the
+    next request opens a new one (unless ``reconnect=False``: then a lost connection,
+    closed by the server or dropped after a failed request, makes requests raise
+    ``ConnectionClosed`` until ``connect()`` is called).
+
+    ``send``, ``receive`` and ``receive_all`` are the packet-level calls of v1 (those
+    of AsyncAPY); they use the first v1 connection, which on v2 is a second connection
+    beside the one of ``request()``. Do not leave replies of ``send()`` unread before a
+    v1 ``request()`` on it: bytes that no request asked for make a request drop the
+    connection.
 
     Args:
         host, port: the server.
@@ -58,11 +70,15 @@ class AsyncClient:
         ssl_context: the ``ssl.SSLContext`` to use instead (implies TLS).
         encoding: the default encoding of sent packets, "json" or "ziproto".
         header_size, byteorder: the Content-Length field, as the server has it.
-        timeout: seconds to wait for a connection, a send, or a whole reply (None: forever).
-            Waiting for a turn on a busy connection does not count.
-        pool_size: the most connections ``request()`` spreads over (for APIs with no
-            per-connection state).
+        timeout: seconds to wait for a connection, a send, or a whole reply (None: forever);
+            ``request(..., timeout=)`` sets it per call. Waiting for a turn on a busy v1
+            connection does not count. Inside a handler of a v2 request that has a
+            deadline, a request waits at most the time that request has left.
+        pool_size: the most v1 connections ``request()`` spreads over (for APIs with no
+            per-connection state); more than 1 means v1.
         reconnect: open a new connection when the server closed the last one.
+        protocol: 2 (AsyncAProto v2, falling back to v1 for a server that speaks v1
+            only) or 1; None (the default): 2, or 1 when ``pool_size`` > 1.
 
     Example:
         async with AsyncClient("127.0.0.1", 1500) as client:
@@ -82,22 +98,19 @@ class AsyncClient:
         timeout: float | None = 60,
         pool_size: int = 1,
         reconnect: bool = True,
-        # async only {
-        # 2: ``request()``s go out as AsyncAProto v2 (docs/protocol.md), all in flight at once
-        # on one connection, ``timeout`` as their deadline, a CANCEL when the awaiting task is
-        # cancelled, v1 again for a server that speaks only v1 (``asyncapy.client._async_mux``).
-        # 1, the default until the server speaks v2: v1. The blocking client speaks v1.
-        protocol: int = 1,
-        # async only }
+        protocol: int | None = None,
     ) -> None:
         if not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be an int of at least 1, not {pool_size!r}")
-        # async only {
-        if protocol not in (1, 2):
+        if protocol is None:
+            protocol = 2 if pool_size == 1 else 1
+        elif protocol not in (1, 2):
             raise ValueError(f"protocol must be 1 or 2, not {protocol!r}")
-        if protocol == 2 and pool_size != 1:
-            raise ValueError("pool_size is for v1: protocol=2 sends every request on one connection")
-        # async only }
+        elif protocol == 2 and pool_size != 1:
+            raise ValueError(
+                "pool_size is for v1: protocol=2 sends every request on one connection"
+                " (leave pool_size at 1, or pass protocol=1 to spread requests over v1 connections)"
+            )
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -108,26 +121,46 @@ class AsyncClient:
         self._channels = [AsyncChannel(self._core.fresh()) for _ in range(pool_size)]
         self._free = deque(reversed(self._channels))  # the first connection is taken first
         self._slots = AsyncSemaphore(pool_size)
-        # async only {
-        self._mux = AsyncMux(self._open_stream, self._mux_core, timeout, reconnect) if protocol == 2 else None
-        # async only }
+        self.protocol = protocol
+        self._mux = AsyncMux.of(self) if protocol == 2 else None
 
     # -- requests ----------------------------------------------------------------------
 
     @overload
     async def request(
-        self, obj: Sendable, encoding: str | None = None, *, reply: type[T], raise_errors: bool = False
+        self,
+        obj: Sendable,
+        encoding: str | None = None,
+        *,
+        reply: type[T],
+        raise_errors: bool = False,
+        timeout: float | None | Unset = UNSET,
     ) -> T: ...
 
     @overload
     async def request(
-        self, obj: Sendable, encoding: str | None = None, *, reply: None = None, raise_errors: bool = False
+        self,
+        obj: Sendable,
+        encoding: str | None = None,
+        *,
+        reply: None = None,
+        raise_errors: bool = False,
+        timeout: float | None | Unset = UNSET,
     ) -> dict[str, Any]: ...
 
     async def request(
-        self, obj: Sendable, encoding: str | None = None, *, reply: Any = None, raise_errors: bool = False
+        self,
+        obj: Sendable,
+        encoding: str | None = None,
+        *,
+        reply: Any = None,
+        raise_errors: bool = False,
+        timeout: float | None | Unset = UNSET,
     ) -> Any:
         """Send ``obj`` and return its reply: the map, or with ``reply=Model`` a ``Model``.
+
+        ``timeout``: seconds to wait for this reply (default: the client's ``timeout``),
+        sent as the request's Deadline-Ms on v2.
 
         Raises:
             ErrorReply: the server answered with an error packet (with ``reply=``, or
@@ -135,19 +168,27 @@ class AsyncClient:
             ReplyValidationError: the reply is not a valid ``reply`` (``.reply`` is the map).
             ConnectionClosed, ClientTimeout, OSError: no reply came.
         """
-        # async only {
+        wait = self._wait_for(timeout)
         if self._mux is not None:
-            frame = await self._mux.request(obj, encoding, self.timeout)
+            frame = await self._mux.request(obj, encoding, wait)
             return read_reply(self._core.decode(frame), reply, raise_errors)
-        # async only }
         data = self._core.frame(obj, encoding)
         channel = self._channels[0] if self.pool_size == 1 else await self._take()
         try:
-            frame = await self._exchange(channel, data)
+            frame = await self._exchange(channel, data, wait)
         finally:
             if self.pool_size != 1:
                 self._give_back(channel)
         return read_reply(self._core.decode(frame), reply, raise_errors)
+
+    def _wait_for(self, timeout: float | None | Unset) -> float | None:
+        """How long a request waits: ``timeout`` or the client's, cut to what the v2
+        request being handled in this task has left (``ClientTimeout`` when nothing)."""
+        wait = self.timeout if timeout is UNSET else timeout
+        caller_deadline = REQUEST_DEADLINE.get()
+        if caller_deadline is None:
+            return wait
+        return propagated_timeout(wait, caller_deadline, time.monotonic())  # the loop's clock
 
     async def _take(self) -> AsyncChannel:
         await self._slots.acquire()
@@ -157,7 +198,7 @@ class AsyncClient:
         self._free.append(channel)
         self._slots.release()
 
-    async def _exchange(self, channel: AsyncChannel, data: bytes) -> Frame:
+    async def _exchange(self, channel: AsyncChannel, data: bytes, timeout: float | None) -> Frame:
         """Send ``data`` and read one frame, holding the connection's turn throughout.
 
         A request written into a connection the server had already closed (its close
@@ -168,8 +209,8 @@ class AsyncClient:
             while True:
                 stream = await self._ready(channel, for_request=True)
                 try:
-                    await stream.write(data, self.timeout)
-                    frame = await self._next_frame(channel, stream)
+                    await stream.write(data, timeout)
+                    frame = await self._next_frame(channel, stream, timeout)
                 except BaseException as exc:  # cancelled too: the reply may still come, so drop it
                     try:
                         again = self.reconnect and maybe_unread(channel.core, exc) and await stream.refused()
@@ -187,11 +228,9 @@ class AsyncClient:
 
         With ``reconnect=False``, it is also what lets lost connections be replaced again.
         """
-        # async only {
         if self._mux is not None:
             await self._mux.connect()
             return
-        # async only }
         for channel in self._channels:
             channel.lost = None
         channel = self._channels[0]
@@ -217,11 +256,11 @@ class AsyncClient:
         """The next packet's map, error replies included."""
         return self._core.decode(await self._receive())
 
-    # async only {
     def _mux_core(self, protocol: int) -> MuxCore:
         core = self._core
         return MuxCore(core.encoding, core.header_size, core.byteorder, protocol, core.max_packet_size)
 
+    # async only {
     @overload
     def stream(
         self, obj: Sendable, encoding: str | None = None, *, item: type[T], timeout: float | None = None
@@ -252,25 +291,32 @@ class AsyncClient:
             raise ValueError("stream() reads v2 ITEM and END frames: make the client with protocol=2")
         return ItemStream(self._mux.stream(obj, encoding, timeout), self._core.decode, item)
 
+    # async only }
     async def pushed(self) -> AsyncIterator[dict[str, Any]]:
-        """With ``protocol=2``: the packets the server sent that answer no request, as they come.
+        """On v2: the packets the server sent that answer no request, as they come; ends
+        when the client is closed. After a fallback to v1, the v1 packets no request
+        asked for.
+
+        Raises:
+            ValueError: the client speaks v1 (``protocol=1`` or ``pool_size`` > 1), where
+                ``receive()`` reads every packet.
 
         Example:
             async for news in client.pushed():
                 ...
         """
         if self._mux is None:
-            raise ValueError("pushed() reads v2 PUSH frames: make the client with protocol=2")
+            raise ValueError(
+                "pushed() reads v2 PUSH frames and this client speaks v1 (protocol=1 or pool_size > 1):"
+                " make it with protocol=2, or read packets with receive()"
+            )
         async for payload in self._mux.pushed():
             yield payload
 
-    # async only }
     async def close(self) -> None:
         """Close every connection (the next call opens a new one)."""
-        # async only {
         if self._mux is not None:
             await self._mux.close()
-        # async only }
         for channel in self._channels:
             stream, channel.stream, channel.lost = channel.stream, None, None
             if stream is not None:
@@ -325,18 +371,18 @@ class AsyncClient:
             stream = channel.stream
             if stream is None:
                 stream = await self._ready(channel, for_request=False)
-            return await self._next_frame(channel, stream)
+            return await self._next_frame(channel, stream, self.timeout)
 
-    async def _next_frame(self, channel: AsyncChannel, stream: AsyncByteStream) -> Frame:
+    async def _next_frame(self, channel: AsyncChannel, stream: AsyncByteStream, timeout: float | None) -> Frame:
         core = channel.core
         frame = core.next_frame()
         if frame is not None:
             return frame
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             data = await stream.read(None if deadline is None else deadline - time.monotonic())
             if data is None:
-                raise ClientTimeout(f"no reply from {core.address} within {self.timeout} seconds")
+                raise ClientTimeout(f"no reply from {core.address} within {timeout} seconds")
             frame = core.receive_frame(data)
             if frame is not None:
                 return frame

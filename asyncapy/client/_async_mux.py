@@ -86,6 +86,17 @@ class AsyncMux:
         self._pushed: deque[Frame] = deque()
         self._pushed_wake = asyncio.Event()
         self._closed = False
+        #: With ``reconnect=False``: why the last connection ended, until ``connect()``.
+        self._lost: str | None = None
+        #: "host:port", for error messages.
+        self.address = ""
+
+    @classmethod
+    def of(cls, client: Any) -> AsyncMux:
+        """The mux of an ``AsyncClient`` (its ``_open_stream``: the TestClients open memory)."""
+        mux = cls(client._open_stream, client._mux_core, client.timeout, client.reconnect)
+        mux.address = f"{client.host}:{client.port}"
+        return mux
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -96,6 +107,7 @@ class AsyncMux:
             ClientTimeout: no answer within ``timeout`` (a CANCEL was sent).
             ConnectionClosed, ProtocolError, OSError: the connection failed.
         """
+        self._closed = False  # as on v1: a request after ``close`` opens a new connection
         conn = await self._connection()
         loop = asyncio.get_running_loop()
         ticket = _Ticket(loop.create_future())
@@ -143,6 +155,7 @@ class AsyncMux:
     async def connect(self) -> None:
         """Open the connection now (``request`` does it when needed); also after ``close``."""
         self._closed = False
+        self._lost = None
         await self._connection()
 
     async def _connection(self) -> _Conn:
@@ -151,6 +164,8 @@ class AsyncMux:
             return conn
         if self._closed:
             raise ConnectionClosed("the client is closed")
+        if self._lost is not None:
+            raise ConnectionClosed(f"{self._lost} ({self.address}, reconnect=False; connect() opens a new one)")
         async with self._opening:
             conn = self._conn
             if conn is None or conn.lost:
@@ -244,11 +259,16 @@ class AsyncMux:
         core = conn.core
         retry = [(p, conn.tickets.pop(p.stream_id)) for p in core.detach_unsent() if p.stream_id in conn.tickets]
         in_flight = [sid for sid in core.in_flight() if sid in conn.tickets]
-        if failure is None and core.version == 22 and len(in_flight) == 1 and await conn.stream.refused():
-            sid = in_flight.pop()  # v1: the server closed with it unread (AsyncAPY after ERR_HEADER_INVALID)
+        if failure is None and len(in_flight) == 1 and core.open_calls() == 1 and await conn.stream.refused():
+            # The server closed with the last bytes written unread, and they were this
+            # request's alone: AsyncAPY after ERR_HEADER_INVALID, or a request written
+            # while the server's close was on its way.
+            sid = in_flight.pop()
             retry.append((core.detach(sid), conn.tickets.pop(sid)))
         conn.stream.abort()
-        lost = failure or ConnectionClosed("the server closed the connection")
+        lost = failure or ConnectionClosed(f"the server closed the connection ({self.address})")
+        if not self._reconnect and not self._closed and self._lost is None:
+            self._lost = conn.why or "the server closed the connection"
         for ticket in conn.tickets.values():
             _fail(ticket, lost)
         conn.tickets.clear()
@@ -273,6 +293,7 @@ class AsyncMux:
     async def close(self) -> None:
         """Close the connection; requests in flight raise ``ConnectionClosed``."""
         self._closed = True
+        self._lost = None
         self._pushed_wake.set()
         conn, self._conn = self._conn, None
         if conn is not None:

@@ -12,8 +12,13 @@ from collections import deque
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
+from collections.abc import Iterator
+
+from ._sync_mux import SyncMux
 from ._streams import ByteStream, Lock, Semaphore, SyncStream
-from .clientcore import ClientCore, Sendable, maybe_unread, read_reply
+from .clientcore import UNSET, ClientCore, Sendable, Unset, maybe_unread, read_reply
+from .clientmux import MuxCore, propagated_timeout
+from ..model.packet import REQUEST_DEADLINE
 from ..wire.errors import ClientTimeout, ConnectionClosed
 from ..wire.protocol import Frame
 
@@ -34,17 +39,27 @@ class Channel:
 class Client:
     """An AsyncAProto client; its ``request``s are safe to run concurrently.
 
-    Concurrent ``request()`` calls take turns on a connection (one request, then its
-    reply); with ``pool_size=N`` they spread over up to N connections, opened as they
-    are needed. A request that fails or is cancelled after it started closes its
-    connection, so a late reply never answers the next request. When the server
-    closed a connection, the next request opens a new one (unless ``reconnect=False``:
-    then a lost connection, closed by the server or dropped after a failed request,
-    makes requests raise ``ConnectionClosed`` until ``connect()`` is called).
+    By default it speaks AsyncAProto v2 (docs/protocol.md): concurrent ``request()``
+    calls are all in flight at once on one connection, each waits ``timeout`` (sent as
+    its Deadline-Ms), and one that times out or whose task is cancelled sends a CANCEL
+    and keeps the connection. A server that speaks v1 only (AsyncAPY, an older
+    asyncapy) gets the request again in v1, and the client speaks v1 to it from then on.
+    Packets the server pushes are read with ``pushed()``.
 
-    ``send``, ``receive`` and ``receive_all`` are the packet-level calls; they use the
-    first connection. Do not leave replies of ``send()`` unread before a ``request()``
-    on it: bytes that no request asked for make a request drop the connection.
+    With ``protocol=1`` (or ``pool_size`` > 1) it speaks v1: concurrent ``request()``
+    calls take turns on a connection (one request, then its reply); with
+    ``pool_size=N`` they spread over up to N connections, opened as they are needed. A
+    v1 request that fails or is cancelled after it started closes its connection, so a
+    late reply never answers the next request. When the server closed a connection, the
+    next request opens a new one (unless ``reconnect=False``: then a lost connection,
+    closed by the server or dropped after a failed request, makes requests raise
+    ``ConnectionClosed`` until ``connect()`` is called).
+
+    ``send``, ``receive`` and ``receive_all`` are the packet-level calls of v1 (those
+    of AsyncAPY); they use the first v1 connection, which on v2 is a second connection
+    beside the one of ``request()``. Do not leave replies of ``send()`` unread before a
+    v1 ``request()`` on it: bytes that no request asked for make a request drop the
+    connection.
 
     Args:
         host, port: the server.
@@ -52,11 +67,15 @@ class Client:
         ssl_context: the ``ssl.SSLContext`` to use instead (implies TLS).
         encoding: the default encoding of sent packets, "json" or "ziproto".
         header_size, byteorder: the Content-Length field, as the server has it.
-        timeout: seconds to wait for a connection, a send, or a whole reply (None: forever).
-            Waiting for a turn on a busy connection does not count.
-        pool_size: the most connections ``request()`` spreads over (for APIs with no
-            per-connection state).
+        timeout: seconds to wait for a connection, a send, or a whole reply (None: forever);
+            ``request(..., timeout=)`` sets it per call. Waiting for a turn on a busy v1
+            connection does not count. Inside a handler of a v2 request that has a
+            deadline, a request waits at most the time that request has left.
+        pool_size: the most v1 connections ``request()`` spreads over (for APIs with no
+            per-connection state); more than 1 means v1.
         reconnect: open a new connection when the server closed the last one.
+        protocol: 2 (AsyncAProto v2, falling back to v1 for a server that speaks v1
+            only) or 1; None (the default): 2, or 1 when ``pool_size`` > 1.
 
     Example:
         with Client("127.0.0.1", 1500) as client:
@@ -76,9 +95,19 @@ class Client:
         timeout: float | None = 60,
         pool_size: int = 1,
         reconnect: bool = True,
+        protocol: int | None = None,
     ) -> None:
         if not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be an int of at least 1, not {pool_size!r}")
+        if protocol is None:
+            protocol = 2 if pool_size == 1 else 1
+        elif protocol not in (1, 2):
+            raise ValueError(f"protocol must be 1 or 2, not {protocol!r}")
+        elif protocol == 2 and pool_size != 1:
+            raise ValueError(
+                "pool_size is for v1: protocol=2 sends every request on one connection"
+                " (leave pool_size at 1, or pass protocol=1 to spread requests over v1 connections)"
+            )
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -89,23 +118,46 @@ class Client:
         self._channels = [Channel(self._core.fresh()) for _ in range(pool_size)]
         self._free = deque(reversed(self._channels))  # the first connection is taken first
         self._slots = Semaphore(pool_size)
+        self.protocol = protocol
+        self._mux = SyncMux.of(self) if protocol == 2 else None
 
     # -- requests ----------------------------------------------------------------------
 
     @overload
     def request(
-        self, obj: Sendable, encoding: str | None = None, *, reply: type[T], raise_errors: bool = False
+        self,
+        obj: Sendable,
+        encoding: str | None = None,
+        *,
+        reply: type[T],
+        raise_errors: bool = False,
+        timeout: float | None | Unset = UNSET,
     ) -> T: ...
 
     @overload
     def request(
-        self, obj: Sendable, encoding: str | None = None, *, reply: None = None, raise_errors: bool = False
+        self,
+        obj: Sendable,
+        encoding: str | None = None,
+        *,
+        reply: None = None,
+        raise_errors: bool = False,
+        timeout: float | None | Unset = UNSET,
     ) -> dict[str, Any]: ...
 
     def request(
-        self, obj: Sendable, encoding: str | None = None, *, reply: Any = None, raise_errors: bool = False
+        self,
+        obj: Sendable,
+        encoding: str | None = None,
+        *,
+        reply: Any = None,
+        raise_errors: bool = False,
+        timeout: float | None | Unset = UNSET,
     ) -> Any:
         """Send ``obj`` and return its reply: the map, or with ``reply=Model`` a ``Model``.
+
+        ``timeout``: seconds to wait for this reply (default: the client's ``timeout``),
+        sent as the request's Deadline-Ms on v2.
 
         Raises:
             ErrorReply: the server answered with an error packet (with ``reply=``, or
@@ -113,14 +165,27 @@ class Client:
             ReplyValidationError: the reply is not a valid ``reply`` (``.reply`` is the map).
             ConnectionClosed, ClientTimeout, OSError: no reply came.
         """
+        wait = self._wait_for(timeout)
+        if self._mux is not None:
+            frame = self._mux.request(obj, encoding, wait)
+            return read_reply(self._core.decode(frame), reply, raise_errors)
         data = self._core.frame(obj, encoding)
         channel = self._channels[0] if self.pool_size == 1 else self._take()
         try:
-            frame = self._exchange(channel, data)
+            frame = self._exchange(channel, data, wait)
         finally:
             if self.pool_size != 1:
                 self._give_back(channel)
         return read_reply(self._core.decode(frame), reply, raise_errors)
+
+    def _wait_for(self, timeout: float | None | Unset) -> float | None:
+        """How long a request waits: ``timeout`` or the client's, cut to what the v2
+        request being handled in this task has left (``ClientTimeout`` when nothing)."""
+        wait = self.timeout if timeout is UNSET else timeout
+        caller_deadline = REQUEST_DEADLINE.get()
+        if caller_deadline is None:
+            return wait
+        return propagated_timeout(wait, caller_deadline, time.monotonic())  # the loop's clock
 
     def _take(self) -> Channel:
         self._slots.acquire()
@@ -130,7 +195,7 @@ class Client:
         self._free.append(channel)
         self._slots.release()
 
-    def _exchange(self, channel: Channel, data: bytes) -> Frame:
+    def _exchange(self, channel: Channel, data: bytes, timeout: float | None) -> Frame:
         """Send ``data`` and read one frame, holding the connection's turn throughout.
 
         A request written into a connection the server had already closed (its close
@@ -141,8 +206,8 @@ class Client:
             while True:
                 stream = self._ready(channel, for_request=True)
                 try:
-                    stream.write(data, self.timeout)
-                    frame = self._next_frame(channel, stream)
+                    stream.write(data, timeout)
+                    frame = self._next_frame(channel, stream, timeout)
                 except BaseException as exc:  # cancelled too: the reply may still come, so drop it
                     try:
                         again = self.reconnect and maybe_unread(channel.core, exc) and stream.refused()
@@ -160,6 +225,9 @@ class Client:
 
         With ``reconnect=False``, it is also what lets lost connections be replaced again.
         """
+        if self._mux is not None:
+            self._mux.connect()
+            return
         for channel in self._channels:
             channel.lost = None
         channel = self._channels[0]
@@ -185,8 +253,35 @@ class Client:
         """The next packet's map, error replies included."""
         return self._core.decode(self._receive())
 
+    def _mux_core(self, protocol: int) -> MuxCore:
+        core = self._core
+        return MuxCore(core.encoding, core.header_size, core.byteorder, protocol, core.max_packet_size)
+
+    def pushed(self) -> Iterator[dict[str, Any]]:
+        """On v2: the packets the server sent that answer no request, as they come; ends
+        when the client is closed. After a fallback to v1, the v1 packets no request
+        asked for.
+
+        Raises:
+            ValueError: the client speaks v1 (``protocol=1`` or ``pool_size`` > 1), where
+                ``receive()`` reads every packet.
+
+        Example:
+            for news in client.pushed():
+                ...
+        """
+        if self._mux is None:
+            raise ValueError(
+                "pushed() reads v2 PUSH frames and this client speaks v1 (protocol=1 or pool_size > 1):"
+                " make it with protocol=2, or read packets with receive()"
+            )
+        for payload in self._mux.pushed():
+            yield payload
+
     def close(self) -> None:
         """Close every connection (the next call opens a new one)."""
+        if self._mux is not None:
+            self._mux.close()
         for channel in self._channels:
             stream, channel.stream, channel.lost = channel.stream, None, None
             if stream is not None:
@@ -241,18 +336,18 @@ class Client:
             stream = channel.stream
             if stream is None:
                 stream = self._ready(channel, for_request=False)
-            return self._next_frame(channel, stream)
+            return self._next_frame(channel, stream, self.timeout)
 
-    def _next_frame(self, channel: Channel, stream: ByteStream) -> Frame:
+    def _next_frame(self, channel: Channel, stream: ByteStream, timeout: float | None) -> Frame:
         core = channel.core
         frame = core.next_frame()
         if frame is not None:
             return frame
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             data = stream.read(None if deadline is None else deadline - time.monotonic())
             if data is None:
-                raise ClientTimeout(f"no reply from {core.address} within {self.timeout} seconds")
+                raise ClientTimeout(f"no reply from {core.address} within {timeout} seconds")
             frame = core.receive_frame(data)
             if frame is not None:
                 return frame

@@ -9,8 +9,10 @@ docs/protocol.md; the v2 side of it is ``clientmux``.
 
 from __future__ import annotations
 
+import enum
+
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -39,6 +41,15 @@ from ..wire.protocol import (
 )
 
 Sendable = Packet[Any] | Mapping[str, Any] | BaseModel
+
+
+class _Unset(enum.Enum):
+    UNSET = "UNSET"
+
+
+#: The default of ``request(timeout=)``: the client's own ``timeout`` (None means no timeout).
+UNSET = _Unset.UNSET
+Unset = Literal[_Unset.UNSET]
 T = TypeVar("T")
 
 _ERRORS: dict[str, type[ProtocolError]] = {

@@ -469,6 +469,11 @@ class MuxCore:
         what a lost connection fails."""
         return [sid for sid, call in self._calls.items() if call.sent and not call.cancelled]
 
+    def open_calls(self) -> int:
+        """How many requests hold a Stream-Id (in flight, queued, or cancelled and awaiting
+        their terminal frame)."""
+        return len(self._calls)
+
     def detach_unsent(self) -> list[Pending]:
         """The requests never handed out, in order, removed from this core: they can go on
         another connection."""

@@ -11,7 +11,7 @@ from typing import Any, TypeVar, overload
 from pydantic import ValidationError
 
 from ..client import AsyncClient, Sendable, check_reply
-from ..client.clientcore import validator
+from ..client.clientcore import UNSET, Unset, validator
 from ..wire.errors import ClientTimeout, ReplyValidationError
 from ..serve.connection import Connection, ServingContext
 from ..server import Server
@@ -26,11 +26,11 @@ _fake_ports = itertools.count(50000)
 class _MemoryClient(AsyncClient):
     """An ``AsyncClient`` whose connections are the server's own ``Connection``, in memory."""
 
-    def __init__(self, owner: AsyncTestClient, encoding: str, timeout: float) -> None:
+    def __init__(self, owner: AsyncTestClient, encoding: str, timeout: float, protocol: int) -> None:
         server = owner.server
         super().__init__(
             owner.address, server.port, encoding=encoding, header_size=server.header_size,
-            byteorder=server.byteorder, timeout=timeout,
+            byteorder=server.byteorder, timeout=timeout, protocol=protocol,
         )
         self._owner = owner
 
@@ -62,18 +62,29 @@ class AsyncTestClient:
         server: the server under test (its routes are compiled on entry).
         address: the peer address handlers see as ``client.address``.
         encoding: the default encoding of sent packets, "json" or "ziproto".
-        timeout: seconds ``receive()`` waits before raising ``ClientTimeout``.
+        timeout: seconds ``receive()`` and ``request()`` wait before raising ``ClientTimeout``.
+        protocol: 2 (the default) speaks AsyncAProto v2, as ``AsyncClient`` does: requests
+            run concurrently on one connection, ``pushed()`` reads pushed packets;
+            ``send``/``receive`` use a v1 connection of their own. 1: v1 for everything,
+            all on one connection (a session shared by ``send`` and ``request``).
     """
 
     __test__ = False  # not a pytest test class, despite its name
 
-    def __init__(self, server: Server, *, address: str = "127.0.0.1", encoding: str = "json", timeout: float = 5.0) -> None:
+    def __init__(
+        self, server: Server, *, address: str = "127.0.0.1", encoding: str = "json", timeout: float = 5.0, protocol: int = 2
+    ) -> None:
         self.server = server
         self.address = address
         self.encoding = encoding
         self._log = CallLog()
         self._ctx: ServingContext | None = None
-        self._client = _MemoryClient(self, encoding, timeout)
+        self._client = _MemoryClient(self, encoding, timeout, protocol)
+
+    @property
+    def protocol(self) -> int:
+        """1 or 2: the version ``request()`` speaks."""
+        return self._client.protocol
 
     @property
     def timeout(self) -> float:
@@ -133,20 +144,43 @@ class AsyncTestClient:
 
     @overload
     async def request(
-        self, obj: Sendable, encoding: str | None = None, *, reply: type[T], raise_errors: bool = False
+        self,
+        obj: Sendable,
+        encoding: str | None = None,
+        *,
+        reply: type[T],
+        raise_errors: bool = False,
+        timeout: float | None | Unset = UNSET,
     ) -> T: ...
 
     @overload
     async def request(
-        self, obj: Sendable, encoding: str | None = None, *, reply: None = None, raise_errors: bool = False
+        self,
+        obj: Sendable,
+        encoding: str | None = None,
+        *,
+        reply: None = None,
+        raise_errors: bool = False,
+        timeout: float | None | Unset = UNSET,
     ) -> dict[str, Any]: ...
 
     async def request(
-        self, obj: Sendable, encoding: str | None = None, *, reply: Any = None, raise_errors: bool = False
+        self,
+        obj: Sendable,
+        encoding: str | None = None,
+        *,
+        reply: Any = None,
+        raise_errors: bool = False,
+        timeout: float | None | Unset = UNSET,
     ) -> Any:
         """Send ``obj`` and return its reply: the map, or with ``reply=Model`` a ``Model``
-        (see ``AsyncClient.request``); concurrent requests take turns."""
-        return await self._client.request(obj, encoding, reply=reply, raise_errors=raise_errors)
+        (see ``AsyncClient.request``); concurrent requests run at once on v2, take turns on v1."""
+        return await self._client.request(obj, encoding, reply=reply, raise_errors=raise_errors, timeout=timeout)
+
+    async def pushed(self) -> AsyncIterator[dict[str, Any]]:
+        """On v2, the packets the server pushed, as they come (see ``AsyncClient.pushed``)."""
+        async for payload in self._client.pushed():
+            yield payload
 
     @overload
     def stream(self, obj: Sendable, encoding: str | None = None, *, item: type[T]) -> AsyncIterator[T]: ...
@@ -158,11 +192,15 @@ class AsyncTestClient:
         """Send ``obj`` to a streaming handler and iterate over its items (the maps, or each
         an ``item``), as ``AsyncClient.stream`` does.
 
-        The test client speaks v1, where nothing marks the end of a stream: it ends when
-        the server's connection has handled the request and every packet it sent was
-        read. An error packet ends it with ``ErrorReply``.
+        On v2 (the default) it is ``AsyncClient.stream``. On v1 nothing marks the end of
+        a stream: it ends when the server's connection has handled the request and every
+        packet it sent was read. An error packet ends it with ``ErrorReply``.
         """
         client = self._client
+        if client._mux is not None:  # v2: ITEM frames, then one END
+            async for received in client.stream(obj, encoding, item=item):
+                yield received
+            return
         await client.send(obj, encoding)
         validate = None if item is None else validator(item)
         while True:

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from ..client import Sendable
+from ..client.clientcore import UNSET, Unset
 from ..server import Server
 from ._async import AsyncTestClient
 from ._recording import Handler
@@ -47,6 +48,11 @@ async def _cancel_leftovers() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _next(packets: Any) -> dict[str, Any]:
+    value: dict[str, Any] = await packets.__anext__()
+    return value
+
+
 class TestClient:
     """Talk to ``server`` in memory, blocking; see ``AsyncTestClient`` for what runs.
 
@@ -58,8 +64,10 @@ class TestClient:
 
     __test__ = False  # not a pytest test class, despite its name
 
-    def __init__(self, server: Server, *, address: str = "127.0.0.1", encoding: str = "json", timeout: float = 5.0) -> None:
-        self._client = AsyncTestClient(server, address=address, encoding=encoding, timeout=timeout)
+    def __init__(
+        self, server: Server, *, address: str = "127.0.0.1", encoding: str = "json", timeout: float = 5.0, protocol: int = 2
+    ) -> None:
+        self._client = AsyncTestClient(server, address=address, encoding=encoding, timeout=timeout, protocol=protocol)
         self._portal: _LoopThread | None = None
 
     def __enter__(self) -> TestClient:
@@ -106,20 +114,47 @@ class TestClient:
 
     @overload
     def request(
-        self, obj: Sendable, encoding: str | None = None, *, reply: type[R], raise_errors: bool = False
+        self,
+        obj: Sendable,
+        encoding: str | None = None,
+        *,
+        reply: type[R],
+        raise_errors: bool = False,
+        timeout: float | None | Unset = UNSET,
     ) -> R: ...
 
     @overload
     def request(
-        self, obj: Sendable, encoding: str | None = None, *, reply: None = None, raise_errors: bool = False
+        self,
+        obj: Sendable,
+        encoding: str | None = None,
+        *,
+        reply: None = None,
+        raise_errors: bool = False,
+        timeout: float | None | Unset = UNSET,
     ) -> dict[str, Any]: ...
 
     def request(
-        self, obj: Sendable, encoding: str | None = None, *, reply: Any = None, raise_errors: bool = False
+        self,
+        obj: Sendable,
+        encoding: str | None = None,
+        *,
+        reply: Any = None,
+        raise_errors: bool = False,
+        timeout: float | None | Unset = UNSET,
     ) -> Any:
         """Send ``obj`` and return its reply: the map, or with ``reply=Model`` a ``Model``
         (see ``asyncapy.client.Client.request``); safe to call from several threads."""
-        return self._call(self._client.request(obj, encoding, reply=reply, raise_errors=raise_errors))
+        return self._call(self._client.request(obj, encoding, reply=reply, raise_errors=raise_errors, timeout=timeout))
+
+    def pushed(self) -> Iterator[dict[str, Any]]:
+        """On v2, the packets the server pushed, as they come; ends when the client closes."""
+        packets = self._client.pushed()
+        while True:
+            try:
+                yield self._call(_next(packets))
+            except StopAsyncIteration:
+                return
 
     @overload
     def stream(self, obj: Sendable, encoding: str | None = None, *, item: type[T]) -> Iterator[T]: ...

@@ -30,10 +30,10 @@ class Placed(BaseModel):
     qty: int
 
 
-async def over_socket(server: Server, *payloads: dict[str, Any]) -> list[dict[str, Any]]:
+async def over_socket(server: Server, *payloads: dict[str, Any], protocol: int = 2) -> list[dict[str, Any]]:
     """Each payload's reply from ``server`` served on a loopback port, one connection."""
     async with running(server):
-        async with AsyncClient("127.0.0.1", server.port, timeout=5) as client:
+        async with AsyncClient("127.0.0.1", server.port, timeout=5, protocol=protocol) as client:
             return [await client.request(p) for p in payloads]
 
 
@@ -275,7 +275,7 @@ async def test_generator_teardown_runs_after_the_reply_is_written() -> None:
     async def h(client: Client, packet: Packet, r: Annotated[int, Depends(resource)]) -> dict[str, Any]:
         return {"r": r}
 
-    assert await over_socket(server, {}) == [{"r": 1}]
+    assert await over_socket(server, {}, protocol=1) == [{"r": 1}]  # the v1 link's write queue
     assert written_before_teardown == [2]  # header and payload of the reply, queued in one write
 
 

@@ -277,7 +277,7 @@ async def test_a_late_reply_is_not_the_next_answer_in_the_test_client() -> None:
 
 async def test_the_others_in_the_queue_are_answered_after_a_timeout(served: tuple[Server, set[str]]) -> None:
     server, _ = served
-    async with AsyncClient("127.0.0.1", server.port, timeout=0.5) as client:
+    async with AsyncClient("127.0.0.1", server.port, timeout=0.5, protocol=1) as client:  # v1: a queue
         slow = client.request({"n": 0, "sleep": 1.2})
         fast = [client.request({"n": n}, reply=Answer) for n in range(1, 6)]
         results = await asyncio.gather(slow, *fast, return_exceptions=True)
@@ -285,18 +285,51 @@ async def test_the_others_in_the_queue_are_answered_after_a_timeout(served: tupl
     assert [r.n for r in results[1:] if isinstance(r, Answer)] == [1, 2, 3, 4, 5]
 
 
-async def test_a_packet_no_request_asked_for_drops_the_connection(served: tuple[Server, set[str]]) -> None:
+async def test_on_v2_a_slow_request_holds_up_no_other(served: tuple[Server, set[str]]) -> None:
+    """Once the server answered in v2 (the first request of a connection goes alone), the
+    others are answered while the slow one runs, and it times out on its own."""
     server, _ = served
     async with AsyncClient("127.0.0.1", server.port, timeout=5) as client:
+        first = await client.request({"n": 0}, reply=Answer)
+        slow = asyncio.ensure_future(client.request({"n": 0, "sleep": 3}, timeout=0.5))
+        fast = await asyncio.gather(*(client.request({"n": n}, reply=Answer) for n in range(1, 6)))
+        assert not slow.done()  # answered before the slow one ended
+        with pytest.raises(ClientTimeout):
+            await slow
+        assert [r.n for r in fast] == [1, 2, 3, 4, 5]
+        assert {r.session for r in fast} == {first.session}
+
+
+async def test_a_packet_no_request_asked_for_drops_the_connection(served: tuple[Server, set[str]]) -> None:
+    server, _ = served
+    async with AsyncClient("127.0.0.1", server.port, timeout=5, protocol=1) as client:  # v1 on purpose
         first = await client.request({"n": 1, "twice": True}, reply=Answer)  # a second reply follows
         await asyncio.sleep(0.05)
         second = await client.request({"n": 2}, reply=Answer)
         assert second.n == 2 and second.session != first.session
-    async with AsyncClient("127.0.0.1", server.port, timeout=5, reconnect=False) as client:
+    async with AsyncClient("127.0.0.1", server.port, timeout=5, reconnect=False, protocol=1) as client:
         await client.request({"n": 1, "twice": True})
         await asyncio.sleep(0.05)
         with pytest.raises(ConnectionClosed, match="no request asked for"):
             await client.request({"n": 2})
+
+
+async def test_on_v2_a_packet_no_request_asked_for_is_pushed(served: tuple[Server, set[str]]) -> None:
+    server, _ = served
+    async with AsyncClient("127.0.0.1", server.port, timeout=5, reconnect=False) as client:
+        first = await client.request({"n": 1, "twice": True}, reply=Answer)  # a second packet follows
+        pushed = await asyncio.wait_for(client.pushed().__anext__(), 5)
+        assert Answer.model_validate(pushed) == first
+        second = await client.request({"n": 2}, reply=Answer)
+        assert second.n == 2 and second.session == first.session  # the connection is kept
+
+    def talk() -> tuple[Answer, dict[str, Any], Answer]:
+        with SyncClient("127.0.0.1", server.port, timeout=5, reconnect=False) as sync:
+            first = sync.request({"n": 1, "twice": True}, reply=Answer)
+            return first, next(iter(sync.pushed())), sync.request({"n": 2}, reply=Answer)
+
+    first, pushed, second = await asyncio.to_thread(talk)
+    assert Answer.model_validate(pushed) == first and second.session == first.session
 
 
 # -- reconnecting ---------------------------------------------------------------------------

@@ -135,12 +135,12 @@ async def test_against_asyncapy_the_request_is_sent_again_in_v1_on_a_new_connect
 async def test_pushed_needs_protocol_2_and_the_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="protocol must be 1 or 2"):
         AsyncClient("127.0.0.1", 1, protocol=3)
-    with pytest.raises(ValueError, match="pool_size is for v1"):
+    with pytest.raises(ValueError, match="pool_size is for v1.*protocol=1"):
         AsyncClient("127.0.0.1", 1, protocol=2, pool_size=2)
-    client = AsyncClient("127.0.0.1", 1)
-    with pytest.raises(ValueError, match="protocol=2"):
-        async for _ in client.pushed():
-            pass
+    for client in (AsyncClient("127.0.0.1", 1, protocol=1), AsyncClient("127.0.0.1", 1, pool_size=2)):
+        with pytest.raises(ValueError, match="speaks v1.*protocol=2"):
+            async for _ in client.pushed():
+                pass
 
 
 async def test_v1_packets_no_request_asked_for_come_out_of_pushed() -> None:
@@ -160,10 +160,16 @@ async def test_v1_packets_no_request_asked_for_come_out_of_pushed() -> None:
         await asyncio.wait_for(pushed.__anext__(), 10)
 
 
-def test_the_blocking_client_has_no_protocol_argument_yet() -> None:
+def test_the_blocking_client_checks_its_protocol_as_the_async_one() -> None:
     from asyncapy.client import Client as SyncClient
 
-    with pytest.raises(TypeError):
-        SyncClient("127.0.0.1", 1, protocol=2)  # type: ignore[call-arg]
+    assert SyncClient("127.0.0.1", 1).protocol == 2
+    assert SyncClient("127.0.0.1", 1, pool_size=3).protocol == 1
+    with pytest.raises(ValueError, match="protocol must be 1 or 2"):
+        SyncClient("127.0.0.1", 1, protocol=3)
+    with pytest.raises(ValueError, match="pool_size is for v1"):
+        SyncClient("127.0.0.1", 1, protocol=2, pool_size=2)
+    with pytest.raises(ValueError, match="speaks v1.*protocol=2"):
+        next(iter(SyncClient("127.0.0.1", 1, protocol=1).pushed()))
     decoder: Any = FrameDecoder()
     assert decoder.version == 22

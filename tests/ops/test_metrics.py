@@ -60,7 +60,8 @@ async def test_one_process_counts_what_was_sent() -> None:
 
     async with running(server):
         assert server.metrics_port not in (None, 0)
-        async with AsyncClient("127.0.0.1", server.port) as one, AsyncClient("127.0.0.1", server.port) as two:
+        one, two = (AsyncClient("127.0.0.1", server.port, protocol=1) for _ in range(2))  # counted in v1 bytes
+        async with one, two:
             for i in range(30):
                 request = {"n": i, "fail": i % 10 == 0}
                 reply = await (one if i % 2 else two).request(request)

@@ -73,7 +73,7 @@ async def test_handlers_are_stepped_eagerly_in_the_test_client() -> None:
         seen.append(asyncio.current_task())
         return {"ok": True}
 
-    async with AsyncTestClient(server) as client:
+    async with AsyncTestClient(server, protocol=1) as client:  # the v1 Connection's stepping
         assert await client.request({}) == {"ok": True}
         conn = client.connection
         assert isinstance(conn, Connection)

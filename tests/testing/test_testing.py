@@ -80,7 +80,10 @@ async def test_handler_closing_the_connection_then_reconnect() -> None:
     async def bye(client: Client, packet: Packet) -> None:
         await client.send({"bye": True}, close=True)
 
-    async with AsyncTestClient(server) as client:
+    async with AsyncTestClient(server, protocol=2) as client:  # on v2, the next request reconnects
+        assert await client.request({}) == {"bye": True}
+        assert await client.request({}) == {"bye": True}
+    async with AsyncTestClient(server, protocol=1) as client:  # one v1 connection for request and receive
         assert await client.request({}) == {"bye": True}
         with pytest.raises(ConnectionClosed):
             await client.receive()
@@ -90,7 +93,11 @@ async def test_handler_closing_the_connection_then_reconnect() -> None:
 
 async def test_session_limit_and_payload_too_large() -> None:
     server = build_server(max_packet_size=64)
-    async with AsyncTestClient(server) as client:
+    async with AsyncTestClient(server, protocol=2) as client:
+        reply = await client.request({"kind": "echo", "pad": "x" * 100})
+        assert reply["error"] == "ERR_PAYLOAD_TOO_LARGE"
+        assert (await client.request({"kind": "echo"}))["kind"] == "echo"  # a new connection
+    async with AsyncTestClient(server, protocol=1) as client:  # v1: see the close with receive()
         reply = await client.request({"kind": "echo", "pad": "x" * 100})
         assert reply["error"] == "ERR_PAYLOAD_TOO_LARGE"
         with pytest.raises(ConnectionClosed):
