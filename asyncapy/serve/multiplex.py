@@ -159,7 +159,7 @@ class Multiplexer(asyncio.Protocol):
 
     __slots__ = (
         "conn", "_loop", "_decoder", "_streams", "_waiting", "_running", "_max", "_pack", "_replies", "_watch",
-        "_handling", "_stepping", "_ctx",
+        "_handling", "_stepping", "_ctx", "_limit", "_held", "_base", "_pipeline", "_observer",
     )  # fmt: skip
 
     def __init__(self, conn: Connection) -> None:
@@ -182,7 +182,14 @@ class Multiplexer(asyncio.Protocol):
         #: The host task a batch of frames is handled in, eagerly (``_handle``), or None.
         self._stepping: Host | None = None
         self._ctx = ctx
+        #: Requests in flight (running or waiting) past which reading pauses.
+        self._limit = 2 * ctx.max_streams
+        #: Reading is paused for want of room (``_hold``).
+        self._held = False
         ex: Exchange = conn.exchange  # type: ignore[assignment]  # upgrade checked it
+        self._base = ex
+        self._pipeline = ctx.pipeline
+        self._observer = ctx.pipeline.observer
         ex.conn = cast(Link, self._replies)  # errors of the connection: REPLY frames
         ex.client._link = _Pushes(self, 0, 0, b"", None)
         conn.serve_requests(self, self._decoder)
@@ -203,20 +210,25 @@ class Multiplexer(asyncio.Protocol):
         conn = self.conn
         if conn.closing:
             return
-        conn.note_read(len(data), self._decoder.in_frame)
-        self.feed(data)
+        decoder = self._decoder
+        conn.note_read(len(data), decoder.in_frame)
+        events = decoder.receive(data, self._limit - len(self._streams))
+        if events:
+            self._handle(events)  # holds reading when there is no room left
+        elif len(self._streams) >= self._limit:
+            self._hold()
 
     def feed(self, data: bytes) -> None:
         """Frames from ``data`` (already counted by the connection)."""
         events = self._decoder.receive(data, self._room())
         if events:
-            self._handle(events)  # holds reading when there is no room left
+            self._handle(events)
         elif self._room() <= 0:
             self._hold()
 
     def _room(self) -> int:
         """Frames still to be read now: ``max_streams`` running plus as many waiting."""
-        return 2 * self._max - len(self._streams)
+        return self._limit - len(self._streams)
 
     def _handle(self, events: list[Any]) -> None:
         """Handle a batch of frames in order (their answers in one write), then read what was held back."""
@@ -231,7 +243,8 @@ class Multiplexer(asyncio.Protocol):
         finally:
             self._handling = False
             self.conn.flush()
-        self._refill()
+        if self._held or len(self._streams) >= self._limit:
+            self._refill()
 
     def _handle_eagerly(self, events: list[Any], start: int) -> int:
         """Handle ``events[start:]`` in the spare host task's name; where it stopped (a handler waits in it)."""
@@ -250,7 +263,8 @@ class Multiplexer(asyncio.Protocol):
     def _refill(self) -> None:
         """Reading was held and requests finished: take the frames the decoder still holds."""
         conn = self.conn
-        if conn.holds & HOLD_QUEUE and self._room() > 0 and not conn.closing:
+        if self._held and self._room() > 0 and not conn.closing:
+            self._held = False
             conn.release_reading(HOLD_QUEUE)
             events = self._decoder.pull(self._room()) if self._decoder.in_frame else []
             if events:
@@ -382,15 +396,14 @@ class Multiplexer(asyncio.Protocol):
 
     def _exchange_for(self, stream: Stream) -> Exchange:
         """The request's own exchange, client view and (when observing) record."""
-        base: Exchange = self.conn.exchange  # type: ignore[assignment]  # upgrade checked it
+        base = self._base
         if base.encoding_id is None:  # the session's encoding: its first request's
             base.encoding_id = stream.encoding
             base.client.encoding = CODECS[stream.encoding].name
         client = base.client
         view = Client(client.address, client.port, client.session, stream, client._registry, client.encoding)
-        pipeline = self.conn._ctx.pipeline
-        observer = pipeline.observer
-        ex = Exchange(pipeline, cast(Link, stream), view, None if observer is None else observer.record(view))
+        observer = self._observer
+        ex = Exchange(self._pipeline, cast(Link, stream), view, None if observer is None else observer.record(view))
         ex.encoding_id = base.encoding_id
         return ex
 
@@ -468,7 +481,7 @@ class Multiplexer(asyncio.Protocol):
         waiting = self._waiting
         while waiting and self._running < self._max and not conn.closing:
             self._run(waiting.popleft())
-        if not self._handling:
+        if not self._handling and (self._held or len(streams) >= self._limit):
             self._refill()
         if not streams and conn.busy:
             conn.end_work()
@@ -478,6 +491,7 @@ class Multiplexer(asyncio.Protocol):
     def _hold(self) -> None:
         """No room for more requests: pause reading, and watch the peer while it is paused."""
         conn = self.conn
+        self._held = True
         conn.hold_reading(HOLD_QUEUE)
         if self._watch is None and not conn.closing:
             self._watch = self._loop.call_later(PEER_CHECK_EVERY, self._check_peer)
