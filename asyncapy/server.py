@@ -332,10 +332,10 @@ class Server:
         return self._plan
 
     def schema(self) -> dict[str, Any]:
-        """The JSON Schema of every route: filters, accepted packets, replies (``asyncapy.docs.schema``)."""
+        """The JSON Schema of every route (filters, accepted packets, replies) and topic (``asyncapy.docs.schema``)."""
         from .docs.schema import schema_document
 
-        return schema_document(self.compile().routes)
+        return schema_document(self.compile().routes, list(self.topics.values()))
 
     def asyncapi(self, title: str = "asyncapy API", version: str = "1.0.0", description: str | None = None) -> dict[str, Any]:
         """An AsyncAPI 3.0.0 document of this server (``asyncapy.asyncapi``)."""

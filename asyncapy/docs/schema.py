@@ -52,10 +52,31 @@ class RouteSchema:
         }
 
 
-def schema_document(routes: Sequence[Any]) -> dict[str, Any]:
-    """``{"routes": [...], "$defs": {...}}``; every ``$ref`` points into ``$defs``."""
+def schema_document(routes: Sequence[Any], topics: Sequence[Any] = ()) -> dict[str, Any]:
+    """``{"routes": [...], "topics": [...], "$defs": {...}}``; every ``$ref`` points into ``$defs``.
+
+    ``topics`` (DESIGN §9): what the server publishes, each ``{"name", "event",
+    "max_buffered"}``, ``event`` the schema of its events; the key is left out when there are none.
+    """
     described, defs = describe_routes(routes, DEFS_REF)
-    return {"routes": [route.as_dict() for route in described], "$defs": defs}
+    document: dict[str, Any] = {"routes": [route.as_dict() for route in described]}
+    if topics:
+        events, topic_defs = _event_schemas(topics, DEFS_REF)
+        defs = {**defs, **topic_defs}
+        document["topics"] = [
+            {"name": topic.name, "event": events[topic.name], "max_buffered": topic.max_buffered} for topic in topics
+        ]
+    document["$defs"] = defs
+    return document
+
+
+def _event_schemas(topics: Sequence[Any], ref_template: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The schema of each topic's events, sharing definitions as routes' models do."""
+    inputs: list[tuple[str, JsonSchemaMode, TypeAdapter[Any]]] = [
+        (topic.name, "serialization", TypeAdapter(topic.model)) for topic in topics
+    ]
+    by_key, top = TypeAdapter.json_schemas(inputs, ref_template=ref_template)
+    return {name: schema for (name, _mode), schema in by_key.items()}, dict(top.get("$defs", {}))
 
 
 def describe_routes(routes: Sequence[Any], ref_template: str) -> tuple[list[RouteSchema], dict[str, Any]]:

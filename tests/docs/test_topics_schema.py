@@ -46,3 +46,11 @@ def test_the_docs_page_lists_the_topics(tmp_path: Path) -> None:
     assert "market.trades" in trades and "max_buffered 50" in trades and '"qty"' in trades, trades
     assert "quote" in read["operations"]["op-quote"]  # the handlers are still there
     assert "ERR_SLOW_CONSUMER" in read["errors"]
+
+
+def test_server_schema_lists_the_topics_with_their_event_schema() -> None:
+    schema = server.schema()
+    topics = {topic["name"]: topic for topic in schema["topics"]}
+    assert set(topics) == {"prices", "market.trades"}
+    assert topics["market.trades"]["event"] == {"$ref": "#/$defs/Trade"} and topics["market.trades"]["max_buffered"] == 50
+    assert schema["$defs"]["Trade"]["properties"]["last"] == {"$ref": "#/$defs/Tick"}  # shared with the routes' Tick
