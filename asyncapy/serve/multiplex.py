@@ -63,10 +63,11 @@ def upgrade(conn: Connection, data: bytes) -> None:
 class Stream:
     """One v2 request: the link its exchange and its client view write through."""
 
-    __slots__ = ("mux", "sid", "encoding", "payload", "deadline", "writes", "done", "reason", "host", "timer", "ex")
+    __slots__ = ("mux", "conn", "sid", "encoding", "payload", "deadline", "writes", "done", "reason", "host", "timer", "ex")
 
     def __init__(self, mux: Multiplexer, sid: int, encoding: int, payload: bytes, deadline: float | None) -> None:
         self.mux = mux
+        self.conn = mux.conn
         self.sid = sid
         self.encoding = encoding
         self.payload = payload
@@ -86,7 +87,7 @@ class Stream:
 
     @property
     def closing(self) -> bool:
-        return self.mux.conn.closing
+        return self.conn.closing
 
     @property
     def exchange(self) -> Exchange | None:
@@ -96,8 +97,13 @@ class Stream:
     def write_payload(self, payload: bytes, encoding: int) -> None:
         if self.done or self.writes:
             self.mux.write(payload, encoding, PUSH, 0)
-        else:
-            self.mux.write(payload, encoding, REPLY, self.sid)
+        else:  # the request's REPLY: as ``Multiplexer.write``, inlined (once per request)
+            conn = self.conn
+            if not conn.closing:
+                mux = self.mux
+                header = mux._pack(len(payload) + V2_TAIL, PROTOCOL_VERSION_2, encoding, REPLY, self.sid, 0)
+                if conn.buffer(header, payload) and not mux._handling:
+                    mux._loop.call_soon(conn.flush)
         self.writes += 1
 
     def write_item(self, payload: bytes, encoding: int) -> None:
@@ -119,11 +125,11 @@ class Stream:
         self.mux.conn.close()
 
     def drain(self) -> Awaitable[None]:
-        return self.mux.conn.drain()
+        return self.conn.drain()
 
     def cancelled_by_server(self) -> bool:
         """The request was cancelled (CANCEL, deadline, shutdown, peer gone), not by its handler."""
-        conn = self.mux.conn
+        conn = self.conn
         return self.reason is not None or conn.closing or conn.cancelled_by_server()
 
 
@@ -242,7 +248,10 @@ class Multiplexer(asyncio.Protocol):
                     done = self._handle_eagerly(events, done)
         finally:
             self._handling = False
-            self.conn.flush()
+            conn = self.conn
+            conn.flush()
+            if not self._streams and conn.busy:  # as _drop would have, once per batch
+                conn.end_work()
         if self._held or len(self._streams) >= self._limit:
             self._refill()
 
@@ -346,7 +355,16 @@ class Multiplexer(asyncio.Protocol):
                 return
             stream.timer = loop.call_at(deadline, self._expire, stream)
         self._running += 1
-        ex = stream.ex = self._exchange_for(stream)
+        base = self._base  # the request's own exchange, client view and record (``_exchange_for``), inlined
+        if base.encoding_id is None:
+            self._first_encoding(stream.encoding)
+        client = base.client
+        view = Client(client.address, client.port, client.session, stream, client._registry, client.encoding)
+        observer = self._observer
+        ex = stream.ex = Exchange(
+            self._pipeline, cast(Link, stream), view, None if observer is None else observer.record(view)
+        )
+        ex.encoding_id = base.encoding_id
         payload, stream.payload = stream.payload, b""
         coro = ex.begin((stream.encoding, payload))
         if coro is None:
@@ -367,7 +385,9 @@ class Multiplexer(asyncio.Protocol):
             self._failed(stream, exc, ex)
             return
         if type(out) is tuple and out[0] is DONE:
-            ex.finish(out[1], stream.encoding)
+            result = out[1]
+            if result is not None or ex.record is not None:
+                ex.finish(result, stream.encoding)
             self._finished(stream)
             return
         ctx.stepper = new_stepper()  # the host task finishes this one
@@ -394,18 +414,11 @@ class Multiplexer(asyncio.Protocol):
         finally:
             self._release(stream)
 
-    def _exchange_for(self, stream: Stream) -> Exchange:
-        """The request's own exchange, client view and (when observing) record."""
+    def _first_encoding(self, encoding: int) -> None:
+        """The session's encoding is its first request's."""
         base = self._base
-        if base.encoding_id is None:  # the session's encoding: its first request's
-            base.encoding_id = stream.encoding
-            base.client.encoding = CODECS[stream.encoding].name
-        client = base.client
-        view = Client(client.address, client.port, client.session, stream, client._registry, client.encoding)
-        observer = self._observer
-        ex = Exchange(self._pipeline, cast(Link, stream), view, None if observer is None else observer.record(view))
-        ex.encoding_id = base.encoding_id
-        return ex
+        base.encoding_id = encoding
+        base.client.encoding = CODECS[encoding].name
 
     async def _serve(self, stream: Stream, coro: Coroutine[Any, Any, Any], ex: Exchange) -> None:
         """In the host task, from the start: await the handler, answer it once whatever happens."""
@@ -481,10 +494,11 @@ class Multiplexer(asyncio.Protocol):
         waiting = self._waiting
         while waiting and self._running < self._max and not conn.closing:
             self._run(waiting.popleft())
-        if not self._handling and (self._held or len(streams) >= self._limit):
-            self._refill()
-        if not streams and conn.busy:
-            conn.end_work()
+        if not self._handling:
+            if self._held or len(streams) >= self._limit:
+                self._refill()
+            if not streams and conn.busy:
+                conn.end_work()
 
     # -- the connection's life ---------------------------------------------------------------
 
