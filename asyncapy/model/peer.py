@@ -123,6 +123,17 @@ class Client:
         self._link = link
         self._registry = registry
 
+    def _view(self, link: _Link) -> Client:
+        """The same peer answering through ``link`` (an AsyncAProto v2 request's), made without checks."""
+        view: Client = _new_client(Client)
+        view.address = self.address
+        view.port = self.port
+        view.session = self.session
+        view.encoding = self.encoding
+        view._link = link
+        view._registry = self._registry
+        return view
+
     def _detach(self) -> None:
         """The connection is gone: drop the reference to it (so that no cycle keeps it alive)."""
         self._link = CLOSED_LINK
@@ -189,6 +200,9 @@ class Client:
 
     def __repr__(self) -> str:
         return f"Client({self.address})"
+
+
+_new_client = object.__new__
 
 
 def encode_payload(packet: Packet[Any] | Mapping[str, Any] | BaseModel, encoding: str) -> bytes:

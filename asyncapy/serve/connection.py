@@ -441,9 +441,6 @@ class Connection(asyncio.Protocol):
             self._flush()
         return False
 
-    def flush(self) -> None:
-        """Write what ``buffer`` queued, in one call."""
-        self._flush()
 
     def note_read(self, size: int, in_frame: bool) -> None:
         """``size`` bytes were read; ``in_frame``: a frame had begun before them (timeouts, traffic)."""
@@ -482,6 +479,7 @@ class Connection(asyncio.Protocol):
         self._flush()
 
     def _flush(self) -> None:
+        """Write what was queued (``buffer``, or replies while corked), in one call."""
         out = self._out
         if not out:
             return
@@ -491,6 +489,9 @@ class Connection(asyncio.Protocol):
             data = b"".join(out)
             self.bytes_out += len(data)
             self._transport.write(data)
+
+    #: What ``buffer`` queued, out in one write (the multiplexer's name for ``_flush``).
+    flush = _flush
 
     def _work_eagerly(self, events: Batch) -> None:
         """Handle ``events`` without a task, stepping each handler once; hand over on a wait.

@@ -358,11 +358,10 @@ class Multiplexer(asyncio.Protocol):
         base = self._base  # the request's own exchange, client view and record (``_exchange_for``), inlined
         if base.encoding_id is None:
             self._first_encoding(stream.encoding)
-        client = base.client
-        view = Client(client.address, client.port, client.session, stream, client._registry, client.encoding)
+        view = base.client._view(stream)
         observer = self._observer
         ex = stream.ex = Exchange(
-            self._pipeline, cast(Link, stream), view, None if observer is None else observer.record(view)
+            self._pipeline, stream, view, None if observer is None else observer.record(view)  # type: ignore[arg-type]
         )
         ex.encoding_id = base.encoding_id
         payload, stream.payload = stream.payload, b""
@@ -388,7 +387,9 @@ class Multiplexer(asyncio.Protocol):
             result = out[1]
             if result is not None or ex.record is not None:
                 ex.finish(result, stream.encoding)
-            self._finished(stream)
+            if not stream.writes:  # as _finished, inlined
+                self._answer_nothing(stream)
+            self._drop(stream, True)
             return
         ctx.stepper = new_stepper()  # the host task finishes this one
         self._hand_over(stream, host, self._after_wait(stream, stepper, out, ex))
@@ -475,9 +476,13 @@ class Multiplexer(asyncio.Protocol):
     def _finished(self, stream: Stream) -> None:
         """The request was handled: an empty map when its handler answered nothing (exactly one
         terminal frame), then the next waiting request."""
-        if not stream.writes and not self.conn.closing:
-            stream.write_payload(CODECS[stream.encoding].encode({}), stream.encoding)
+        if not stream.writes:
+            self._answer_nothing(stream)
         self._drop(stream, True)
+
+    def _answer_nothing(self, stream: Stream) -> None:
+        if not self.conn.closing:
+            stream.write_payload(CODECS[stream.encoding].encode({}), stream.encoding)
 
     def _drop(self, stream: Stream, ran: bool) -> None:
         stream.done = True
