@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from asyncapy import Server
 
@@ -18,6 +18,15 @@ async def running(server: Server) -> AsyncIterator[Server]:
         yield server
     finally:
         await server.stop()
+
+
+async def until(check: Callable[[], object], seconds: float = 10.0) -> None:
+    """Wait until ``check()`` is true, polling every 10 ms; fail after ``seconds`` (a bound, not a speed check)."""
+    for _ in range(int(seconds / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not reached within {seconds} seconds")
 
 
 def make_server(**kwargs: object) -> Server:

@@ -23,7 +23,7 @@ from asyncapy.testing import AsyncTestClient, TestClient
 from asyncapy.wire.errors import ClientTimeout
 from asyncapy.wire.protocol import encode_frame
 
-from ..conftest import make_server, running
+from ..conftest import make_server, running, until
 from .test_client_v2 import AsyncAPYLike
 
 #: Threads (and requests) that must all be in the server's handler at once.
@@ -93,15 +93,6 @@ async def served() -> AsyncIterator[tuple[Server, Seen]]:
         yield server, seen
 
 
-async def until(check: Callable[[], bool]) -> None:
-    """Wait (bounded) until ``check()`` holds."""
-    for _ in range(int(PATIENCE / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the condition never held")
-
-
 def v2_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "asyncapy-client-v2"]
 
@@ -147,7 +138,7 @@ async def test_the_blocking_client_has_requests_of_many_threads_in_flight_at_onc
     assert sorted(r["n"] for r in results) == list(range(PARTIES))  # all met in the handler
     assert seen.met == PARTIES
     assert len(set(seen.sessions)) == 1  # on one connection
-    await until(lambda: len(v2_threads()) == before)  # close ended (joined) the loop thread
+    await until(lambda: len(v2_threads()) == before, PATIENCE)  # close ended (joined) the loop thread
 
 
 async def test_a_blocking_timeout_cancels_the_handler_and_keeps_the_connection(served: tuple[Server, Seen]) -> None:
@@ -161,7 +152,7 @@ async def test_a_blocking_timeout_cancels_the_handler_and_keeps_the_connection(s
             return client.request({"n": 3})
 
     assert await asyncio.to_thread(talk) == {"n": 3}
-    await until(lambda: seen.cancelled == [2])
+    await until(lambda: seen.cancelled == [2], PATIENCE)
     assert len(set(seen.sessions)) == 1  # the CANCEL kept the connection
 
 
@@ -171,13 +162,13 @@ async def test_an_async_timeout_cancels_the_handler_and_keeps_the_connection(ser
         assert await client.request({"n": 1}) == {"n": 1}
         with pytest.raises(ClientTimeout):
             await client.request({"n": 2, "sleep": 30}, timeout=0.3)
-        await until(lambda: seen.cancelled == [2])
+        await until(lambda: seen.cancelled == [2], PATIENCE)
         task = asyncio.create_task(client.request({"n": 4, "sleep": 30}))  # no timeout: cancel the task
-        await until(lambda: 4 in seen.started)
+        await until(lambda: 4 in seen.started, PATIENCE)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await until(lambda: seen.cancelled == [2, 4])
+        await until(lambda: seen.cancelled == [2, 4], PATIENCE)
         assert await client.request({"n": 3}) == {"n": 3}
     assert len(set(seen.sessions)) == 1
 
@@ -282,7 +273,7 @@ async def test_a_deadline_propagates_through_a_handler_and_cancels_the_next_serv
         async with AsyncClient("127.0.0.1", front.port, timeout=PATIENCE) as client:
             with pytest.raises(ClientTimeout):
                 await client.request({"go": 1}, timeout=0.3)
-        await until(lambda: back_seen.cancelled == [-1])  # the back server gave up too
+        await until(lambda: back_seen.cancelled == [-1], PATIENCE)  # the back server gave up too
     assert len(remaining) == 1 and remaining[0] is not None and 0 < remaining[0] <= 0.3
 
 
@@ -317,7 +308,7 @@ async def test_the_async_test_client_runs_requests_at_once_and_reads_pushes() ->
         assert await asyncio.wait_for(client.pushed().__anext__(), PATIENCE) == {"pushed": 7}
         with pytest.raises(ClientTimeout):
             await client.request({"n": 8, "sleep": 30}, timeout=0.2)
-        await until(lambda: seen.cancelled == [8])
+        await until(lambda: seen.cancelled == [8], PATIENCE)
         assert await client.request({"n": 9}) == {"n": 9}
     assert len(set(seen.sessions)) == 1
 

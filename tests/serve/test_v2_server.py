@@ -18,7 +18,7 @@ from asyncapy.wire.protocol import (
     PUSH, REPLY, FrameDecoder, V2Frame, encode_cancel, encode_frame, encode_request, SENT_BY_SERVER,
 )  # fmt: skip
 
-from ..conftest import make_server, running
+from ..conftest import make_server, running, until
 
 
 class Ask(BaseModel):
@@ -115,14 +115,6 @@ def gated_server(**kwargs: Any) -> tuple[Server, dict[str, Any]]:
 
     state["gate"] = gate
     return server, state
-
-
-async def until(cond: Any) -> None:
-    for _ in range(1000):  # bounded: 10 s
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 async def test_twenty_requests_overlap_on_one_connection_each_with_one_reply(peer_of: Any) -> None:

@@ -19,7 +19,7 @@ from asyncapy.client import AsyncClient
 from asyncapy.wire.errors import ErrorReply
 from asyncapy.wire.protocol import END, ITEM, REPLY, SENT_BY_SERVER, FrameDecoder, V2Frame, encode_request
 
-from ..conftest import make_server, running
+from ..conftest import make_server, running, until
 
 
 class Watch(BaseModel):
@@ -81,14 +81,6 @@ def streaming_server(**kwargs: Any) -> tuple[Server, dict[str, Any]]:
         return {"published": True}
 
     return server, state
-
-
-async def until(cond: Any) -> None:
-    for _ in range(1000):  # bounded: 10 s
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 async def test_items_are_typed_and_the_stream_ends() -> None:
