@@ -544,6 +544,7 @@ class Server:
         ``SHUTDOWN_QUIET`` seconds (so packets already sent are answered), then close
         after their replies are written. A packet half-received when its connection
         goes quiet is dropped. At the deadline, handlers still running are cancelled.
+        Subscriptions to the server's topics end at once (their streams end with what they hold).
         """
         listener, ctx = self._listener, self._ctx
         if listener is None or ctx is None:
@@ -552,6 +553,8 @@ class Server:
         if self.health is not None:
             await self._drain()  # still accepting: the listener closes after it
         listener.close()
+        for topic in self.router.topics().values():
+            topic.end_subscriptions()  # streams of topics end now, not at the deadline
         logger.info("Stopping: waiting for %d connection(s) to finish their packets", len(ctx.connections))
         await self._close_when_quiet(ctx)
         await self._flush_or_abort(ctx)

@@ -102,7 +102,7 @@ class Stream:
             if not conn.closing:
                 mux = self.mux
                 header = mux._pack(len(payload) + V2_TAIL, PROTOCOL_VERSION_2, encoding, REPLY, self.sid, 0)
-                if conn.buffer(header, payload) and not mux._handling:
+                if conn.buffer(header, payload) and not (mux._handling or mux._corked):
                     mux._loop.call_soon(conn.flush)
         self.writes += 1
 
@@ -165,7 +165,7 @@ class Multiplexer(asyncio.Protocol):
 
     __slots__ = (
         "conn", "_loop", "_decoder", "_streams", "_waiting", "_running", "_max", "_pack", "_replies", "_watch",
-        "_handling", "_stepping", "_ctx", "_limit", "_held", "_base", "_pipeline", "_observer",
+        "_handling", "_corked", "_stepping", "_ctx", "_limit", "_held", "_base", "_pipeline", "_observer",
     )  # fmt: skip
 
     def __init__(self, conn: Connection) -> None:
@@ -185,6 +185,9 @@ class Multiplexer(asyncio.Protocol):
         self._watch: asyncio.TimerHandle | None = None
         #: True while a batch of frames is being handled: frames read later wait for it (in order).
         self._handling = False
+        #: True while a request that waited runs on in its host task: its writes are
+        #: flushed when it waits again or ends (``_cork``/``_uncork``).
+        self._corked = False
         #: The host task a batch of frames is handled in, eagerly (``_handle``), or None.
         self._stepping: Host | None = None
         self._ctx = ctx
@@ -207,8 +210,8 @@ class Multiplexer(asyncio.Protocol):
         if conn.closing:
             return
         header = self._pack(len(payload) + V2_TAIL, PROTOCOL_VERSION_2, encoding, kind, sid, 0)
-        if conn.buffer(header, payload) and not self._handling:
-            self._loop.call_soon(conn.flush)  # answered after a wait: what this loop turn answers, in one write
+        if conn.buffer(header, payload) and not (self._handling or self._corked):
+            self._loop.call_soon(conn.flush)  # a task of the application's sent it: out this loop turn
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -400,8 +403,15 @@ class Multiplexer(asyncio.Protocol):
         if ctx.spare is host:
             ctx.spare = None
         stream.host = host
-        host.rebind(_nothing, _nothing)
+        host.rebind(self._uncork, self._cork)  # what the request writes goes out each time it waits
         host.submit(worker)
+
+    def _cork(self) -> None:
+        self._corked = True
+
+    def _uncork(self) -> None:
+        self._corked = False
+        self.conn.flush()
 
     async def _after_wait(self, stream: Stream, stepper: Any, waiting_on: Any, ex: Exchange) -> None:
         """In the host task: finish a handler that waited, answer it once whatever happens."""
@@ -537,6 +547,13 @@ class Multiplexer(asyncio.Protocol):
         self.conn.resume_writing()
 
     def eof_received(self) -> bool | None:
+        """The peer closed its side: it can send no CANCEL any more, so its open streams end
+        (their generators close); requests that answer once are still answered."""
+        for stream in list(self._streams.values()):
+            ex = stream.ex
+            if ex is not None and ex.stream and stream.host is not None and stream.reason is None:
+                stream.reason = ERR_CANCELLED
+                stream.host.cancel_worker()
         return self.conn.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -571,6 +588,3 @@ async def _with_deadline(coro: Coroutine[Any, Any, Any], deadline: float) -> Any
 def _give_back(ctx: Any, host: Host, loop: asyncio.AbstractEventLoop) -> None:
     ctx.hosts.give_back(host, loop)
 
-
-def _nothing() -> None:
-    pass

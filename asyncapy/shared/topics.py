@@ -144,6 +144,13 @@ class Topic(Generic[M]):
             for sub in behind:
                 del subs[sub]
 
+    def end_subscriptions(self) -> None:
+        """End every open subscription: each yields what it holds, then its iteration stops
+        (the server stops: a stream of a topic ends rather than waiting for the deadline)."""
+        subs, self._subs = self._subs, {}
+        for sub in subs:
+            sub._end()
+
     def _receive(self, data: bytes) -> None:
         """An event another process published (through the bus)."""
         if not self._subs:
@@ -239,6 +246,12 @@ class Subscription(Generic[M]):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _end(self) -> None:
+        """No more events will come: the ones held are still yielded."""
+        if self._state == _OPEN:
+            self._state = _CLOSED
+        self._wake()
 
     def _close(self) -> None:
         self._topic._subs.pop(self, None)

@@ -217,3 +217,39 @@ async def test_a_subscriber_that_does_not_read_ends_with_err_slow_consumer() -> 
         raw.close()
         assert ended is not None and ended["error"] == "ERR_SLOW_CONSUMER"
         assert items < 160  # it fell behind: what it missed was dropped, not buffered
+
+
+async def test_a_client_that_closes_mid_stream_ends_a_quiet_topic_stream() -> None:
+    """EOF on v2: the peer can send no CANCEL any more, so its open streams end at once,
+    even one waiting on a topic nobody publishes to."""
+    server, state = streaming_server()
+    async with running(server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(encode_request(1, json.dumps({"follow": "Q"}).encode(), 0))
+        await until(lambda: state.get("subscribed"))
+        assert state["prices"].subscribers == 1
+        writer.close()  # a plain close: EOF, no reset
+        await until(lambda: state["prices"].subscribers == 0, 3)  # unsubscribed: the generator closed
+
+
+async def test_stopping_the_server_ends_topic_streams_without_waiting_for_the_deadline() -> None:
+    server, state = streaming_server(shutdown_timeout=30)
+    await server.start_serving()
+    try:
+        async with AsyncClient("127.0.0.1", server.port, timeout=10) as client:
+            got: list[Tick] = []
+
+            async def follow() -> None:
+                async for tick in client.stream(Follow(follow="S"), item=Tick):
+                    got.append(tick)
+
+            follower = asyncio.create_task(follow())
+            await until(lambda: state.get("subscribed"))
+            await state["prices"].publish(Tick(symbol="S", price=1))
+            await until(lambda: len(got) == 1)
+            stopping = asyncio.create_task(server.stop())
+            await asyncio.wait_for(follower, 5)  # the stream ended (END), well before shutdown_timeout
+            await asyncio.wait_for(stopping, 5)
+            assert [t.price for t in got] == [1.0]
+    finally:
+        await server.stop()
