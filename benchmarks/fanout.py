@@ -52,6 +52,8 @@ sys.path.insert(0, str(HERE))
 
 from pydantic import BaseModel  # noqa: E402
 
+from asyncapy import Client, Packet, Server  # noqa: E402
+
 from topics import free_port, redis_server, wait_listening  # noqa: E402
 
 READER = HERE / "fanout_reader"
@@ -84,15 +86,13 @@ class Fire(BaseModel):
 # -- the servers ----------------------------------------------------------------------------------
 
 
-def asyncapy_server(port: int, redis_url: str | None) -> Any:
-    from asyncapy import Client, Packet, Server
-
+def asyncapy_server(port: int, redis_url: str | None) -> Server:
     state = None
     if redis_url:
         from asyncapy.shared.redis import RedisState
 
         state = RedisState(redis_url, namespace=NAMESPACE, timeout=5.0)
-    server = Server("127.0.0.1", port=port, timeout=3600, backlog=4096, shared_state=state, logging_level="WARNING")
+    server = Server("127.0.0.1", port=port, timeout=3600, backlog=4096, shutdown_timeout=2, shared_state=state, logging_level="WARNING")
     events = server.topic("events", Event, max_buffered=100_000)
 
     @server.add_handler()
