@@ -11,7 +11,9 @@ where ``taskset`` exists and there are two cores.
    second (first publish to last ITEM read) and the server's CPU per delivered event
    (``/proc/PID/task/*/schedstat``, before and after). Baseline in the same run: a raw asyncio server
    that, on the same request, writes the same ITEM frames (each event encoded once, a
-   header per connection with its Stream-Id) with ``transport.write`` in a loop.
+   header per connection with its Stream-Id) with ``transport.write`` in a loop, one
+   write per frame; and a second raw row that joins a fire's frames per connection into
+   one write (asyncapy's streams write what a task step yields in one write).
 2. **Across two instances through Redis** (``redis-server`` on a free port, started and
    ended here): ``--redis-conns`` (100) streams on instance A; the publishes are requests
    to instance B. Back to back (``--publishes``, each awaited): publishes per second, every
@@ -125,6 +127,8 @@ class RawFanout(asyncio.Protocol):
     """The baseline: v2 frames parsed by hand; a fire writes each event's ITEM to every stream."""
 
     streams: dict[RawFanout, bytes] = {}
+    #: True (``--serve raw-joined``): the frames of one fire go to a connection in one write.
+    joined = False
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -167,13 +171,20 @@ class RawFanout(asyncio.Protocol):
 
     def fire(self, sid: bytes, count: int) -> None:
         start = time.perf_counter()
+        frames = []
         for seq in range(count):
             payload = Event(seq=seq, sent=time.monotonic()).model_dump_json().encode()
             head = (len(payload) + 11).to_bytes(4, "big") + b"\x17\x00\x02"
             tail = b"\x00\x00\x00\x00" + payload
+            if self.joined:
+                frames.append((head, tail))
+                continue
             for proto, stream_id in self.streams.items():
                 assert proto.transport is not None
                 proto.transport.write(head + stream_id + tail)
+        for proto, stream_id in self.streams.items() if self.joined else ():
+            assert proto.transport is not None
+            proto.transport.write(b"".join(head + stream_id + tail for head, tail in frames))
         self.reply(sid, {"seconds": time.perf_counter() - start})
 
     def reply(self, sid: bytes, obj: dict[str, Any]) -> None:
@@ -196,7 +207,8 @@ async def serve_raw(port: int) -> None:
 
 def serve(kind: str, port: int, redis_url: str | None, profile: str | None) -> None:
     raise_nofile()
-    if kind == "raw":
+    if kind in ("raw", "raw-joined"):
+        RawFanout.joined = kind == "raw-joined"
         asyncio.run(serve_raw(port))
         return
     server = asyncapy_server(port, redis_url)
@@ -351,13 +363,20 @@ def fanout_row(kind: str, conns: int, events: int, opts: Options, profile: str |
         return stats
 
 
+ROWS = (
+    ("raw", "raw asyncio, transport.write loop"),
+    ("asyncapy", "asyncapy streaming handler + topic"),
+    ("raw-joined", "raw asyncio, a fire's frames in one write per connection"),
+)
+
+
 def bench_fanout(conns: int, events: int, opts: Options, profile: str | None) -> None:
-    rows = {"raw": fanout_row("raw", conns, events, opts), "asyncapy": fanout_row("asyncapy", conns, events, opts, profile)}
+    rows = {kind: fanout_row(kind, conns, events, opts, profile if kind == "asyncapy" else None) for kind, _ in ROWS}
     raw = rows["raw"]
     print(f"## 1. Fan-out in one process: {conns:,} v2 streams, {events} events ({conns * events:,} deliveries)\n")
-    print("| row | events delivered/s | ratio | server CPU µs/delivered event | ratio (raw/asyncapy) | first ITEM after | errors |")
+    print("| row | events delivered/s | ratio | server CPU µs/delivered event | ratio (raw/row) | first ITEM after | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for kind, name in (("raw", "raw asyncio, transport.write loop"), ("asyncapy", "asyncapy streaming handler + topic")):
+    for kind, name in ROWS:
         s = rows[kind]
         rate = f"{s['rate'] / raw['rate']:.2f}" if kind != "raw" else "baseline"
         cpu = f"{raw['cpu_us'] / s['cpu_us']:.2f}" if kind != "raw" and s["cpu_us"] else "baseline"
