@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -28,7 +29,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 HERE = Path(__file__).resolve().parent
@@ -205,26 +208,38 @@ def free_port() -> int:
         return port
 
 
-def wait_listening(port: int, deadline: float = 15.0) -> None:
+def wait_listening(port: int, deadline: float = 15.0, proc: subprocess.Popen[Any] | None = None) -> None:
+    """Return once 127.0.0.1:``port`` accepts connections; exit if ``proc`` died or time ran out."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"{proc.args} exited with status {proc.returncode} before listening")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.05)
-    raise SystemExit(f"redis-server did not listen on {port} within {deadline} s")
+    raise SystemExit(f"nothing listened on {port} within {deadline} s")
 
 
-def bench_redis(publishes: int, latency: int, pace: float) -> None:
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A ``redis-server`` of our own on a free port (no persistence); its URL. Ended on leaving."""
     binary = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/usr/local/bin")
     if binary is None:
         raise SystemExit("redis-server is not installed: apt-get install -y redis-server (or pass --no-redis)")
     port = free_port()
     redis = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
     try:
-        wait_listening(port)
+        wait_listening(port, 15.0, redis)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        redis.terminate()
+        redis.wait(15)
+
+
+def bench_redis(publishes: int, latency: int, pace: float) -> None:
+    with redis_server() as url:
         cmd = [sys.executable, __file__, "--subscriber", url]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         try:
@@ -237,9 +252,6 @@ def bench_redis(publishes: int, latency: int, pace: float) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    finally:
-        redis.terminate()
-        redis.wait(15)
 
 
 def main() -> None:
