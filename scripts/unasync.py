@@ -6,7 +6,8 @@ Run ``python scripts/unasync.py`` after editing ``_async_client.py``; ``--check`
 when the committed ``_sync_client.py`` is not what the script writes (a test runs it).
 Lines from ``# async only {`` to ``# async only }`` (those comment lines included) are
 left out of the blocking client (what the asyncio client does alone). The v2
-multiplexer is ``_async_mux.AsyncMux`` in one and ``_sync_mux.SyncMux`` in the other.
+multiplexer is ``_async_mux.AsyncMux`` in one and ``_sync_mux.SyncMux`` in the other, and
+a stream's items come from ``ItemStream`` in one and ``SyncItemStream`` in the other.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ WORDS = {
     "AsyncChannel": "Channel",
     "AsyncClient": "Client",
     "AsyncMux": "SyncMux",
+    "ItemStream": "SyncItemStream",
+    "aclose": "close",
     "_async_mux": "_sync_mux",
     "AsyncIterator": "Iterator",
     "__aenter__": "__enter__",

@@ -45,9 +45,10 @@ def stop_process(proc: subprocess.Popen[str], timeout: float = 20) -> str:
 
 
 @contextlib.contextmanager
-def server_process(args: list[str], port: int) -> Iterator[subprocess.Popen[str]]:
-    """Start ``python args...`` in the repo root, wait until it listens, SIGTERM it afterwards."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def server_process(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """Start ``python args...`` in the repo root (``env`` added to the environment), wait
+    until it listens, SIGTERM it afterwards."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.Popen(
         [sys.executable, *args], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

@@ -20,7 +20,8 @@ from __future__ import annotations
 from ._async_client import AsyncClient
 from ._async_mux import ItemStream
 from ._sync_client import Client
+from ._sync_mux import SyncItemStream
 from .clientcore import ClientCore, Sendable, check_reply, read_reply
 from ..wire.errors import ReplyValidationError
 
-__all__ = ["AsyncClient", "Client", "ClientCore", "ItemStream", "ReplyValidationError", "Sendable", "check_reply", "read_reply"]
+__all__ = ["AsyncClient", "Client", "ClientCore", "ItemStream", "ReplyValidationError", "Sendable", "SyncItemStream", "check_reply", "read_reply"]

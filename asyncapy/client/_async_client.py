@@ -14,14 +14,11 @@ from typing import Any, TypeVar, overload
 
 from collections.abc import AsyncIterator
 
-from ._async_mux import AsyncMux
+from ._async_mux import AsyncMux, ItemStream
 from ._streams import AsyncByteStream, AsyncLock, AsyncSemaphore, AsyncStream
 from .clientcore import UNSET, ClientCore, Sendable, Unset, maybe_unread, read_reply
 from .clientmux import MuxCore, propagated_timeout
 from ..model.packet import REQUEST_DEADLINE
-# async only {
-from ._async_mux import ItemStream
-# async only }
 from ..wire.errors import ClientTimeout, ConnectionClosed
 from ..wire.protocol import Frame
 
@@ -260,7 +257,6 @@ class AsyncClient:
         core = self._core
         return MuxCore(core.encoding, core.header_size, core.byteorder, protocol, core.max_packet_size)
 
-    # async only {
     @overload
     def stream(
         self, obj: Sendable, encoding: str | None = None, *, item: type[T], timeout: float | None = None
@@ -291,7 +287,6 @@ class AsyncClient:
             raise ValueError("stream() reads v2 ITEM and END frames: make the client with protocol=2")
         return ItemStream(self._mux.stream(obj, encoding, timeout), self._core.decode, item)
 
-    # async only }
     async def pushed(self) -> AsyncIterator[dict[str, Any]]:
         """On v2: the packets the server sent that answer no request, as they come; ends
         when the client is closed. After a fallback to v1, the v1 packets no request

@@ -450,6 +450,10 @@ class ItemStream(Generic[T]):
         """Stop reading; a stream still running is cancelled (CANCEL)."""
         await self._frames.aclose()
 
+    def cancel(self) -> None:
+        """``aclose`` for a caller outside a coroutine (on the event loop's thread)."""
+        self._frames._cancel()
+
     async def __aenter__(self) -> ItemStream[T]:
         return self
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, overload
 
 from collections.abc import Iterator
 
-from ._sync_mux import SyncMux
+from ._sync_mux import SyncMux, SyncItemStream
 from ._streams import ByteStream, Lock, Semaphore, SyncStream
 from .clientcore import UNSET, ClientCore, Sendable, Unset, maybe_unread, read_reply
 from .clientmux import MuxCore, propagated_timeout
@@ -256,6 +256,36 @@ class Client:
     def _mux_core(self, protocol: int) -> MuxCore:
         core = self._core
         return MuxCore(core.encoding, core.header_size, core.byteorder, protocol, core.max_packet_size)
+
+    @overload
+    def stream(
+        self, obj: Sendable, encoding: str | None = None, *, item: type[T], timeout: float | None = None
+    ) -> SyncItemStream[T]: ...
+
+    @overload
+    def stream(
+        self, obj: Sendable, encoding: str | None = None, *, item: None = None, timeout: float | None = None
+    ) -> SyncItemStream[dict[str, Any]]: ...
+
+    def stream(
+        self, obj: Sendable, encoding: str | None = None, *, item: Any = None, timeout: float | None = None
+    ) -> SyncItemStream[Any]:
+        """With ``protocol=2``: send ``obj`` to a streaming handler and iterate over its items
+        (the maps, or with ``item=Model`` each a ``Model``); the request goes out on the
+        first iteration. ``timeout``: the whole stream's deadline (None: none).
+
+        Leaving the loop early (``break``) sends a CANCEL and keeps the connection; so do
+        ``close()`` and leaving ``with client.stream(...) as ticks``. An error that
+        ends the stream raises ``ErrorReply``. v1 marks no end of a stream: against a
+        server that speaks only v1, iterating raises ``ClientError``.
+
+        Example:
+            for tick in client.stream(Watch(symbol="ACME"), item=Tick):
+                print(tick.price)
+        """
+        if self._mux is None:
+            raise ValueError("stream() reads v2 ITEM and END frames: make the client with protocol=2")
+        return SyncItemStream(self._mux.stream(obj, encoding, timeout), self._core.decode, item)
 
     def pushed(self) -> Iterator[dict[str, Any]]:
         """On v2: the packets the server sent that answer no request, as they come; ends

@@ -7,6 +7,10 @@ others write into it, which OpenSSL does not allow), ``SyncMux`` runs the asynci
 first request and ended (joined) by ``close``. Each blocking call hands its request to
 that loop and waits for the answer: the Stream-Ids, CANCEL when a timeout passes, the
 fallback to v1 and the retries are the asyncio client's, line for line.
+
+``stream`` is the same: ``SyncItemStream`` drives an ``ItemStream`` on that loop, one
+item per blocking ``next()``; closing it (or dropping it after a ``break``) hands the
+CANCEL to the loop without waiting for it.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import ssl as _ssl
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import Any, Protocol, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar
 
-from ._async_mux import AsyncMux
+from ._async_mux import AsyncMux, ItemStream, MuxStream
 from ._streams import AsyncByteStream, AsyncStream
 from .clientcore import ClientCore, Sendable
 from .clientmux import MuxCore
@@ -162,6 +167,11 @@ class SyncMux:
                     return
                 raise
 
+    def stream(self, obj: Sendable, encoding: str | None, timeout: float | None) -> SyncFrames:
+        """A request answered by a stream, on the loop thread; see ``AsyncMux.stream``."""
+        thread, mux = self._started()
+        return SyncFrames(thread, mux.stream(obj, encoding, timeout))
+
     def close(self) -> None:
         """Close the connection and end the loop thread; the next request starts them again."""
         with self._lock:
@@ -173,6 +183,78 @@ class SyncMux:
             thread.submit(mux.close()).result(STOP_WAIT)
         finally:
             thread.stop()
+
+
+class SyncFrames:
+    """A ``MuxStream`` and the loop thread it runs on (what ``SyncMux.stream`` returns)."""
+
+    def __init__(self, thread: _LoopThread, frames: MuxStream) -> None:
+        self.thread = thread
+        self.frames = frames
+
+
+class SyncItemStream(Generic[T]):
+    """What the blocking ``Client.stream`` returns: the items of a streamed answer, each a ``T``.
+
+    ``for tick in client.stream(Watch(symbol="ACME"), item=Tick)``; leaving the loop early
+    (``break``, an exception), ``close()`` or leaving ``with`` sends a CANCEL and keeps the
+    connection.
+
+    Raises (while iterating):
+        ErrorReply: the stream ended with an error (its code), or the request was refused.
+        ReplyValidationError: an item is not a valid ``T``.
+        ConnectionClosed: the connection was lost before the end, or the client was closed.
+    """
+
+    _done = True  # until ``__init__`` finished (``__del__`` runs even when it raised)
+
+    def __init__(self, frames: SyncFrames, decode: Any, item: Any) -> None:
+        self._thread = frames.thread
+        self._items: ItemStream[T] = ItemStream(frames.frames, decode, item)
+        self._done = False
+
+    def __iter__(self) -> SyncItemStream[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self._done:
+            raise StopIteration
+        if self._thread.loop.is_closed():
+            self._done = True
+            raise ConnectionClosed("the client was closed")
+        try:
+            return _wait(self._thread.submit(_next_item(self._items)))
+        except StopAsyncIteration:
+            self._done = True
+            raise StopIteration from None
+        except BaseException:  # an error END, a bad item, an interrupted wait: nothing more to read
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop reading; a stream still running is cancelled (CANCEL), the connection stays."""
+        if self._done:
+            return
+        self._done = True
+        try:  # on the loop's thread, which owns the connection; not waited for (``__del__`` calls it too)
+            self._thread.loop.call_soon_threadsafe(self._items.cancel)
+        except RuntimeError:  # the client was closed: its loop with it, and the stream
+            pass
+
+    def __enter__(self) -> SyncItemStream[T]:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()  # left early (``break``): CANCEL it
+
+
+async def _next_item(items: ItemStream[T]) -> T:
+    return await items.__anext__()
 
 
 async def _next(packets: Any) -> dict[str, Any]:

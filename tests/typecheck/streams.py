@@ -9,7 +9,8 @@ from pydantic import BaseModel
 from typing_extensions import assert_type
 
 from asyncapy import Client, Depends, Packet, Server
-from asyncapy.client import AsyncClient
+from asyncapy.client import AsyncClient, SyncItemStream
+from asyncapy.client import Client as BlockingClient
 from asyncapy.testing import AsyncTestClient, TestClient
 
 server = Server(port=1500)
@@ -57,3 +58,14 @@ async def reads(client: AsyncClient, test_client: AsyncTestClient) -> None:
 def reads_blocking(test_client: TestClient) -> None:
     for tick in test_client.stream(Watch(symbol="ACME"), item=Tick):
         assert_type(tick, Tick)
+
+
+def reads_blocking_client(client: BlockingClient) -> None:
+    for tick in client.stream(Watch(symbol="ACME"), item=Tick):
+        assert_type(tick, Tick)
+    for item in client.stream({"symbol": "ACME"}):
+        assert_type(item, dict[str, Any])
+    with client.stream(Watch(symbol="ACME"), item=Tick, timeout=5) as ticks:
+        assert_type(ticks, SyncItemStream[Tick])
+        assert_type(next(ticks), Tick)
+        ticks.close()
