@@ -176,7 +176,9 @@ class Multiplexer(asyncio.Protocol):
             ctx.header_size, ctx.byteorder, ctx.max_packet_size, ctx.encodings, kinds=SENT_BY_CLIENT
         )
         self._streams: dict[int, Stream] = {}
-        self._waiting: deque[Stream] = deque()
+        #: Requests read past ``max_streams`` running, in order (made when one waits: an idle
+        #: connection holds no deque).
+        self._waiting: deque[Stream] | None = None
         self._running = 0
         self._max = ctx.max_streams
         self._pack = v2_header_packer(ctx.header_size, ctx.byteorder)
@@ -322,7 +324,10 @@ class Multiplexer(asyncio.Protocol):
         if self._running < self._max:
             self._run(stream)
         else:
-            self._waiting.append(stream)
+            waiting = self._waiting
+            if waiting is None:
+                waiting = self._waiting = deque()
+            waiting.append(stream)
 
     def _refused(self, error: FrameError) -> None:
         """A frame the decoder refused: ERR_HEADER_INVALID on its Stream-Id (0 when that one is in flight)."""
@@ -463,7 +468,7 @@ class Multiplexer(asyncio.Protocol):
         if stream is None or stream.reason is not None:
             return
         if stream.ex is None:
-            self._waiting.remove(stream)
+            self._waiting.remove(stream)  # type: ignore[union-attr]  # it waits, so there is a deque
             self._end_unstarted(stream, ERR_CANCELLED)
             return
         stream.reason = ERR_CANCELLED
@@ -568,7 +573,7 @@ class Multiplexer(asyncio.Protocol):
         self._end_all()
 
     def _end_all(self) -> None:
-        self._waiting.clear()
+        self._waiting = None
         for stream in list(self._streams.values()):
             if stream.host is not None:
                 stream.host.cancel_worker()

@@ -283,11 +283,13 @@ def encode_push(payload: bytes, encoding: int, header_size: int = DEFAULT_HEADER
     return encode_v2(PUSH, 0, payload, encoding, 0, header_size, byteorder)
 
 
+@functools.lru_cache(maxsize=None)
 def v2_header_packer(
     header_size: int = DEFAULT_HEADER_SIZE, byteorder: Byteorder = "big"
 ) -> Callable[[int, int, int, int, int, int], bytes]:
     """``pack(content_length, version, encoding, kind, stream_id, deadline_ms)``: a v2 header
-    in one C call when Content-Length is big-endian and of a usual size (no range checks)."""
+    in one C call when Content-Length is big-endian and of a usual size (no range checks).
+    One per framing, shared (every v2 connection of a server uses the same)."""
     code = _STRUCT_CODES.get(header_size)
     if code is not None and byteorder == "big":
         return struct.Struct(">" + code + "BBBII").pack
