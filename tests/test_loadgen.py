@@ -44,8 +44,16 @@ def serve() -> Iterator[Callable[[Reply], int]]:
 
     yield start
 
-    for server in servers:
-        loop.call_soon_threadsafe(server.close)
+    async def shut() -> None:
+        """Close the servers and end every connection's task (one accepted last included)."""
+        for server in servers:
+            server.close()
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run_coroutine_threadsafe(shut(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
     loop.close()
