@@ -441,7 +441,6 @@ class Connection(asyncio.Protocol):
             self._flush()
         return False
 
-
     def note_read(self, size: int, in_frame: bool) -> None:
         """``size`` bytes were read; ``in_frame``: a frame had begun before them (timeouts, traffic)."""
         self.bytes_in += size
@@ -776,10 +775,10 @@ class _FirstRead:
             self.held = data  # the Protocol-Version byte has not arrived yet
             return []
         self.held = b""
-        decoder = conn._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, ctx.encodings)
         if len(data) > hs and data[hs] == PROTOCOL_VERSION_2 and int.from_bytes(data[:hs], ctx.byteorder) >= V2_TAIL:
             ctx.upgrade(conn, data)  # type: ignore[misc]  # set, or there would be no _FirstRead
-            return []
+            return []  # the multiplexer's decoder reads it (no v1 decoder made for nothing)
+        decoder = conn._decoder = FrameDecoder(ctx.header_size, ctx.byteorder, ctx.max_packet_size, ctx.encodings)
         return decoder.receive(data, limit)
 
 

@@ -81,8 +81,9 @@ class Stream:
         self.reason: str | None = None
         #: The host task the request's handler waits in (None: not started, or it never waited).
         self.host: Host | None = None
-        #: Started: its handler runs (or ran); a CANCEL no longer finds it waiting.
+        #: Fires at ``deadline``.
         self.timer: asyncio.TimerHandle | None = None
+        #: The request's exchange, made when it starts (None: it waits for its turn).
         self.ex: Exchange | None = None
 
     @property
@@ -97,13 +98,8 @@ class Stream:
     def write_payload(self, payload: bytes, encoding: int) -> None:
         if self.done or self.writes:
             self.mux.write(payload, encoding, PUSH, 0)
-        else:  # the request's REPLY: as ``Multiplexer.write``, inlined (once per request)
-            conn = self.conn
-            if not conn.closing:
-                mux = self.mux
-                header = mux._pack(len(payload) + V2_TAIL, PROTOCOL_VERSION_2, encoding, REPLY, self.sid, 0)
-                if conn.buffer(header, payload) and not (mux._handling or mux._corked):
-                    mux._loop.call_soon(conn.flush)
+        else:
+            self.mux.write(payload, encoding, REPLY, self.sid)
         self.writes += 1
 
     def write_item(self, payload: bytes, encoding: int) -> None:
@@ -122,7 +118,7 @@ class Stream:
         self.done = True
 
     def close(self) -> None:
-        self.mux.conn.close()
+        self.conn.close()
 
     def drain(self) -> Awaitable[None]:
         return self.conn.drain()
@@ -221,19 +217,14 @@ class Multiplexer(asyncio.Protocol):
         conn = self.conn
         if conn.closing:
             return
-        decoder = self._decoder
-        conn.note_read(len(data), decoder.in_frame)
-        events = decoder.receive(data, self._limit - len(self._streams))
-        if events:
-            self._handle(events)  # holds reading when there is no room left
-        elif len(self._streams) >= self._limit:
-            self._hold()
+        conn.note_read(len(data), self._decoder.in_frame)
+        self.feed(data)
 
     def feed(self, data: bytes) -> None:
         """Frames from ``data`` (already counted by the connection)."""
         events = self._decoder.receive(data, self._room())
         if events:
-            self._handle(events)
+            self._handle(events)  # holds reading when there is no room left
         elif self._room() <= 0:
             self._hold()
 
@@ -363,7 +354,7 @@ class Multiplexer(asyncio.Protocol):
                 return
             stream.timer = loop.call_at(deadline, self._expire, stream)
         self._running += 1
-        base = self._base  # the request's own exchange, client view and record (``_exchange_for``), inlined
+        base = self._base  # the request's own exchange, client view and (when observing) record
         if base.encoding_id is None:
             self._first_encoding(stream.encoding)
         view = base.client._view(stream)
@@ -395,9 +386,7 @@ class Multiplexer(asyncio.Protocol):
             result = out[1]
             if result is not None or ex.record is not None:
                 ex.finish(result, stream.encoding)
-            if not stream.writes:  # as _finished, inlined
-                self._answer_nothing(stream)
-            self._drop(stream, True)
+            self._finished(stream)
             return
         ctx.stepper = new_stepper()  # the host task finishes this one
         self._hand_over(stream, host, self._after_wait(stream, stepper, out, ex))
@@ -460,7 +449,7 @@ class Multiplexer(asyncio.Protocol):
         """The request that waited in its host task ended: the host goes back to the pool."""
         host, stream.host = stream.host, None
         if host is not None:
-            self._loop.call_soon(_give_back, self.conn._ctx, host, self._loop)  # once the worker returned
+            self._loop.call_soon(self._ctx.hosts.give_back, host, self._loop)  # once the worker returned
 
     def _cancel(self, sid: int) -> None:
         """A CANCEL: the request's task is cancelled (a waiting one is answered now); unknown ids ignored."""
@@ -491,13 +480,9 @@ class Multiplexer(asyncio.Protocol):
     def _finished(self, stream: Stream) -> None:
         """The request was handled: an empty map when its handler answered nothing (exactly one
         terminal frame), then the next waiting request."""
-        if not stream.writes:
-            self._answer_nothing(stream)
-        self._drop(stream, True)
-
-    def _answer_nothing(self, stream: Stream) -> None:
-        if not self.conn.closing:
+        if not stream.writes and not self.conn.closing:
             stream.write_payload(CODECS[stream.encoding].encode({}), stream.encoding)
+        self._drop(stream, True)
 
     def _drop(self, stream: Stream, ran: bool) -> None:
         stream.done = True
@@ -566,13 +551,10 @@ class Multiplexer(asyncio.Protocol):
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.cancel()
-        self._end_all()
+        self.cancel_all()
 
     def cancel_all(self) -> None:
-        """Shutdown past its deadline: cancel every request in flight."""
-        self._end_all()
-
-    def _end_all(self) -> None:
+        """Cancel every request in flight (the peer left, or shutdown past its deadline)."""
         self._waiting = None
         for stream in list(self._streams.values()):
             if stream.host is not None:
@@ -589,7 +571,4 @@ async def _with_deadline(coro: Coroutine[Any, Any, Any], deadline: float) -> Any
     finally:
         REQUEST_DEADLINE.reset(token)
 
-
-def _give_back(ctx: Any, host: Host, loop: asyncio.AbstractEventLoop) -> None:
-    ctx.hosts.give_back(host, loop)
 
