@@ -237,9 +237,7 @@ class Subscription(Generic[M]):
             self._wake()
             return False
         events.append(event)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
         return True
 
     def _wake(self) -> None:
